@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine (see README):  make run   and   make test
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run demo test test-fast proto clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Run the system: the local stack on the embedded defaults with tiny demo models.
+run: setup
+	$(VENV)/bin/vplab up --demo
+
+# The demo without services: synthetic data, visual prompting with tiny models.
+demo: setup
+	$(VENV)/bin/vplab demo-data .vplab/demo
+	$(VENV)/bin/vplab visual-prompt --demo --ref .vplab/demo/images/img_000.png --ref-mask .vplab/demo/masks/img_000.png --targets .vplab/demo/images --out .vplab/demo/pred
+
+# The whole test suite, as CI runs it.
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not integration"
+
+# Regenerate the gRPC stubs in libs/vplab/rpc from proto/.
+proto: setup
+	$(PY) -m vplab.rpc.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

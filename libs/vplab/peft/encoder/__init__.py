@@ -1,0 +1,1 @@
+"""Registered by the encoder method family (see vplab.peft.registry)."""

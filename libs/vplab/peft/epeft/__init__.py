@@ -1,0 +1,1 @@
+"""Registered by the epeft method family (see vplab.peft.registry)."""

@@ -1,0 +1,1 @@
+"""Registered by the ptsam method family (see vplab.peft.registry)."""

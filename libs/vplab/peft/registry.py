@@ -1,0 +1,75 @@
+"""The one registry of PEFT methods.
+
+A method is a ``MethodSpec``: a config dataclass, an ``inject`` function that modifies a
+``segment_anything`` ``Sam`` in place (adding modules and marking what trains), and the
+facts the trainer needs (which part of the encoder runs in the training loop, whether the
+method is prompt-free, whether it is a pure weight delta that can be merged on export).
+
+Methods live in their own modules (one folder or file per method family, as in HF peft's
+``tuners/``) and call ``register(...)`` at import; ``vplab.peft`` imports them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from torch import nn
+
+from vplab.errors import InvalidInput
+
+# What the trainer has to run per step:
+#   "frozen": nothing of the image encoder (train from cached embeddings)
+#   "late":   only image_encoder.blocks[start_block:] + neck (cached activations)
+#   "full":   the whole image encoder
+EncoderMode = Literal["frozen", "late", "full"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type
+    inject: Callable[[nn.Module, Any], None]  # (sam, config) -> None, in place
+    encoder_mode: EncoderMode
+    prompt_free: bool = False  # PTSAM: no prompt encoder input; decode without prompts
+    mergeable: bool = False  # pure weight delta: `vplab export --merge` supported
+    description: str = ""
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"PEFT method {spec.name!r} registered twice")
+    if not dataclasses.is_dataclass(spec.config_cls):
+        raise TypeError(f"{spec.name}: config_cls must be a dataclass")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown PEFT method {name!r}; known methods: {', '.join(method_names())}"
+        ) from None
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """Build the method's config dataclass, rejecting unknown fields clearly."""
+    spec = get_method(name)
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(spec.config_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidInput(
+            f"unknown config field(s) {unknown} for method {name!r}; known: {sorted(known)}"
+        )
+    return spec.config_cls(**overrides)

@@ -1,0 +1,53 @@
+"""One settings object for the whole system, read from ``VPLAB_*`` environment variables.
+
+``get_settings()`` is the configured singleton; tests build their own ``Settings(...)``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VPLAB_", extra="ignore")
+
+    # Object store. With no S3 endpoint the embedded LocalStore under data_dir is used.
+    data_dir: Path = Path(".vplab/data")
+    s3_endpoint: str | None = None  # host:port, e.g. "minio:9000"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "vplab"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+
+    # Models. A checkpoint is a local path or an object-store key ("base-models/...").
+    sam_model: str = "vit_b"
+    sam_checkpoint: str | None = None
+    sam_sha256: str | None = None
+    dino_model: str = "vit_small_patch14_dinov2"
+    dino_checkpoint: str | None = None
+    dino_sha256: str | None = None
+    demo: bool = False  # tiny seeded models instead of checkpoints
+    device: str = "auto"  # auto | cpu | cuda
+
+    # Request limits (per request) - checked before any decoding.
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 64 * 1024 * 1024
+    max_points_per_request: int = 64
+    max_targets_per_call: int = 256
+
+    # Tenant quotas.
+    quota_images: int = 10_000
+    quota_bytes: int = 20 * 1024**3
+    quota_concurrent_jobs: int = 2
+
+    # Secret mixed into API-key hashes (set it in production).
+    api_key_pepper: str = "vplab-dev-pepper"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
