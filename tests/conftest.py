@@ -6,3 +6,48 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+
+# --- S3 for tests: moto's server driven through the real minio client --------------------
+
+import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str  # "127.0.0.1:PORT", what Minio() and Settings.s3_endpoint take
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server per session. moto ignores credentials: never test auth with it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(endpoint=f"{host}:{port}", access_key="testing", secret_key="testing")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server):
+    """An S3Store on a fresh bucket (DNS-style name), so tests never see each other's objects."""
+    from vplab.storage import S3Store
+
+    return S3Store(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        bucket=f"test-{uuid.uuid4().hex[:12]}",
+        secure=False,
+        region=s3_server.region,
+    )

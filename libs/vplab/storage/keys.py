@@ -1,0 +1,217 @@
+"""The one place that builds object-store keys (layout: ARCHITECTURE.md, "Storage layout").
+
+Every id is validated against a strict pattern before it is put into a key. That is
+what makes path traversal impossible: no id can contain '/', '..', or anything else
+that would move a key out of its tenant's prefix.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vplab.errors import InvalidInput
+
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Encoder ids name weights and adapters, e.g. "sam-vit_b.lora-r4"; '.' is allowed but
+# must not start the id nor repeat (so "." and ".." are impossible).
+_ENCODER_ID = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*")
+_ENCODER_ID_MAX = 128
+_KEY_HASH = re.compile(r"[0-9a-f]{16,128}")
+
+_LABEL_VERSION = re.compile(r"/v(0|[1-9][0-9]*)\.png")
+_CKPT_STEP = re.compile(r"/ckpt/step-(0|[1-9][0-9]*)\.safetensors")
+
+BASE_MODELS = "base-models/"
+TENANTS = "tenants/"
+SYSTEM = "system/"
+
+
+# --- validators ------------------------------------------------------------------------
+
+
+def check_id(value: object, field: str) -> str:
+    """Return ``value`` if it is a valid id (``^[a-z0-9][a-z0-9_-]{0,63}$``)."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidInput(
+            f"{field} must match [a-z0-9][a-z0-9_-]{{0,63}} "
+            f"(lowercase letters, digits, '-', '_'), got {value!r}"
+        )
+    return value
+
+
+def check_sha256(value: object, field: str = "sha256") -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise InvalidInput(f"{field} must be 64 lowercase hex characters, got {value!r}")
+    return value
+
+
+def check_encoder_id(value: object, field: str = "encoder_id") -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > _ENCODER_ID_MAX
+        or not _ENCODER_ID.fullmatch(value)
+    ):
+        raise InvalidInput(
+            f"{field} must be lowercase letters, digits, '-', '_' and single '.' separators "
+            f"(at most {_ENCODER_ID_MAX} chars), got {value!r}"
+        )
+    return value
+
+
+def check_index(value: object, field: str) -> int:
+    # bool is an int subclass; True as a version is a bug, not a 1.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"{field} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_key_hash(value: object, field: str = "key_hash") -> str:
+    if not isinstance(value, str) or not _KEY_HASH.fullmatch(value):
+        raise InvalidInput(f"{field} must be 16-128 lowercase hex characters, got {value!r}")
+    return value
+
+
+# --- base models -----------------------------------------------------------------------
+
+
+def base_model(name: str, sha256: str) -> str:
+    return f"{BASE_MODELS}{check_id(name, 'base model name')}/{check_sha256(sha256)}.pth"
+
+
+# --- system registry (API keys, tenants) -------------------------------------------------
+
+
+def tenant_record(tenant: str) -> str:
+    return f"{SYSTEM}tenants/{check_id(tenant, 'tenant')}.json"
+
+
+def api_key_record(key_hash: str) -> str:
+    # Only the hash of an API key is ever stored, and it is the lookup key.
+    return f"{SYSTEM}api-keys/{check_key_hash(key_hash)}.json"
+
+
+def tenant_records_prefix() -> str:
+    return f"{SYSTEM}tenants/"
+
+
+def api_key_records_prefix() -> str:
+    return f"{SYSTEM}api-keys/"
+
+
+# --- tenant objects ----------------------------------------------------------------------
+
+
+def tenant_prefix(tenant: str) -> str:
+    return f"{TENANTS}{check_id(tenant, 'tenant')}/"
+
+
+def images_prefix(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}images/"
+
+
+def image(tenant: str, sha256: str) -> str:
+    return f"{images_prefix(tenant)}{check_sha256(sha256)}"
+
+
+def datasets_prefix(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}datasets/"
+
+
+def dataset(tenant: str, dataset_id: str) -> str:
+    return f"{datasets_prefix(tenant)}{check_id(dataset_id, 'dataset')}.json"
+
+
+def dataset_labels_prefix(tenant: str, dataset_id: str) -> str:
+    return f"{tenant_prefix(tenant)}labels/{check_id(dataset_id, 'dataset')}/"
+
+
+def image_labels_prefix(tenant: str, dataset_id: str, sha256: str) -> str:
+    """Prefix under which all label versions of one image live."""
+    return f"{dataset_labels_prefix(tenant, dataset_id)}{check_sha256(sha256)}/"
+
+
+def label(tenant: str, dataset_id: str, sha256: str, version: int) -> str:
+    v = check_index(version, "label version")
+    return f"{image_labels_prefix(tenant, dataset_id, sha256)}v{v}.png"
+
+
+def cache_prefix(tenant: str, encoder_id: str | None = None) -> str:
+    base = f"{tenant_prefix(tenant)}cache/"
+    return base if encoder_id is None else f"{base}{check_encoder_id(encoder_id)}/"
+
+
+def embedding(tenant: str, encoder_id: str, sha256: str) -> str:
+    # Per tenant on purpose: a shared cache would leak other tenants' images by timing.
+    return f"{cache_prefix(tenant, encoder_id)}{check_sha256(sha256)}.safetensors"
+
+
+def jobs_prefix(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}jobs/"
+
+
+def job_prefix(tenant: str, job: str) -> str:
+    return f"{jobs_prefix(tenant)}{check_id(job, 'job')}/"
+
+
+def job_state(tenant: str, job: str) -> str:
+    return f"{job_prefix(tenant, job)}state.json"
+
+
+def job_events(tenant: str, job: str) -> str:
+    return f"{job_prefix(tenant, job)}events.jsonl"
+
+
+def job_ckpt_prefix(tenant: str, job: str) -> str:
+    return f"{job_prefix(tenant, job)}ckpt/"
+
+
+def job_ckpt(tenant: str, job: str, step: int) -> str:
+    k = check_index(step, "checkpoint step")
+    return f"{job_ckpt_prefix(tenant, job)}step-{k}.safetensors"
+
+
+def models_prefix(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}models/"
+
+
+def model_prefix(tenant: str, model: str) -> str:
+    return f"{models_prefix(tenant)}{check_id(model, 'model')}/"
+
+
+def model_adapter(tenant: str, model: str) -> str:
+    return f"{model_prefix(tenant, model)}adapter.safetensors"
+
+
+def model_config(tenant: str, model: str) -> str:
+    return f"{model_prefix(tenant, model)}config.json"
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def parse_label_version(key: str) -> int:
+    """``.../labels/{dataset}/{sha256}/v{n}.png`` -> n."""
+    m = _LABEL_VERSION.search(key) if isinstance(key, str) else None
+    if m is None or m.end() != len(key) or "/labels/" not in key:
+        raise InvalidInput(f"not a label key: {key!r}")
+    return int(m.group(1))
+
+
+def parse_ckpt_step(key: str) -> int:
+    """``.../jobs/{job}/ckpt/step-{k}.safetensors`` -> k."""
+    m = _CKPT_STEP.search(key) if isinstance(key, str) else None
+    if m is None or m.end() != len(key):
+        raise InvalidInput(f"not a checkpoint key: {key!r}")
+    return int(m.group(1))
+
+
+def latest_label_version(keys: list[str]) -> int | None:
+    """Highest version among label keys (e.g. ``store.list(image_labels_prefix(...))``)."""
+    versions = [parse_label_version(k) for k in keys]
+    return max(versions) if versions else None
+
+
+def latest_ckpt_step(keys: list[str]) -> int | None:
+    steps = [parse_ckpt_step(k) for k in keys]
+    return max(steps) if steps else None
