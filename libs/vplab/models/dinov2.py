@@ -1,0 +1,171 @@
+"""DINOv2 through timm, and dense patch features letterboxed onto SAM's grid.
+
+Models are timm ``VisionTransformer``s built with ``dynamic_img_size=True`` so any
+letterbox size (896 -> 64x64 grid, 518 -> 37x37) works with the 518-px position embedding
+interpolated on the fly. Checkpoints may be timm state dicts or Meta's original
+``dinov2_vit*14_pretrain.pth`` files; timm's own ``checkpoint_filter_fn`` maps the latter
+(``mask_token`` dropped, SwiGLU ``w12``/``w3`` -> ``fc1``/``fc2``, registers, pos-embed
+resampling), so there is no hand-written key remapping here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch.nn import functional as F
+
+from vplab.errors import InvalidInput
+from vplab.models.checkpoint import load_strict, read_checkpoint
+from vplab.segmentation.transforms import letterbox
+
+if TYPE_CHECKING:
+    from vplab.storage import ArtifactStore
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_SIZE = 896  # 64 x 14: the 64x64 grid matches SAM's embedding cell for cell
+TINY_SEED = 0
+
+DINOV2_NAMES: tuple[str, ...] = (
+    "vit_small_patch14_dinov2",
+    "vit_base_patch14_dinov2",
+    "vit_large_patch14_dinov2",
+    "vit_giant_patch14_dinov2",
+    "dinov2_tiny",
+)
+
+# Same timm class and DINOv2 recipe (patch 14, LayerScale, no head); tiny sizes.
+_TINY_ARGS = dict(embed_dim=48, depth=2, num_heads=2, img_size=224)
+
+
+@dataclass
+class PatchFeatures:
+    """Dense features of one letterboxed image.
+
+    ``features``: (Gh, Gw, C) float32, L2-normalised per cell.
+    ``valid``: (Gh, Gw) bool, True where the cell contains image pixels (False = padding
+    only; never match or pick points there).
+    """
+
+    features: torch.Tensor
+    valid: torch.Tensor
+    original_size: tuple[int, int]  # (H, W) of the input image
+    input_size: tuple[int, int]  # (h', w') after resizing, before padding
+    size: int  # letterbox side
+    patch_size: int
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (self.features.shape[0], self.features.shape[1])
+
+
+def build_dinov2(
+    name: str,
+    checkpoint: str | Path | None = None,
+    sha256: str | None = None,
+    store: ArtifactStore | None = None,
+    seed: int = TINY_SEED,
+    cache_dir: str | Path | None = None,
+) -> VisionTransformer:
+    """Build DINOv2 ``name`` (one of ``DINOV2_NAMES``) in eval mode on the CPU.
+
+    Without ``checkpoint`` the weights are random, deterministic given ``seed``.
+    """
+    if name not in DINOV2_NAMES:
+        raise InvalidInput(f"unknown DINOv2 model {name!r}; expected one of {list(DINOV2_NAMES)}")
+    timm_name, extra = ("vit_small_patch14_dinov2", _TINY_ARGS) if name == "dinov2_tiny" else (name, {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(
+            timm_name, pretrained=False, dynamic_img_size=True, num_classes=0, **extra
+        )
+    if checkpoint is not None:
+        state, path = read_checkpoint(checkpoint, sha256=sha256, store=store, cache_dir=cache_dir)
+        # checkpoint_filter_fn pops keys from its input: give it a shallow copy.
+        state = checkpoint_filter_fn(dict(state), model)
+        load_strict(model, state, name, path)
+    return model.eval()
+
+
+def _grid_valid(input_size: tuple[int, int], size: int, patch: int) -> torch.Tensor:
+    g = size // patch
+    # A cell is valid if any of its pixels is image: ceil, not floor.
+    rows = -(-input_size[0] // patch)
+    cols = -(-input_size[1] // patch)
+    valid = torch.zeros(g, g, dtype=torch.bool)
+    valid[:rows, :cols] = True
+    return valid
+
+
+def _patch_size(model: VisionTransformer) -> int:
+    p = model.patch_embed.patch_size
+    return int(p[0] if isinstance(p, (tuple, list)) else p)
+
+
+@torch.no_grad()
+def extract_patch_features_batch(
+    model: VisionTransformer,
+    images: Sequence[np.ndarray],
+    size: int = DEFAULT_SIZE,
+) -> list[PatchFeatures]:
+    """``extract_patch_features`` for several images in one forward pass."""
+    patch = _patch_size(model)
+    if size % patch:
+        raise InvalidInput(f"letterbox size {size} must be a multiple of the patch size {patch}")
+    if not images:
+        return []
+    device = next(model.parameters()).device
+    tensors, input_sizes = [], []
+    for i, image in enumerate(images):
+        _check_image(image, f"images[{i}]")
+        x, input_size = letterbox(image, size, IMAGENET_MEAN, IMAGENET_STD, scale=1.0 / 255.0)
+        tensors.append(x)
+        input_sizes.append(input_size)
+    x = torch.cat(tensors).to(device)  # (B, 3, size, size)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        tokens = model.forward_features(x)  # (B, prefix + g*g, C), final norm applied
+    g = size // patch
+    feats = tokens[:, model.num_prefix_tokens :].float()  # drop CLS / register tokens
+    feats = F.normalize(feats, dim=-1).reshape(len(images), g, g, -1).cpu()
+    return [
+        PatchFeatures(
+            features=feats[i],
+            valid=_grid_valid(input_sizes[i], size, patch),
+            original_size=(int(images[i].shape[0]), int(images[i].shape[1])),
+            input_size=input_sizes[i],
+            size=size,
+            patch_size=patch,
+        )
+        for i in range(len(images))
+    ]
+
+
+def extract_patch_features(
+    model: VisionTransformer, image: np.ndarray, size: int = DEFAULT_SIZE
+) -> PatchFeatures:
+    """HxWx3 uint8 -> L2-normalised (Gh, Gw, C) patch features on the letterboxed image.
+
+    Letterbox exactly like SAM (longest side to ``size``, pad bottom/right), ImageNet
+    mean/std on 0-1 pixels.
+    """
+    return extract_patch_features_batch(model, [image], size)[0]
+
+
+def _check_image(image: object, field: str) -> None:
+    ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
+    if not ok or image.ndim != 3 or image.shape[2] != 3:
+        desc = (
+            f"{image.dtype} array of shape {image.shape}"
+            if isinstance(image, np.ndarray)
+            else type(image).__name__
+        )
+        raise InvalidInput(f"{field} must be an HxWx3 uint8 RGB array, got {desc}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InvalidInput(f"{field} is empty (shape {image.shape})")
