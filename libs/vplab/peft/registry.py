@@ -34,6 +34,7 @@ class MethodSpec:
     encoder_mode: EncoderMode
     prompt_free: bool = False  # PTSAM: no prompt encoder input; decode without prompts
     mergeable: bool = False  # pure weight delta: `vplab export --merge` supported
+    default_lr: float = 1e-4  # AdamW learning rate the trainer uses unless told otherwise
     description: str = ""
 
 

@@ -1,0 +1,64 @@
+"""Shared helpers for the encoder PEFT family (paper: peft-sam-biomedical-study).
+
+Every method here works on SAM's ViT blocks (``image_encoder.blocks[i]``) and, unless the
+method says otherwise, leaves the mask decoder and prompt encoder trainable: the study
+always updates them ("prompt encoder and mask decoder are always updated").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from torch import nn
+
+from vplab.errors import InvalidInput
+
+# Row ranges of SAM's fused ``attn.qkv`` output (3 * dim): q, then k, then v.
+_QKV_INDEX = {"q": 0, "k": 1, "v": 2}
+
+
+@dataclass
+class EncoderPeftConfig:
+    """Fields every encoder method has: whether decoder / prompt encoder also train."""
+
+    train_decoder: bool = True
+    train_prompt_encoder: bool = True
+
+
+def set_trainable(params: Iterable[nn.Parameter], flag: bool = True) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def train_heads(sam: nn.Module, config: EncoderPeftConfig) -> None:
+    """Unfreeze decoder / prompt encoder as the config says (the model arrives frozen)."""
+    if config.train_decoder:
+        set_trainable(sam.mask_decoder.parameters())
+    if config.train_prompt_encoder:
+        set_trainable(sam.prompt_encoder.parameters())
+
+
+def encoder_blocks(sam: nn.Module, start_block: int = 0) -> list[nn.Module]:
+    """``image_encoder.blocks[start_block:]``, with a clear error for a bad start."""
+    blocks = list(sam.image_encoder.blocks)
+    if not 0 <= start_block < len(blocks):
+        raise InvalidInput(
+            f"start_block={start_block} is out of range for an encoder with {len(blocks)} blocks"
+        )
+    return blocks[start_block:]
+
+
+def qkv_slices(dim: int, targets: Sequence[str]) -> list[tuple[int, int]]:
+    """Output row ranges of the fused qkv for the requested projections, in q, k, v order."""
+    unknown = sorted(set(targets) - set(_QKV_INDEX))
+    if unknown or not targets:
+        raise InvalidInput(f"qkv targets must be a non-empty subset of q, k, v; got {list(targets)}")
+    idx = sorted({_QKV_INDEX[t] for t in targets})
+    return [(i * dim, (i + 1) * dim) for i in idx]
+
+
+def is_meta(sam: nn.Module) -> bool:
+    """Built on the meta device (architecture only, used by ``describe``)."""
+    p = next(sam.parameters(), None)
+    return p is not None and p.device.type == "meta"
