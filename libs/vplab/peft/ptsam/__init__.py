@@ -1,1 +1,31 @@
-"""Registered by the ptsam method family (see vplab.peft.registry)."""
+"""PTSAM: prompt-tuned SAM (METHODS.md section 4).
+
+Importing this package registers ``ptsam-md`` and ``ptsam`` (see vplab.peft.registry).
+Prompt-free inference/training goes through ``ptsam_decode``.
+"""
+
+from vplab.peft.ptsam.config import PTSAMConfig, PTSAMDecoderConfig
+from vplab.peft.ptsam.layer import DecoderPrompts, EncoderPrompts, PromptedBlock, prompted_attention
+from vplab.peft.ptsam.model import (
+    PTSAMMaskDecoder,
+    inject_encoder_prompts,
+    inject_ptsam,
+    inject_ptsam_md,
+    ptsam_decode,
+    ptsam_segment,
+)
+
+__all__ = [
+    "DecoderPrompts",
+    "EncoderPrompts",
+    "PTSAMConfig",
+    "PTSAMDecoderConfig",
+    "PTSAMMaskDecoder",
+    "PromptedBlock",
+    "inject_encoder_prompts",
+    "inject_ptsam",
+    "inject_ptsam_md",
+    "prompted_attention",
+    "ptsam_decode",
+    "ptsam_segment",
+]
