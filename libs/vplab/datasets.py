@@ -1,0 +1,408 @@
+"""Datasets, images and versioned labels of one tenant (a library: services call it).
+
+Layout (keys built by ``vplab.storage.keys``)::
+
+    tenants/{t}/datasets/{d}.json                 metadata {id, name, created_at}
+    tenants/{t}/datasets/{d}/images/{sha256}      membership marker {filename, added_at}
+    tenants/{t}/images/{sha256}                   image bytes, shared by the tenant's datasets
+    tenants/{t}/labels/{d}/{sha256}/v{n}.png      label versions, n = 1, 2, ...
+
+Rules:
+
+* ``tenant`` is always the authenticated identity; every key is built under it, so
+  another tenant's dataset, image or label is simply ``NotFound`` (never revealed).
+* Bad input (unreadable image, decompression bomb, over a limit or quota, wrong label
+  size, unknown ids) is rejected before anything is written.
+* Membership is one marker object per image: concurrent ``add_image`` calls from
+  several replicas never lose each other's images (no read-modify-write of a list).
+* Image bytes are content-addressed (id = sha256 of the bytes), so re-uploading is
+  idempotent. They are deleted when no dataset of the tenant references them any more.
+  The protocol that keeps this safe without locks: ``add_image`` writes the marker
+  *before* it checks/writes the bytes; the collector deletes the bytes and *then*
+  re-lists the markers, restoring the bytes if a marker appeared meanwhile.
+* Label versions: ``put_label`` writes ``v{latest+1}``. Two concurrent corrections of
+  the same image can pick the same number (last writer wins; the store has no
+  conditional PUT) - acceptable for one user correcting one image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from vplab.errors import Conflict, InvalidInput, NotFound
+from vplab.images import decode_image, image_sha256, load_image, open_image
+from vplab.masks import encode_label_map
+from vplab.settings import Settings
+from vplab.storage import ArtifactStore, keys
+from vplab.tenancy.quotas import Quotas
+
+_MAX_NAME = 200
+_MAX_FILENAME = 255
+_GC_BATCH = 32
+_SINGLE_CHANNEL = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    name: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image_id: str
+    filename: str | None
+    added_at: str
+
+
+@dataclass(frozen=True)
+class Label:
+    image_id: str
+    version: int
+    png: bytes  # canonical PNG: uint8 (or uint16) class ids, 0 = background
+
+    def label_map(self) -> np.ndarray:
+        """(H, W) int32 class ids."""
+        return _decode_label_png(self.png, None, None)
+
+    def mask(self) -> np.ndarray:
+        """(H, W) bool foreground (any nonzero class)."""
+        return self.label_map() > 0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _tid(tenant: object) -> str:
+    """A tenant id, or a ``Tenant`` from the authenticator (its ``.id``)."""
+    tenant_id = getattr(tenant, "id", tenant)
+    return keys.check_id(tenant_id, "tenant")
+
+
+def _check_text(value: object, what: str, max_len: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string")
+    value = value.strip()
+    if len(value) > max_len or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInput(f"{what} must be at most {max_len} printable characters")
+    return value
+
+
+def _check_filename(filename: object) -> str | None:
+    if filename is None:
+        return None
+    if not isinstance(filename, str):
+        raise InvalidInput(f"filename must be a string, got {type(filename).__name__}")
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]  # metadata only; no paths
+    if not base.strip():
+        return None
+    return _check_text(base, "filename", _MAX_FILENAME)
+
+
+def _decode_label_png(
+    data: bytes, max_bytes: int | None, max_pixels: int | None
+) -> np.ndarray:
+    """PNG -> (H, W) int32 ids. Binary masks (0/1, 0/255, mode '1'), grey or palette label
+    maps, 16-bit label maps, and grey-valued RGB(A) are accepted; colour images are not."""
+    what = "label PNG"
+    img = load_image(open_image(data, max_bytes, max_pixels, what, formats=("PNG",)), what)
+    if img.mode in _SINGLE_CHANNEL:
+        arr = np.asarray(img)
+    elif img.mode in ("LA", "PA"):
+        arr = np.asarray(img)[..., 0]  # alpha ignored
+    elif img.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(img)[..., :3]
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            raise InvalidInput(
+                "label PNG must be a binary mask or a label map (single channel, or grey "
+                "RGB); got a colour RGB image"
+            )
+        arr = rgb[..., 0]
+    else:
+        raise InvalidInput(
+            f"label PNG must be a binary mask or a label map (single channel); got mode "
+            f"{img.mode}"
+        )
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise InvalidInput("label ids must be in 0..65535")
+    return arr.astype(np.int32)
+
+
+class DatasetStore:
+    def __init__(
+        self, store: ArtifactStore, settings: Settings, quotas: Quotas | None = None
+    ):
+        self.store = store
+        self.settings = settings
+        self.quotas = quotas if quotas is not None else Quotas(store, settings)
+
+    # --- datasets ----------------------------------------------------------------------------
+
+    def create_dataset(self, tenant: str, name: str, dataset_id: str | None = None) -> Dataset:
+        """New dataset; its id is ``dataset_id`` (``Conflict`` if taken) or ``d-<12 hex>``."""
+        t = _tid(tenant)
+        name = _check_text(name, "dataset name", _MAX_NAME)
+        if dataset_id is None:
+            dataset_id = f"d-{secrets.token_hex(6)}"
+        record = keys.dataset(t, keys.check_id(dataset_id, "dataset id"))
+        if self.store.exists(record):
+            raise Conflict(f"dataset {dataset_id!r} already exists")
+        ds = Dataset(id=dataset_id, name=name, created_at=_now())
+        self.store.put_json(record, {"id": ds.id, "name": ds.name, "created_at": ds.created_at})
+        return ds
+
+    def get_dataset(self, tenant: str, dataset_id: str) -> Dataset:
+        t = _tid(tenant)
+        try:
+            data = self.store.get_json(keys.dataset(t, keys.check_id(dataset_id, "dataset id")))
+        except NotFound:
+            raise NotFound(f"dataset {dataset_id!r} not found") from None
+        if not isinstance(data, dict):
+            raise InvalidInput(f"dataset record {dataset_id!r} is corrupt")
+        return Dataset(id=dataset_id, name=str(data.get("name", dataset_id)),
+                       created_at=str(data.get("created_at", "")))
+
+    def list_datasets(self, tenant: str) -> list[Dataset]:
+        t = _tid(tenant)
+        out = []
+        for key in self.store.list(keys.datasets_prefix(t)):
+            dataset_id = keys.parse_dataset_record(key, t)
+            if dataset_id is None:
+                continue  # a membership marker
+            with contextlib.suppress(NotFound):  # deleted meanwhile
+                out.append(self.get_dataset(t, dataset_id))
+        return sorted(out, key=lambda d: (d.created_at, d.id))
+
+    def delete_dataset(self, tenant: str, dataset_id: str) -> None:
+        """Delete the dataset, its markers and labels, and images no dataset still uses."""
+        t = _tid(tenant)
+        self.get_dataset(t, dataset_id)
+        shas = self.list_images(t, dataset_id)
+        # Record first: from here on the dataset is NotFound for every caller.
+        self.store.delete(keys.dataset(t, dataset_id))
+        self.store.delete_prefix(keys.dataset_objects_prefix(t, dataset_id))
+        self.store.delete_prefix(keys.dataset_labels_prefix(t, dataset_id))
+        self._collect_images(t, shas)
+
+    # --- images ------------------------------------------------------------------------------
+
+    def add_image(
+        self, tenant: str, dataset_id: str, data: bytes, filename: str | None = None
+    ) -> str:
+        """Store an image in a dataset; return its id (the sha256 of ``data``).
+
+        Decoded under the request limits and quota-checked before anything is written.
+        Re-uploading the same bytes is idempotent (same id, nothing changes).
+        """
+        t = _tid(tenant)
+        filename = _check_filename(filename)
+        self.get_dataset(t, dataset_id)
+        decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
+        data = bytes(data)
+        sha = image_sha256(data)
+        image_key = keys.image(t, sha)
+        marker = keys.dataset_image(t, dataset_id, sha)
+
+        had_bytes = self.store.exists(image_key)
+        had_marker = self.store.exists(marker)
+        room = (contextlib.nullcontext() if had_bytes
+                else self.quotas.reserve_image(t, len(data)))
+        with room:
+            if not had_marker:
+                self.store.put_json(marker, {"filename": filename, "added_at": _now()})
+            try:
+                # After the marker (see the module docstring): a concurrent collector that
+                # deleted the bytes either sees our marker and restores them, or we see
+                # them gone here and write them.
+                if not had_bytes or not self.store.exists(image_key):
+                    self.store.put_bytes(image_key, data)
+            except BaseException:
+                if not had_marker:
+                    with contextlib.suppress(Exception):
+                        self.store.delete(marker)
+                raise
+        return sha
+
+    def list_images(self, tenant: str, dataset_id: str) -> list[str]:
+        """Image ids (sha256) in the dataset, sorted."""
+        t = _tid(tenant)
+        self.get_dataset(t, dataset_id)
+        prefix = keys.dataset_images_prefix(t, dataset_id)
+        return sorted(
+            parsed[1] for parsed in (keys.parse_dataset_image(k, t) for k in self.store.list(prefix))
+            if parsed is not None and parsed[0] == dataset_id
+        )
+
+    def image_in_dataset(self, tenant: str, dataset_id: str, image_id: str) -> bool:
+        """Whether the image is in the dataset; ``NotFound`` for an unknown dataset."""
+        t = _tid(tenant)
+        self.get_dataset(t, dataset_id)
+        return self.store.exists(keys.dataset_image(t, dataset_id, _image_id(image_id)))
+
+    def image_info(self, tenant: str, dataset_id: str, image_id: str) -> ImageInfo:
+        t = _tid(tenant)
+        self.get_dataset(t, dataset_id)
+        try:
+            data = self.store.get_json(keys.dataset_image(t, dataset_id, _image_id(image_id)))
+        except NotFound:
+            raise NotFound(f"image {image_id} not found in dataset {dataset_id!r}") from None
+        data = data if isinstance(data, dict) else {}
+        return ImageInfo(image_id=image_id, filename=data.get("filename"),
+                         added_at=str(data.get("added_at", "")))
+
+    def get_image_bytes(self, tenant: str, image_id: str) -> bytes:
+        t = _tid(tenant)
+        try:
+            return self.store.get_bytes(keys.image(t, _image_id(image_id)))
+        except NotFound:
+            raise NotFound(f"image {image_id} not found") from None
+
+    def get_image(self, tenant: str, image_id: str) -> np.ndarray:
+        """Decoded (H, W, 3) uint8 RGB (EXIF orientation applied)."""
+        return decode_image(self.get_image_bytes(tenant, image_id),
+                            self.settings.max_image_bytes, self.settings.max_image_pixels)
+
+    def remove_image(self, tenant: str, dataset_id: str, image_id: str) -> None:
+        """Remove the image (and its labels) from the dataset; its bytes go when no other
+        dataset of the tenant uses them. ``NotFound`` if it is not in the dataset."""
+        t = _tid(tenant)
+        sha = self._require_member(t, dataset_id, image_id)
+        self.store.delete_prefix(keys.image_labels_prefix(t, dataset_id, sha))
+        self.store.delete(keys.dataset_image(t, dataset_id, sha))
+        self._collect_images(t, [sha])
+
+    # --- labels ------------------------------------------------------------------------------
+
+    def put_label(self, tenant: str, dataset_id: str, image_id: str, png_bytes: bytes) -> int:
+        """Store a new label version for an image of the dataset; return its number (1, 2...).
+
+        The PNG must be a binary mask or label map of exactly the image's size (the size
+        after EXIF orientation, i.e. what ``get_image`` returns).
+        """
+        t = _tid(tenant)
+        sha = self._require_member(t, dataset_id, image_id)
+        arr = _decode_label_png(png_bytes, self.settings.max_image_bytes,
+                                self.settings.max_image_pixels)
+        height, width = self.get_image(t, sha).shape[:2]
+        if arr.shape != (height, width):
+            raise InvalidInput(
+                f"label is {arr.shape[1]}x{arr.shape[0]} (WxH) but image {sha} is "
+                f"{width}x{height}; they must match"
+            )
+        canonical = encode_label_map(arr)
+        latest = keys.latest_label_version(
+            self.store.list(keys.image_labels_prefix(t, dataset_id, sha))
+        ) or 0
+        version = latest + 1
+        self.store.put_bytes(keys.label(t, dataset_id, sha, version), canonical,
+                             content_type="image/png")
+        return version
+
+    def get_label(
+        self, tenant: str, dataset_id: str, image_id: str, version: int | None = None
+    ) -> Label:
+        """A label version (latest if ``version`` is None); ``NotFound`` if absent."""
+        t = _tid(tenant)
+        sha = self._require_member(t, dataset_id, image_id)
+        if version is None:
+            version = keys.latest_label_version(
+                self.store.list(keys.image_labels_prefix(t, dataset_id, sha))
+            )
+            if version is None:
+                raise NotFound(f"image {sha} has no label in dataset {dataset_id!r}")
+        elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidInput(f"label version must be an integer >= 1, got {version!r}")
+        try:
+            png = self.store.get_bytes(keys.label(t, dataset_id, sha, version))
+        except NotFound:
+            raise NotFound(f"label version {version} of image {sha} not found") from None
+        return Label(image_id=sha, version=version, png=png)
+
+    def list_labels(self, tenant: str, dataset_id: str) -> dict[str, int]:
+        """``{image_id: latest label version}`` for the labelled images of the dataset."""
+        t = _tid(tenant)
+        members = set(self.list_images(t, dataset_id))
+        prefix = keys.dataset_labels_prefix(t, dataset_id)
+        latest: dict[str, int] = {}
+        for key in self.store.list(prefix):
+            parts = key[len(prefix):].split("/")
+            if len(parts) != 2 or parts[0] not in members:
+                continue
+            try:
+                v = keys.parse_label_version(key)
+            except InvalidInput:
+                continue
+            latest[parts[0]] = max(v, latest.get(parts[0], 0))
+        return dict(sorted(latest.items()))
+
+    def labeled_samples(
+        self, tenant: str, dataset_id: str
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``[(image_id, (H, W, 3) uint8 image, (H, W) bool label)]``, latest labels,
+        sorted by image id. Images removed concurrently are skipped."""
+        t = _tid(tenant)
+        samples = []
+        for sha, version in self.list_labels(t, dataset_id).items():
+            try:
+                image = self.get_image(t, sha)
+                png = self.store.get_bytes(keys.label(t, dataset_id, sha, version))
+                label = Label(image_id=sha, version=version, png=png).mask()
+            except NotFound:
+                continue
+            if label.shape != image.shape[:2]:
+                raise InvalidInput(f"label of image {sha} does not match the image size")
+            samples.append((sha, image, label))
+        return samples
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _require_member(self, t: str, dataset_id: str, image_id: str) -> str:
+        self.get_dataset(t, dataset_id)
+        sha = _image_id(image_id)
+        if not self.store.exists(keys.dataset_image(t, dataset_id, sha)):
+            raise NotFound(f"image {image_id} not found in dataset {dataset_id!r}")
+        return sha
+
+    def _referenced_images(self, t: str) -> set[str]:
+        return {
+            parsed[1]
+            for parsed in (keys.parse_dataset_image(k, t)
+                           for k in self.store.list(keys.datasets_prefix(t)))
+            if parsed is not None
+        }
+
+    def _collect_images(self, t: str, shas: list[str]) -> None:
+        """Delete image bytes no dataset references (see the module docstring)."""
+        if not shas:
+            return
+        for start in range(0, len(shas), _GC_BATCH):
+            batch = shas[start:start + _GC_BATCH]
+            referenced = self._referenced_images(t)
+            deleted: list[tuple[str, bytes]] = []
+            for sha in batch:
+                if sha in referenced:
+                    continue
+                try:
+                    data = self.store.get_bytes(keys.image(t, sha))
+                except NotFound:
+                    continue
+                self.store.delete(keys.image(t, sha))
+                deleted.append((sha, data))
+            if deleted:
+                referenced = self._referenced_images(t)
+                for sha, data in deleted:
+                    if sha in referenced:  # an add_image raced us: put the bytes back
+                        self.store.put_bytes(keys.image(t, sha), data)
+        self.quotas.forget_usage(t)
+
+
+def _image_id(image_id: object) -> str:
+    return keys.check_sha256(image_id, "image id")
