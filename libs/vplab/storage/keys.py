@@ -122,6 +122,44 @@ def dataset(tenant: str, dataset_id: str) -> str:
     return f"{datasets_prefix(tenant)}{check_id(dataset_id, 'dataset')}.json"
 
 
+def dataset_objects_prefix(tenant: str, dataset_id: str) -> str:
+    """Everything a dataset owns besides its ``{dataset}.json`` metadata record."""
+    return f"{datasets_prefix(tenant)}{check_id(dataset_id, 'dataset')}/"
+
+
+def dataset_images_prefix(tenant: str, dataset_id: str) -> str:
+    return f"{dataset_objects_prefix(tenant, dataset_id)}images/"
+
+
+def dataset_image(tenant: str, dataset_id: str, sha256: str) -> str:
+    """Membership marker: one object per image, so concurrent uploads (several gateway
+    replicas) never overwrite each other's membership, as a shared image list would."""
+    return f"{dataset_images_prefix(tenant, dataset_id)}{check_sha256(sha256)}"
+
+
+def parse_dataset_record(key: str, tenant: str) -> str | None:
+    """``tenants/{t}/datasets/{d}.json`` -> d; None for other keys under the prefix
+    (e.g. membership markers), so ``store.list(datasets_prefix(t))`` can be filtered."""
+    prefix = datasets_prefix(tenant)
+    if not isinstance(key, str) or not key.startswith(prefix) or not key.endswith(".json"):
+        return None
+    name = key[len(prefix) : -len(".json")]
+    return name if _ID.fullmatch(name) else None
+
+
+def parse_dataset_image(key: str, tenant: str) -> tuple[str, str] | None:
+    """``tenants/{t}/datasets/{d}/images/{sha256}`` -> (d, sha256); None for other keys."""
+    prefix = datasets_prefix(tenant)
+    if not isinstance(key, str) or not key.startswith(prefix):
+        return None
+    parts = key[len(prefix) :].split("/")
+    if len(parts) != 3 or parts[1] != "images":
+        return None
+    if not _ID.fullmatch(parts[0]) or not _SHA256.fullmatch(parts[2]):
+        return None
+    return parts[0], parts[2]
+
+
 def dataset_labels_prefix(tenant: str, dataset_id: str) -> str:
     return f"{tenant_prefix(tenant)}labels/{check_id(dataset_id, 'dataset')}/"
 
@@ -169,6 +207,29 @@ def job_ckpt_prefix(tenant: str, job: str) -> str:
 def job_ckpt(tenant: str, job: str, step: int) -> str:
     k = check_index(step, "checkpoint step")
     return f"{job_ckpt_prefix(tenant, job)}step-{k}.safetensors"
+
+
+def job_cancel(tenant: str, job: str) -> str:
+    """Cancel marker: written by the API only, so it never races the worker's state writes."""
+    return f"{job_prefix(tenant, job)}cancel"
+
+
+def active_jobs_prefix() -> str:
+    return f"{SYSTEM}active-jobs/"
+
+
+def active_job(tenant: str, job: str) -> str:
+    """Index of unfinished jobs, so a restarted training service finds them without
+    listing every tenant's objects."""
+    return f"{active_jobs_prefix()}{check_id(tenant, 'tenant')}/{check_id(job, 'job')}"
+
+
+def parse_active_job(key: str) -> tuple[str, str]:
+    rest = key[len(active_jobs_prefix()):] if key.startswith(active_jobs_prefix()) else ""
+    parts = rest.split("/")
+    if len(parts) != 2:
+        raise InvalidInput(f"not an active-job key: {key!r}")
+    return check_id(parts[0], "tenant"), check_id(parts[1], "job")
 
 
 def models_prefix(tenant: str) -> str:
