@@ -1,0 +1,1 @@
+"""What runs where: the Serve applications, their import paths, ports and gRPC servicers."""

@@ -1,0 +1,99 @@
+"""The one source of truth for the Ray Serve applications.
+
+The local stack (``vplab up``) and the Helm chart's ``serveConfigV2`` are both generated
+from ``APPS`` (see ``serve_config``), so an app name, import path, port or servicer function
+can only be changed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+GRPC_PORT = 9000  # Serve's gRPC proxy: every app behind one port, routed by "application" metadata
+HTTP_PORT = 8000  # Serve's HTTP proxy: only /-/healthz is used (KubeRay probes it)
+GATEWAY_PORT = 8080  # the REST gateway (its own process / Deployment)
+
+
+@dataclass(frozen=True)
+class ServeApp:
+    name: str  # the Serve application name = gRPC "application" metadata value
+    import_path: str  # module:attribute of the bound Serve application
+    servicer: str  # grpc "add_XServicer_to_server" function for the proxy
+    deployment: str  # the ingress deployment's class name (for per-deployment config)
+    role: str  # "inference" | "training": which worker group runs it
+    default_num_gpus: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def route_prefix(self) -> str:
+        # Serve's gRPC proxy needs a route prefix even though gRPC routes by metadata.
+        return f"/{self.name}"
+
+
+APPS: tuple[ServeApp, ...] = (
+    ServeApp(
+        name="features",
+        import_path="services.features.app:app",
+        servicer="vplab.rpc.v1.features_pb2_grpc.add_FeaturesServicer_to_server",
+        deployment="FeaturesDeployment",
+        role="inference",
+    ),
+    ServeApp(
+        name="segmentation",
+        import_path="services.segmentation.app:app",
+        servicer="vplab.rpc.v1.segmentation_pb2_grpc.add_SegmentationServicer_to_server",
+        deployment="SegmentationDeployment",
+        role="inference",
+    ),
+    ServeApp(
+        name="training",
+        import_path="services.training.app:app",
+        servicer="vplab.rpc.v1.training_pb2_grpc.add_TrainingServicer_to_server",
+        deployment="TrainingDeployment",
+        role="training",
+    ),
+)
+
+
+def servicer_functions() -> list[str]:
+    return [a.servicer for a in APPS]
+
+
+def serve_config(
+    num_gpus: dict[str, float] | None = None,
+    autoscaling: dict[str, dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Serve config document (the shape of ``serveConfigV2`` / ``serve deploy``).
+
+    ``num_gpus`` and ``autoscaling`` are per app name; ``env`` goes into every app's
+    runtime_env (e.g. VPLAB_* settings).
+    """
+    num_gpus = num_gpus or {}
+    autoscaling = autoscaling or {}
+    apps = []
+    for app in APPS:
+        deployment: dict[str, Any] = {
+            "name": app.deployment,
+            "ray_actor_options": {"num_gpus": num_gpus.get(app.name, app.default_num_gpus)},
+        }
+        if app.name in autoscaling:
+            deployment["autoscaling_config"] = autoscaling[app.name]
+        else:
+            deployment["num_replicas"] = 1
+        entry: dict[str, Any] = {
+            "name": app.name,
+            "route_prefix": app.route_prefix,
+            "import_path": app.import_path,
+            "deployments": [deployment],
+        }
+        if env:
+            entry["runtime_env"] = {"env_vars": dict(env)}
+        apps.append(entry)
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
+        "grpc_options": {"port": GRPC_PORT, "grpc_servicer_functions": servicer_functions()},
+        "applications": apps,
+    }
