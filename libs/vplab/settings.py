@@ -44,6 +44,18 @@ class Settings(BaseSettings):
     quota_bytes: int = 20 * 1024**3
     quota_concurrent_jobs: int = 2
 
+    # Training jobs.
+    train_checkpoint_every: int = 20
+    train_eval_every: int = 10
+    train_views: int = 8  # dihedral views per image in the augmentation bank
+    train_max_retries: int = 3  # worker deaths survived (the job resumes from its checkpoint)
+    train_num_gpus: float = 0.0
+
+    # Services.
+    grpc_target: str = "127.0.0.1:9000"  # where the gateway reaches the Serve gRPC proxy
+    embedding_lru_bytes: int = 512 * 1024**2
+    max_models_per_replica: int = 4
+
     # Secret mixed into API-key hashes (set it in production).
     api_key_pepper: str = "vplab-dev-pepper"
 

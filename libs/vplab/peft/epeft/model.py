@@ -249,7 +249,8 @@ def inject_epeft(sam: nn.Module, config: EPEFTConfig) -> None:
     sam.mask_decoder = EPEFTMaskDecoder(decoder, config)
 
 
-_COMMON = dict(inject=inject_epeft, encoder_mode="frozen", prompt_free=False)
+# default_lr is ours (the paper gives none): the best of a small sweep on the demo task.
+_COMMON = dict(inject=inject_epeft, encoder_mode="frozen", prompt_free=False, default_lr=3e-3)
 
 register(
     MethodSpec(

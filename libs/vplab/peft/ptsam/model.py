@@ -158,6 +158,7 @@ register(
         inject=inject_ptsam_md,
         encoder_mode="frozen",
         prompt_free=True,
+        default_lr=0.05,  # the PTSAM paper's recipe (decoder prompts only)
         description="PTSAM, mask decoder prompts only (8 x 256 = 2,048 params); prompt-free",
     )
 )
@@ -168,6 +169,7 @@ register(
         inject=inject_ptsam,
         encoder_mode="full",
         prompt_free=True,
+        default_lr=0.01,  # the PTSAM paper's recipe (with encoder prompts)
         description="PTSAM: decoder prompts + deep prompts in every ViT block (75,776 for ViT-B); prompt-free",
     )
 )

@@ -1,0 +1,123 @@
+"""A small synthetic segmentation task so a new user (and the tests) can run everything at once.
+
+Each image shows textured background, a few bright elliptical "cells" (the target class)
+and a few dark-edged squares (distractors that are NOT the target). ``DIR/images/NAME.png``
+is the RGB image and ``DIR/masks/NAME.png`` the binary target mask (0/255).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vplab.images import encode_png
+
+
+def make_sample(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One (image HxWx3 uint8, target mask HxW bool) pair."""
+    image, cells, _ = make_scene(rng, size)
+    return image, np.any(cells, axis=0) if cells else np.zeros((size, size), bool)
+
+
+def make_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """(image, cell instance masks, distractor-square instance masks): every object, one
+    mask each, for promptable (click -> instance) pretraining of the demo model."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    # Background: smooth gradient + noise, greenish-grey.
+    base = 60 + 30 * np.sin(xx / rng.uniform(20, 40)) * np.cos(yy / rng.uniform(20, 40))
+    image = np.stack([base * 0.8, base, base * 0.9], axis=-1)
+    image += rng.normal(0, 8, size=image.shape)
+
+    # Distractors first so cells may overlap them (cells win).
+    squares = []
+    for _ in range(rng.integers(1, 3)):
+        s = rng.integers(size // 10, size // 6)
+        x0, y0 = rng.integers(0, size - s, size=2)
+        image[y0 : y0 + s, x0 : x0 + s] = (40, 40, 160)
+        square = np.zeros((size, size), dtype=bool)
+        square[y0 : y0 + s, x0 : x0 + s] = True
+        squares.append(square)
+
+    cells = []
+    for _ in range(rng.integers(2, 5)):
+        cx, cy = rng.uniform(0.15 * size, 0.85 * size, size=2)
+        a, b = rng.uniform(0.06 * size, 0.12 * size, size=2)
+        theta = rng.uniform(0, np.pi)
+        dx, dy = xx - cx, yy - cy
+        u = dx * np.cos(theta) + dy * np.sin(theta)
+        v = -dx * np.sin(theta) + dy * np.cos(theta)
+        cell = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+        shade = 1.0 - 0.3 * ((u / a) ** 2 + (v / b) ** 2)  # brighter centre, like a nucleus
+        image[cell] = np.stack([230 * shade, 180 * shade, 90 * shade], axis=-1)[cell]
+        cells.append(cell)
+
+    image = np.clip(image + rng.normal(0, 4, size=image.shape), 0, 255).astype(np.uint8)
+    covered = np.any(cells, axis=0)
+    squares = [q & ~covered for q in squares]
+    return image, cells, [q for q in squares if q.any()]
+
+
+def write_demo_dataset(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -> list[str]:
+    """Write ``n`` samples to ``out_dir/images`` and ``out_dir/masks``; returns the names."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        image, mask = make_sample(rng, size)
+        name = f"img_{i:03d}"
+        _write_atomic(out / "images" / f"{name}.png", encode_png(image))
+        _write_atomic(out / "masks" / f"{name}.png", encode_png(mask.astype(np.uint8) * 255))
+        names.append(name)
+    return names
+
+
+def load_demo_samples(n: int = 8, size: int = 256, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The same samples as ``write_demo_dataset``, in memory."""
+    rng = np.random.default_rng(seed)
+    return [make_sample(rng, size) for _ in range(n)]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def promptable_pretraining_samples(n: int = 8, size: int = 256, seed: int = 1000):
+    """One ``LabeledImage`` per object instance (cells and squares) of ``n`` scenes."""
+    from vplab.training import LabeledImage
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        image, cells, squares = make_scene(rng, size)
+        for kind, masks in (("cell", cells), ("square", squares)):
+            for j, m in enumerate(masks):
+                if m.sum() >= 50:
+                    samples.append(LabeledImage(f"{i:03d}-{kind}{j}", image, m))
+    return samples
+
+
+def pretrain_promptable_tiny(steps: int = 600, seed: int = 0):
+    """``sam_tiny`` with its decoder and prompt encoder pretrained click -> instance on
+    demo scenes: a small stand-in for SAM's promptable pretraining.
+
+    Methods that only add prompts to a frozen decoder (PTSAM) specialise a *pretrained*
+    promptable decoder; the token path of a random decoder is nearly inert (training even
+    the mask token itself barely moves the loss), so they cannot learn on ``sam_tiny``.
+    """
+    from vplab.models import build_sam
+    from vplab.training import TrainConfig, Trainer
+
+    config = TrainConfig(method="freeze-encoder", steps=steps, lr=1e-3, seed=seed, eval_every=steps,
+                         checkpoint_every=steps, n_dihedral=4, n_photometric=0, val_fraction=0.1,
+                         max_pos_points=1, max_neg_points=0)
+    result = Trainer(build_sam("sam_tiny"), config, promptable_pretraining_samples()).run()
+    for p in result.model.parameters():
+        p.requires_grad_(False)
+    return result.model

@@ -1,0 +1,115 @@
+"""What the training loop reads per view, computed once before the loop.
+
+Depending on the method's ``encoder_mode`` a bank item holds:
+  frozen: the image embedding (1, C, g, g)             - the encoder never runs in the loop
+  late:   the activation entering ``start_block`` (1, g, g, D) - only late blocks run
+  full:   the preprocessed input (1, 3, S, S)          - the whole encoder runs
+plus the low-res target and the view's label for prompt sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from vplab.segmentation.transforms import image_to_tensor, normalize_pad, preprocess_shape, resize_longest_side
+from vplab.training.augment import View
+from vplab.training.data import LabeledImage
+
+
+@dataclass
+class BankItem:
+    name: str
+    view: str
+    feature: torch.Tensor  # see module docstring; on CPU
+    label: torch.Tensor  # (H, W) bool, in the view's pixel frame
+    target: torch.Tensor  # (1, L, L) float in [0, 1], the label in the low-res logit frame
+    input_size: tuple[int, int]  # resized (h, w) before padding
+    original_size: tuple[int, int]  # (H, W) of the view
+
+
+class FeatureCache(Protocol):
+    """Optional persistent cache of bank features (the service backs it by the object store)."""
+
+    def get(self, key: str) -> torch.Tensor | None: ...
+
+    def put(self, key: str, value: torch.Tensor) -> None: ...
+
+
+def preprocess(sam: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(H, W, 3) uint8 -> normalised, padded (1, 3, S, S) float and the resized (h, w)."""
+    size = sam.image_encoder.img_size
+    resized = resize_longest_side(image, size)
+    x = image_to_tensor(resized, sam.pixel_mean.device)
+    return normalize_pad(x, sam.pixel_mean, sam.pixel_std, size), resized.shape[:2]
+
+
+def lowres_target(sam: Sam, label: np.ndarray, lowres: int) -> torch.Tensor:
+    """The label resized like the image, padded, then area-downsampled to (1, L, L)."""
+    size = sam.image_encoder.img_size
+    h, w = preprocess_shape(label.shape[0], label.shape[1], size)
+    t = torch.as_tensor(label, dtype=torch.float32)[None, None]
+    t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False)
+    t = F.pad(t, (0, size - w, 0, size - h))
+    return F.interpolate(t, (lowres, lowres), mode="area")[0]
+
+
+@torch.no_grad()
+def encoder_input_to_feature(sam: Sam, x: torch.Tensor, mode: str, start_block: int) -> torch.Tensor:
+    enc = sam.image_encoder
+    if mode == "full":
+        return x
+    if mode == "frozen":
+        return enc(x)
+    h = enc.patch_embed(x)
+    if enc.pos_embed is not None:
+        h = h + enc.pos_embed
+    for blk in enc.blocks[:start_block]:
+        h = blk(h)
+    return h
+
+
+def build_bank(
+    sam: Sam,
+    samples: list[LabeledImage],
+    views: list[View],
+    mode: str,
+    start_block: int = 0,
+    cache: FeatureCache | None = None,
+    cache_prefix: str = "",
+    on_item: Callable[[int, int], None] | None = None,
+) -> list[BankItem]:
+    """Compute the bank. ``cache_prefix`` must identify the encoder weights (see ARCHITECTURE)."""
+    device = sam.pixel_mean.device
+    grid = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.kernel_size[0]
+    lowres = 4 * grid  # SAM's decoder upscales the embedding 4x
+    items, total = [], len(samples) * len(views)
+    for sample in samples:
+        for view in views:
+            image, label = view.apply(sample.image, sample.label)
+            key = f"{cache_prefix}{sample.name}/{view.name}/{mode}{start_block if mode == 'late' else ''}"
+            x, input_size = preprocess(sam, image)
+            feature = cache.get(key) if cache is not None else None
+            if feature is None:
+                feature = encoder_input_to_feature(sam, x, mode, start_block).cpu()
+                if cache is not None and mode != "full":
+                    cache.put(key, feature)
+            items.append(
+                BankItem(
+                    name=sample.name,
+                    view=view.name,
+                    feature=feature,
+                    label=torch.as_tensor(np.ascontiguousarray(label)),
+                    target=lowres_target(sam, label, lowres),
+                    input_size=tuple(input_size),
+                    original_size=tuple(label.shape),
+                )
+            )
+            if on_item is not None:
+                on_item(len(items), total)
+    return items

@@ -1,0 +1,76 @@
+"""Labelled images for training: loading a folder pair and validating it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vplab.errors import InvalidInput
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass
+class LabeledImage:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    label: np.ndarray  # (H, W) bool, the target class
+
+
+def validate_samples(samples: list[LabeledImage]) -> None:
+    if not samples:
+        raise InvalidInput("the label set is empty: at least one labelled image is needed")
+    for s in samples:
+        if s.image.ndim != 3 or s.image.shape[2] != 3:
+            raise InvalidInput(f"image {s.name!r} must be H x W x 3, got {s.image.shape}")
+        if s.label.shape != s.image.shape[:2]:
+            raise InvalidInput(
+                f"label of {s.name!r} is {s.label.shape[1]}x{s.label.shape[0]} but the image is "
+                f"{s.image.shape[1]}x{s.image.shape[0]}"
+            )
+    if not any(s.label.any() for s in samples):
+        raise InvalidInput("every label is empty: nothing to learn")
+
+
+def load_labeled_dir(images_dir: str | Path, labels_dir: str | Path) -> list[LabeledImage]:
+    """Pair ``images_dir/NAME.*`` with ``labels_dir/NAME.png`` (label > 0 is foreground).
+
+    Every label must have an image; images without a label are ignored (unlabelled).
+    """
+    from vplab.images import read_image
+    from vplab.masks import read_binary_mask
+
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for d, what in ((images_dir, "images"), (labels_dir, "labels")):
+        if not d.is_dir():
+            raise InvalidInput(f"{what} directory {str(d)!r} does not exist")
+    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    labels = {p.stem: p for p in sorted(labels_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not labels:
+        raise InvalidInput(f"no label files in {str(labels_dir)!r}: the label set is empty")
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise InvalidInput(f"labels without a matching image in {str(images_dir)!r}: {orphans[:5]}")
+    samples = [
+        LabeledImage(name, read_image(images[name]), read_binary_mask(labels[name]))
+        for name in sorted(labels)
+    ]
+    validate_samples(samples)
+    return samples
+
+
+def split_train_val(
+    samples: list[LabeledImage], val_fraction: float, seed: int
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """Hold out ``round(n * val_fraction)`` images (at least 1 when n >= 2 and fraction > 0)."""
+    n = len(samples)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val = [samples[i] for i in sorted(order[:n_val])]
+    train = [samples[i] for i in sorted(order[n_val:])]
+    return train, val

@@ -1,0 +1,115 @@
+"""Unit tests of the trainer's parts: data pairing, views, prompts, loss, checkpoint codec."""
+
+import numpy as np
+import pytest
+import torch
+
+from vplab.errors import InvalidInput
+from vplab.training.augment import DIHEDRAL, View, views
+from vplab.training.checkpoint import TrainerState, decode_state, encode_state
+from vplab.training.data import LabeledImage, load_labeled_dir, split_train_val, validate_samples
+from vplab.training.losses import dice_loss, segmentation_loss
+from vplab.training.prompts import sample_points
+
+
+def _sample(name="a", h=20, w=30):
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    lab = np.zeros((h, w), bool)
+    lab[5:10, 5:12] = True
+    return LabeledImage(name, img, lab)
+
+
+def test_dihedral_views_are_distinct_and_keep_label_aligned():
+    s = _sample()
+    img = np.zeros((20, 30, 3), np.uint8)
+    img[s.label] = 255  # image and label share the object: every view must keep them aligned
+    seen = set()
+    for v in views(8, 0):
+        im, lab = v.apply(img, s.label)
+        assert np.array_equal(im[..., 0] > 0, lab)
+        seen.add(lab.tobytes() + bytes(lab.shape))
+    assert len(seen) == 8 and len(DIHEDRAL) == 8
+    im, lab = View("gamma0.7").apply(img, s.label)
+    assert im.dtype == np.uint8 and np.array_equal(lab, s.label)
+
+
+def test_sample_points_positive_inside_negative_outside():
+    label = torch.zeros(50, 60, dtype=torch.bool)
+    label[10:20, 30:45] = True
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        pts, labels = sample_points(label, g, max_pos=3, max_neg=2)
+        assert 1 <= int((labels == 1).sum()) <= 3 and int((labels == 0).sum()) <= 2
+        for (x, y), l in zip(pts.tolist(), labels.tolist()):
+            assert bool(label[int(y), int(x)]) == (l == 1)
+
+
+def test_loss_is_low_for_right_logits_and_high_for_wrong():
+    target = torch.zeros(1, 8, 8)
+    target[:, 2:6, 2:6] = 1
+    good = (target * 20 - 10)
+    assert segmentation_loss(good, target) < 0.05
+    assert segmentation_loss(-good, target) > 0.7
+    assert dice_loss(good, target) < 0.01
+
+
+def test_split_is_seeded_and_holds_out_one():
+    samples = [_sample(str(i)) for i in range(5)]
+    tr, va = split_train_val(samples, 0.2, seed=3)
+    assert len(va) == 1 and len(tr) == 4
+    assert [s.name for s in va] == [s.name for s in split_train_val(samples, 0.2, seed=3)[1]]
+    tr, va = split_train_val(samples[:1], 0.2, seed=0)
+    assert len(tr) == 1 and va == []
+
+
+def test_validate_samples_errors():
+    with pytest.raises(InvalidInput, match="empty"):
+        validate_samples([])
+    s = _sample()
+    s.label = s.label[:, :10]
+    with pytest.raises(InvalidInput, match="label of 'a'"):
+        validate_samples([s])
+    s = _sample()
+    s.label[:] = False
+    with pytest.raises(InvalidInput, match="every label is empty"):
+        validate_samples([s])
+
+
+def test_load_labeled_dir_pairs_and_rejects_orphans(tmp_path):
+    from vplab.demo import write_demo_dataset
+
+    write_demo_dataset(tmp_path, n=3, size=64)
+    samples = load_labeled_dir(tmp_path / "images", tmp_path / "masks")
+    assert [s.name for s in samples] == ["img_000", "img_001", "img_002"]
+    assert samples[0].image.shape == (64, 64, 3) and samples[0].label.dtype == bool
+    (tmp_path / "masks" / "stray.png").write_bytes((tmp_path / "masks" / "img_000.png").read_bytes())
+    with pytest.raises(InvalidInput, match="without a matching image"):
+        load_labeled_dir(tmp_path / "images", tmp_path / "masks")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInput, match="label set is empty"):
+        load_labeled_dir(tmp_path / "images", tmp_path / "empty")
+
+
+def test_checkpoint_codec_roundtrip():
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.randn(3, 4)
+    opt.step()
+    state = TrainerState(
+        step=7,
+        params={"a.b": p.detach()},
+        best={"a.b": p.detach() * 2},
+        optimizer=opt.state_dict(),
+        scheduler={"last_epoch": 7, "_step_count": 8},
+        torch_rng=torch.get_rng_state(),
+        sampler_rng=torch.Generator().manual_seed(5).get_state(),
+        info={"best_val_iou": 0.5, "history": [{"step": 5, "val_iou": 0.5}]},
+    )
+    back = decode_state(encode_state(state))
+    assert back.step == 7 and back.info == state.info and back.scheduler == state.scheduler
+    assert torch.equal(back.params["a.b"], p.detach()) and torch.equal(back.best["a.b"], p.detach() * 2)
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3, 4))], lr=0.1)
+    opt2.load_state_dict(back.optimizer)
+    for k in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(opt2.state_dict()["state"][0][k], opt.state_dict()["state"][0][k])
+    assert torch.equal(back.torch_rng, state.torch_rng)
