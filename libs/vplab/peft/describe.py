@@ -42,21 +42,21 @@ def build_architecture(base: str, meta: bool = True) -> nn.Module:
     return builder()
 
 
-def describe(method: str, base: str = "vit_b") -> tuple[dict[str, int], int]:
-    """(trainable parameters per piece, total) of ``method`` on ``base``."""
+def describe(method: str, base: str = "vit_b", config: dict | None = None) -> tuple[dict[str, int], int]:
+    """(trainable parameters per piece, total) of ``method`` (with ``config`` overrides) on ``base``."""
     get_method(method)  # unknown method -> InvalidInput before building anything
     sam = build_architecture(base, meta=True)
     try:
-        apply_method(sam, method)
+        apply_method(sam, method, dict(config or {}))
     except (NotImplementedError, RuntimeError):
         # The method's inject touched tensor data (meta tensors have none): real build.
         sam = build_architecture(base, meta=False)
-        apply_method(sam, method)
+        apply_method(sam, method, dict(config or {}))
     pieces = dict(trainable_by_piece(sam))
     return pieces, count_trainable(sam)
 
 
-def describe_lines(method: str, base: str = "vit_b") -> list[str]:
+def describe_lines(method: str, base: str = "vit_b", config: dict | None = None) -> list[str]:
     """Lines "piece: N" per piece, then exactly "trainable_params: N"."""
-    pieces, total = describe(method, base)
+    pieces, total = describe(method, base, config)
     return [f"{piece}: {n}" for piece, n in pieces.items()] + [f"trainable_params: {total}"]

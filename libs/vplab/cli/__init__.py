@@ -1,0 +1,42 @@
+"""The ``vplab`` command: local tools (segment, visual-prompt, train, predict, export),
+the local stack (up/down), tenants and benchmarks. Each group lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vplab.errors import VPLabError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vplab.cli import data, local, peft_cmds
+
+    parser = argparse.ArgumentParser(
+        prog="vplab", description="VP Lab: few-shot segmentation with SAM, visual prompting and PEFT."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (data, local, peft_cmds):
+        module.add_commands(sub)
+    for name in ("stack", "tenants", "gateway_cmd", "bench"):
+        try:
+            module = __import__(f"vplab.cli.{name}", fromlist=["add_commands"])
+        except ModuleNotFoundError:
+            continue
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VPLabError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from vplab.cli import main
+
+sys.exit(main())
