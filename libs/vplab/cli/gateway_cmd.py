@@ -1,0 +1,45 @@
+"""``vplab gateway``: run the REST gateway (FastAPI under uvicorn) in this process."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from vplab.serving.apps import GATEWAY_PORT
+
+    p = sub.add_parser(
+        "gateway",
+        help="run the REST gateway (settings from VPLAB_* variables; gRPC target: VPLAB_GRPC_TARGET)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, default=GATEWAY_PORT, help=f"port (default {GATEWAY_PORT})")
+    p.add_argument("--grpc-target", help="host:port of the Serve gRPC proxy (overrides VPLAB_GRPC_TARGET)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run_gateway)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from vplab.errors import InvalidInput
+
+    if not 0 < args.port < 65536:
+        raise InvalidInput(f"--port must be 1..65535, got {args.port}")
+    if args.workers < 1:
+        raise InvalidInput("--workers must be >= 1")
+    if args.grpc_target:
+        os.environ["VPLAB_GRPC_TARGET"] = args.grpc_target  # read by Settings() in each worker
+    uvicorn.run(
+        "services.gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        proxy_headers=True,
+    )
+    return 0

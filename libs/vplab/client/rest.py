@@ -1,0 +1,410 @@
+"""``VPLabClient``: the REST gateway from Python (httpx), with numpy masks in and out.
+
+    from vplab.client import VPLabClient
+
+    vp = VPLabClient("http://localhost:8080", api_key="vpl_...")
+    ds = vp.create_dataset("wafers")
+    image_id = vp.upload_image(ds["id"], "wafer-001.png")
+    seg = vp.segment(image_id, points=[[40, 52], [10, 10]], labels=[1, 0])
+    mask = seg.best_mask                       # (H, W) bool
+    version = vp.put_label(ds["id"], image_id, mask)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import httpx
+import numpy as np
+
+from vplab.client.errors import VPLabAPIError
+
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+@dataclass
+class SegmentResult:
+    """Masks from ``segment``: ``masks`` (N, H, W) bool, best first; ``scores`` (N,)."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    height: int
+    width: int
+
+    @property
+    def best_mask(self) -> np.ndarray:
+        return self.masks[int(np.argmax(self.scores))]
+
+
+@dataclass
+class VisualPromptResult:
+    """One target of ``visual_prompt``: its (H, W) bool mask, score and derived prompts."""
+
+    index: int
+    image_id: str
+    mask: np.ndarray
+    score: float
+    points: np.ndarray  # (K, 2) float [x, y]
+    point_labels: np.ndarray  # (K,) int
+
+
+def _mask_to_rle(mask: Any) -> dict[str, Any]:
+    from vplab.masks import encode_rle
+
+    if isinstance(mask, dict):  # already RLE
+        return {"size": list(mask["size"]), "counts": mask["counts"]}
+    return encode_rle(np.asarray(mask))
+
+
+def _rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    from vplab.masks import decode_rle
+
+    return decode_rle(rle)
+
+
+def _image_bytes(image: str | Path | bytes | np.ndarray) -> tuple[bytes, str]:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image), "image"
+    if isinstance(image, np.ndarray):
+        from vplab.images import encode_png
+
+        return encode_png(image), "image.png"
+    path = Path(image)
+    return path.read_bytes(), path.name
+
+
+def _parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str | None, str]]:
+    """(event, id, data) for each SSE event; comments (keep-alives) are skipped."""
+    event, event_id, data = "message", None, []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event, event_id, "\n".join(data)
+            event, event_id, data = "message", None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "id":
+            event_id = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event, event_id, "\n".join(data)
+
+
+class VPLabClient:
+    """REST client for the VP Lab gateway.
+
+    ``base_url`` like ``http://localhost:8080``; ``api_key`` is the tenant's ``vpl_...`` key;
+    ``timeout`` in seconds per request (streams wait longer between events). Every error
+    raises ``VPLabAPIError(status, code, message)``. Use as a context manager or ``close()``.
+    """
+
+    def __init__(
+        self, base_url: str, api_key: str, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "vplab-python"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "VPLabClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as e:
+            raise VPLabAPIError(504, "deadline_exceeded", f"request timed out: {e}") from e
+        except httpx.TransportError as e:
+            raise VPLabAPIError(503, "unavailable", f"cannot reach {self.base_url}: {e}") from e
+        if response.status_code >= 400:
+            raise VPLabAPIError.from_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _sse(self, method: str, path: str, **kwargs) -> Iterator[tuple[str, str | None, Any]]:
+        headers = {"Accept": "text/event-stream", **kwargs.pop("headers", {})}
+        timeout = httpx.Timeout(self.timeout, read=max(self.timeout, 60.0))
+        try:
+            with self._http.stream(method, path, headers=headers, timeout=timeout, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise VPLabAPIError.from_response(response)
+                for event, event_id, data in _parse_sse(response.iter_lines()):
+                    payload = json.loads(data)
+                    if event == "error":
+                        err = payload.get("error", {})
+                        raise VPLabAPIError(int(payload.get("status", 502)), str(err.get("code", "error")),
+                                            str(err.get("message", "stream failed")))
+                    yield event, event_id, payload
+        except httpx.TimeoutException as e:
+            raise VPLabAPIError(504, "deadline_exceeded", f"stream timed out: {e}") from e
+        except httpx.TransportError as e:
+            raise VPLabAPIError(503, "unavailable", f"stream from {self.base_url} broke: {e}") from e
+
+    # --- ops ---------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz`` (no error raised for 503: look at ``status``)."""
+        r = self._http.get("/healthz")
+        return r.json()
+
+    # --- datasets and images -------------------------------------------------------------
+
+    def create_dataset(self, name: str) -> dict[str, Any]:
+        """-> ``{"id", "name", "created_at", ...}``."""
+        return self._json("POST", "/v1/datasets", json={"name": name})
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/datasets")["datasets"]
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def upload_image(self, dataset_id: str, image: str | Path | bytes | np.ndarray, filename: str | None = None) -> str:
+        """Upload a file path, encoded image bytes, or a uint8 (H, W[, 3|4]) array (sent as PNG).
+
+        Returns the image id (sha256 of the bytes stored).
+        """
+        data, name = _image_bytes(image)
+        files = {"file": (filename or name, data, "application/octet-stream")}
+        return self._json("POST", f"/v1/datasets/{dataset_id}/images", files=files)["image_id"]
+
+    def list_images(self, dataset_id: str) -> list[Any]:
+        return self._json("GET", f"/v1/datasets/{dataset_id}/images")["images"]
+
+    def get_image(self, image_id: str) -> bytes:
+        return self._request("GET", f"/v1/images/{image_id}").content
+
+    def delete_image(self, dataset_id: str, image_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}/images/{image_id}")
+
+    # --- segmentation --------------------------------------------------------------------
+
+    def segment(
+        self,
+        image_id: str,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        model_id: str | None = None,
+        multimask: bool = False,
+        mask_input: np.ndarray | dict | None = None,
+    ) -> SegmentResult:
+        """Prompted segmentation. ``points`` are [x, y] pixels; ``labels`` 1/0 (default: all 1)."""
+        arr = np.asarray(points, dtype=float).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+        pts = [[float(x), float(y)] for x, y in arr]
+        body: dict[str, Any] = {
+            "points": pts,
+            "labels": [int(v) for v in labels] if labels is not None else [1] * len(pts),
+            "multimask": bool(multimask),
+        }
+        if box is not None:
+            body["box"] = [float(v) for v in box]
+        if model_id:
+            body["model_id"] = model_id
+        if mask_input is not None:
+            body["mask_input_rle"] = _mask_to_rle(mask_input)
+        r = self._json("POST", f"/v1/images/{image_id}/segment", json=body)
+        masks = [_rle_to_mask(m["rle"]) for m in r["masks"]]
+        h, w = int(r["height"]), int(r["width"])
+        stack = np.stack(masks) if masks else np.zeros((0, h, w), bool)
+        return SegmentResult(stack, np.asarray([m["score"] for m in r["masks"]], dtype=np.float32), h, w)
+
+    def _vp_body(self, references, targets, model_id, matcher, seed) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "references": [{"image_id": i, "mask_rle": _mask_to_rle(m)} for i, m in references],
+            "matcher": matcher, "seed": int(seed),
+        }
+        if targets is not None:
+            body["targets"] = list(targets)
+        if model_id:
+            body["model_id"] = model_id
+        return body
+
+    @staticmethod
+    def _vp_result(r: dict[str, Any]) -> VisualPromptResult:
+        return VisualPromptResult(
+            index=int(r["index"]), image_id=r["image_id"], mask=_rle_to_mask(r["mask_rle"]), score=float(r["score"]),
+            points=np.asarray(r["points"], dtype=np.float32).reshape(-1, 2),
+            point_labels=np.asarray(r["point_labels"], dtype=np.int64),
+        )
+
+    def visual_prompt(
+        self,
+        dataset_id: str,
+        references: Sequence[tuple[str, np.ndarray | dict]],
+        targets: Sequence[str] | None = None,
+        model_id: str | None = None,
+        matcher: str = "soft",
+        seed: int = 0,
+    ) -> list[VisualPromptResult]:
+        """Segment ``targets`` (default: every other image of the dataset) like the
+        ``references`` ([(image_id, (H, W) mask), ...]). Results in target order."""
+        r = self._json("POST", f"/v1/datasets/{dataset_id}/visual-prompt",
+                       json=self._vp_body(references, targets, model_id, matcher, seed))
+        return [self._vp_result(x) for x in r["results"]]
+
+    def iter_visual_prompt(
+        self,
+        dataset_id: str,
+        references: Sequence[tuple[str, np.ndarray | dict]],
+        targets: Sequence[str] | None = None,
+        model_id: str | None = None,
+        matcher: str = "soft",
+        seed: int = 0,
+    ) -> Iterator[VisualPromptResult]:
+        """Like ``visual_prompt`` but yields each target as soon as it is done (SSE)."""
+        body = self._vp_body(references, targets, model_id, matcher, seed)
+        for event, _, payload in self._sse("POST", f"/v1/datasets/{dataset_id}/visual-prompt", json=body):
+            if event == "result":
+                yield self._vp_result(payload)
+
+    def auto_segment(self, image_id: str, model_id: str) -> tuple[np.ndarray, float]:
+        """Prompt-free segmentation with a PTSAM model -> ((H, W) bool mask, score)."""
+        r = self._json("POST", f"/v1/images/{image_id}/auto-segment", json={"model_id": model_id})
+        return _rle_to_mask(r["mask_rle"]), float(r["score"])
+
+    # --- labels --------------------------------------------------------------------------
+
+    def put_label(self, dataset_id: str, image_id: str, mask: np.ndarray | bytes) -> int:
+        """Store a refined mask ((H, W), nonzero = object, or PNG bytes); returns its version."""
+        if isinstance(mask, (bytes, bytearray)):
+            data = bytes(mask)
+        else:
+            from vplab.masks import encode_binary_mask
+
+            data = encode_binary_mask(np.asarray(mask))
+        r = self._json("PUT", f"/v1/datasets/{dataset_id}/labels/{image_id}", content=data,
+                       headers={"Content-Type": "image/png"})
+        return int(r["version"])
+
+    def list_labels(self, dataset_id: str) -> dict[str, int]:
+        """``{image_id: latest version}``."""
+        return self._json("GET", f"/v1/datasets/{dataset_id}/labels")
+
+    def get_label(self, dataset_id: str, image_id: str, version: int | None = None) -> np.ndarray:
+        from vplab.masks import read_binary_mask
+
+        params = {"version": version} if version is not None else None
+        return read_binary_mask(self._request("GET", f"/v1/datasets/{dataset_id}/labels/{image_id}",
+                                              params=params).content)
+
+    # --- training ------------------------------------------------------------------------
+
+    def start_training(
+        self,
+        dataset_id: str,
+        method: str = "epeft",
+        steps: int = 0,
+        base_model: str | None = None,
+        method_config: dict[str, Any] | None = None,
+        seed: int = 0,
+        lr: float | None = None,
+    ) -> dict[str, Any]:
+        """Queue a fine-tuning job on the dataset's labels -> the job (``job_id``, ``state``...)."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "method": method, "steps": int(steps), "seed": int(seed),
+                                "method_config": method_config or {}}
+        if base_model:
+            body["base_model"] = base_model
+        if lr is not None:
+            body["lr"] = float(lr)
+        return self._json("POST", "/v1/trainings", json=body)
+
+    def get_training(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/trainings/{job_id}")
+
+    def list_trainings(self, state: str | None = None, limit: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        return self._json("GET", "/v1/trainings", params=params)["jobs"]
+
+    def iter_training_events(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """Progress events (dicts with ``seq``, ``state``, ``phase``, ``step``, ``loss``...) until
+        the job ends; one stream, no reconnect (see ``wait_for_training``)."""
+        for _, _, payload in self._sse("GET", f"/v1/trainings/{job_id}/events", params={"after_seq": after_seq}):
+            yield payload
+
+    def wait_for_training(
+        self,
+        job_id: str,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+        max_reconnects: int = 5,
+    ) -> dict[str, Any]:
+        """Follow the job's events until it ends; return the final job.
+
+        ``on_event`` is called with every event once (a broken stream is resumed after the
+        last seq seen). Raises ``VPLabAPIError`` (504) after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_seq, failures = 0, 0
+        while True:
+            try:
+                for event in self.iter_training_events(job_id, after_seq=last_seq):
+                    last_seq = max(last_seq, int(event.get("seq", last_seq)))
+                    if on_event is not None:
+                        on_event(event)
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+            except VPLabAPIError as e:
+                if e.status not in (502, 503, 504):
+                    raise
+                failures += 1
+                if failures > max_reconnects:
+                    raise
+                time.sleep(min(0.1 * 2.0**failures, 5.0))
+            job = self.get_training(job_id)
+            if job["state"] in TERMINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise VPLabAPIError(504, "deadline_exceeded", f"job {job_id} did not end in {timeout} s")
+
+    def cancel_training(self, job_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/trainings/{job_id}")
+
+    # --- models --------------------------------------------------------------------------
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """``[{"model_id", "config"}, ...]``."""
+        return self._json("GET", "/v1/models")["models"]
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/models/{model_id}")
+
+    def export_model(self, model_id: str, path: str | Path) -> Path:
+        """Download the adapter zip (adapter.safetensors + config.json) to ``path``."""
+        data = self._request("GET", f"/v1/models/{model_id}/export").content
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
+
+    def delete_model(self, model_id: str) -> None:
+        self._request("DELETE", f"/v1/models/{model_id}")

@@ -1,0 +1,214 @@
+"""Request and response bodies of the REST API (pydantic: validated, documented in OpenAPI).
+
+Structural checks live here (point pairs, labels 0/1, matching lengths, finite numbers);
+checks that need settings (point / target counts -> 413) or the store are in the routes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+INT32_MAX = 2**31 - 1
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Rle(BaseModel):
+    """A binary mask in COCO compressed RLE (column-major), as produced by pycocotools."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: tuple[int, int] = Field(description="[height, width] in pixels")
+    counts: str = Field(max_length=64 * 1024 * 1024, description="COCO compressed RLE string")
+
+    def wire(self) -> dict[str, Any]:
+        return {"size": [int(self.size[0]), int(self.size[1])], "counts": self.counts}
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+class DatasetCreate(_Body):
+    name: str = Field(min_length=1, max_length=200, description="A display name")
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    created_at: str
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetOut]
+
+
+class ImageList(BaseModel):
+    images: list[str] = Field(description="Image ids (sha256), sorted")
+
+
+class ImageUploaded(BaseModel):
+    image_id: str = Field(description="sha256 of the image bytes (lowercase hex)")
+
+
+class LabelVersion(BaseModel):
+    image_id: str
+    version: int
+
+
+# --- segmentation ------------------------------------------------------------------------
+
+
+def _finite(values, what: str):
+    for v in values:
+        if not math.isfinite(v):
+            raise ValueError(f"{what} must be finite numbers")
+    return values
+
+
+class SegmentRequest(_Body):
+    points: list[tuple[float, float]] = Field(
+        default_factory=list, description="Point prompts as [x, y] pixel pairs (x = column, y = row)"
+    )
+    labels: list[Literal[0, 1]] = Field(
+        default_factory=list, description="One label per point: 1 = object, 0 = background"
+    )
+    box: tuple[float, float, float, float] | None = Field(
+        default=None, description="Box prompt [x0, y0, x1, y1] in pixels"
+    )
+    mask_input_rle: Rle | None = Field(default=None, description="Previous mask (image size) as RLE")
+    multimask: bool = Field(default=False, description="Return SAM's 3 candidate masks")
+    model_id: str | None = Field(default=None, description="A tuned model of the tenant")
+
+    @field_validator("points")
+    @classmethod
+    def _points_finite(cls, v):
+        for p in v:
+            _finite(p, "points")
+        return v
+
+    @field_validator("box")
+    @classmethod
+    def _box_finite(cls, v):
+        if v is not None:
+            _finite(v, "box")
+            if v[2] < v[0] or v[3] < v[1]:
+                raise ValueError("box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.points) != len(self.labels):
+            raise ValueError(
+                f"points and labels must have the same length ({len(self.points)} != {len(self.labels)})"
+            )
+        if not self.points and self.box is None and self.mask_input_rle is None:
+            raise ValueError("give at least one prompt: points, box or mask_input_rle")
+        return self
+
+
+class MaskOut(BaseModel):
+    rle: Rle
+    score: float
+
+
+class SegmentResponse(BaseModel):
+    masks: list[MaskOut] = Field(description="Candidate masks, best first")
+    height: int
+    width: int
+
+
+class ReferenceIn(_Body):
+    image_id: str
+    mask_rle: Rle
+
+
+class VisualPromptRequest(_Body):
+    references: list[ReferenceIn] = Field(min_length=1, description="Annotated reference images")
+    targets: list[str] | None = Field(
+        default=None,
+        description="Images to segment; default: every image of the dataset that is not a reference",
+    )
+    model_id: str | None = None
+    matcher: Literal["soft", "prototype"] = "soft"
+    seed: int = Field(default=0, ge=0, le=INT32_MAX)
+
+
+class VisualPromptResult(BaseModel):
+    index: int = Field(description="Position of the target in the (resolved) target list")
+    image_id: str
+    mask_rle: Rle
+    score: float
+    points: list[tuple[float, float]] = Field(description="Point prompts derived by the matcher")
+    point_labels: list[int]
+
+
+class VisualPromptResponse(BaseModel):
+    results: list[VisualPromptResult]
+
+
+class AutoSegmentRequest(_Body):
+    model_id: str = Field(description="A PTSAM model of the tenant")
+
+
+class AutoSegmentResponse(BaseModel):
+    mask_rle: Rle
+    score: float
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+class TrainingCreate(_Body):
+    dataset_id: str
+    method: str = Field(default="epeft", min_length=1, max_length=64)
+    base_model: str = Field(default="", max_length=64)
+    steps: int = Field(default=0, ge=0, le=1_000_000, description="0 = the method's default")
+    method_config: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(default=0, ge=0, le=INT32_MAX)
+    lr: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="default: the method's")
+
+
+class JobOut(BaseModel):
+    job_id: str
+    dataset_id: str
+    method: str
+    base_model: str
+    state: str
+    step: int
+    total_steps: int
+    best_val_iou: float
+    initial_val_iou: float
+    model_id: str
+    error: str
+    created_at: str
+    updated_at: str
+    attempts: int
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+class ModelOut(BaseModel):
+    model_id: str
+    config: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
