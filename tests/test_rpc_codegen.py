@@ -295,3 +295,16 @@ def test_stubs_over_real_grpc(grpc_channel):
     with pytest.raises(grpc.RpcError) as err:
         seg.AutoSegment(segmentation_pb2.AutoSegmentRequest(image_id="x", model_id="m"), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_messages_pickle_under_their_real_module():
+    """Ray Serve pickles request messages between proxy and replica: the class's
+    __module__ must be importable (protoc would name it vplab.v1.*)."""
+    import pickle
+
+    from vplab.rpc.v1 import features_pb2, segmentation_pb2, training_pb2
+
+    for msg in (features_pb2.EmbedRequest(image_id="a" * 64), segmentation_pb2.AutoSegmentRequest(model_id="m"),
+                training_pb2.JobEvent(seq=3)):
+        assert type(msg).__module__.startswith("vplab.rpc.v1.")
+        assert pickle.loads(pickle.dumps(msg)) == msg

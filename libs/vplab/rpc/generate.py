@@ -59,9 +59,15 @@ _IMPORT_RE = re.compile(
 )
 
 
+# The module name protoc bakes into each message class (its __module__): pickling a
+# message (Ray Serve does, between proxy and replica) imports it by that name.
+_BUILDER_RE = re.compile(r"(_builder\.Build\w+\(DESCRIPTOR, ')" + re.escape(PROTO_MODULE) + r"\.(\w+_pb2)'")
+
+
 def _rewrite(text: str) -> str:
-    """Point protoc's ``vplab.v1`` imports at ``vplab.rpc.v1`` and add the header."""
+    """Point protoc's ``vplab.v1`` imports and module names at ``vplab.rpc.v1``; add the header."""
     text = _IMPORT_RE.sub(rf"from {PY_MODULE} import \1", text)
+    text = _BUILDER_RE.sub(rf"\1{PY_MODULE}.\2'", text)
     text = text.replace("\r\n", "\n")
     return HEADER + text
 
