@@ -1,0 +1,64 @@
+"""``vplab up`` / ``vplab down``: the local stack on the embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vplab.serving.apps import GATEWAY_PORT, GRPC_PORT, HTTP_PORT
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start the local stack: Ray + Serve apps (gRPC) + REST gateway")
+    p.add_argument("--demo", action="store_true", help="tiny seeded models (no checkpoints needed)")
+    p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    p.add_argument("--port", type=int, default=GATEWAY_PORT, help="REST gateway port")
+    p.add_argument("--http-port", type=int, default=HTTP_PORT, help="Serve HTTP proxy port (health only)")
+    p.add_argument("--detach", action="store_true", help="run in the background (stop with `vplab down`)")
+    p.set_defaults(func=run_up)
+    p = sub.add_parser("down", help="stop the local stack")
+    p.set_defaults(func=run_down)
+
+
+def _settings(args: argparse.Namespace):
+    from vplab.settings import Settings
+
+    return Settings(demo=True) if getattr(args, "demo", False) else Settings()
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from vplab.stack import run_stack, wait_healthy
+
+    settings = _settings(args)
+    if not args.detach:
+        return run_stack(settings, args.grpc_port, args.port, args.http_port)
+    log = Path(settings.data_dir).parent / "stack.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "vplab.cli", "up", "--grpc-port", str(args.grpc_port), "--port", str(args.port),
+            "--http-port", str(args.http_port)] + (["--demo"] if args.demo else [])
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ)
+    try:
+        wait_healthy(f"http://127.0.0.1:{args.port}/healthz", timeout_s=300)
+    except TimeoutError as e:
+        print(f"error: the stack did not come up ({e}); see {log}", file=sys.stderr)
+        return 1
+    for _ in range(60):  # the key is printed right after the health check passes
+        lines = log.read_text().splitlines()
+        if any("API key" in line for line in lines[-10:]):
+            break
+        time.sleep(0.5)
+    print("\n".join(line for line in log.read_text().splitlines()[-8:] if line.startswith(("VP Lab", "  ", "Stop"))))
+    print(f"(pid {proc.pid}, log {log})")
+    return 0
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from vplab.stack import stop_stack
+
+    print("stopped" if stop_stack(_settings(args)) else "no local stack is running")
+    return 0

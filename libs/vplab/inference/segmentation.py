@@ -1,0 +1,210 @@
+"""Prompt segmentation, visual prompting and prompt-free segmentation for tenants.
+
+Tuned models are loaded per (tenant, model_id) from the tenant's own prefix, so another
+tenant's model id is simply not found. Methods that leave the image encoder frozen share
+the replica's base encoder (and its cached embeddings); encoder-tuned models get their
+own encoder copy and their own embedding cache namespace.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from vplab.errors import InvalidInput, PayloadTooLarge
+from vplab.inference.features import FeatureEngine
+from vplab.inference.lru import ByteLRU
+from vplab.inference.runtime import adapter_encoder_id
+from vplab.masks import decode_rle, encode_rle
+from vplab.matching import VisualPromptConfig, VisualPrompter
+from vplab.peft import get_method
+from vplab.peft.ptsam import ptsam_decode
+from vplab.segmentation import PromptSegmenter
+from vplab.segmentation.mask_input import mask_to_mask_input
+from vplab.segmentation.transforms import postprocess_masks
+from vplab.storage import keys
+from vplab.tuned import load_tuned_model
+
+
+@dataclass
+class TunedModel:
+    model_id: str
+    method: str
+    sam: Sam
+    segmenter: PromptSegmenter
+    encoder_id: str  # embeddings namespace: the base's unless the encoder is tuned
+    encoder_tuned: bool
+    prompt_free: bool
+
+
+@dataclass
+class Prompt:
+    points: list[tuple[float, float, int]]
+    box: tuple[float, float, float, float] | None = None
+    mask_input: dict[str, Any] | None = None  # COCO RLE of a previous mask, image size
+    multimask: bool = False
+
+
+class SegmentationEngine:
+    def __init__(self, features: FeatureEngine, max_models: int = 4):
+        self.features = features
+        self.rt = features.rt
+        self.store = features.store
+        self.settings = self.rt.settings
+        self._models: ByteLRU[TunedModel] = ByteLRU(max_models)  # counted in models, not bytes
+
+    # -- models ------------------------------------------------------------------------
+    def model(self, tenant: str, model_id: str | None) -> TunedModel | None:
+        """None for the base model; NotFound for unknown or another tenant's model."""
+        if not model_id:
+            return None
+        keys.check_id(model_id, "model_id")
+        cached = self._models.get((tenant, model_id))
+        if cached is None:
+            cached = self.load_model(tenant, model_id)
+            self._models.put((tenant, model_id), cached, 1)
+        return cached
+
+    def load_model(self, tenant: str, model_id: str) -> TunedModel:
+        from vplab.tuned import read_tuned_config
+
+        cfg = read_tuned_config(self.store, tenant, model_id)
+        spec = get_method(cfg["method"])
+        base = self.rt.sam
+        encoder_tuned = spec.encoder_mode != "frozen"
+        # Share the frozen base encoder; copy what the adapter changes.
+        fresh = Sam(
+            image_encoder=copy.deepcopy(base.image_encoder) if encoder_tuned else base.image_encoder,
+            prompt_encoder=copy.deepcopy(base.prompt_encoder),
+            mask_decoder=copy.deepcopy(base.mask_decoder),
+            pixel_mean=base.pixel_mean.flatten().tolist(),
+            pixel_std=base.pixel_std.flatten().tolist(),
+        ).to(self.rt.device)
+        sam, _ = load_tuned_model(self.store, tenant, model_id, fresh, self.rt.base.sha256)
+        sam.eval()
+        encoder_id = self.rt.sam_encoder_id
+        if encoder_tuned:
+            digest = hashlib.sha256(self.store.get_bytes(keys.model_adapter(tenant, model_id))).hexdigest()
+            encoder_id = adapter_encoder_id(encoder_id, digest)
+        return TunedModel(model_id, cfg["method"], sam, PromptSegmenter(sam, self.rt.device), encoder_id,
+                          encoder_tuned, spec.prompt_free)
+
+    def _embedding(self, tenant: str, image_id: str, model: TunedModel | None):
+        if model is None or not model.encoder_tuned:
+            return self.features.sam_embedding(tenant, image_id)
+        return self.features.sam_embedding(tenant, image_id, sam=model.sam, encoder_id=model.encoder_id)
+
+    # -- prompt segmentation -------------------------------------------------------------
+    def segment_prompt(self, tenant: str, image_id: str, prompt: Prompt, model: TunedModel | None = None):
+        """-> (list of (rle, score) best first, (H, W)). ``model``: from ``model()`` (None = base)."""
+        s = self.settings
+        if len(prompt.points) > s.max_points_per_request:
+            raise PayloadTooLarge(f"{len(prompt.points)} points in one request; the limit is {s.max_points_per_request}")
+        if not prompt.points and prompt.box is None and prompt.mask_input is None:
+            raise InvalidInput("give at least one point, a box or a mask_input")
+        if model is not None and model.prompt_free:
+            raise InvalidInput(f"model {model.model_id} ({model.method}) is prompt-free: use AutoSegment")
+        emb = self._embedding(tenant, image_id, model)
+        segmenter = model.segmenter if model else self.features.segmenter
+        H, W = emb.original_size
+        for x, y, label in prompt.points:
+            if label not in (0, 1):
+                raise InvalidInput(f"point label {label} must be 1 (object) or 0 (background)")
+        coords = np.array([[p[:2] for p in prompt.points]], np.float32) if prompt.points else None
+        labels = np.array([[p[2] for p in prompt.points]], np.int64) if prompt.points else None
+        boxes = np.array([prompt.box], np.float32) if prompt.box is not None else None
+        mask_input = None
+        if prompt.mask_input is not None:
+            prev = decode_rle(prompt.mask_input)
+            if prev.shape != (H, W):
+                raise InvalidInput(f"mask_input is {prev.shape[1]}x{prev.shape[0]} but the image is {W}x{H}")
+            low = segmenter.mask_input_size[0]
+            mask_input = mask_to_mask_input(prev, segmenter.img_size, low).numpy()
+        with torch.no_grad():
+            result = segmenter.decode(emb, coords, labels, boxes=boxes, mask_input=mask_input,
+                                      multimask_output=prompt.multimask)
+        scores = result.iou_predictions[0].float().cpu()
+        order = torch.argsort(scores, descending=True).tolist()
+        masks = result.masks[0].cpu().numpy()
+        return [(encode_rle(masks[i]), float(scores[i])) for i in order], (H, W)
+
+    # -- prompt-free (PTSAM) ---------------------------------------------------------------
+    def auto_segment(self, tenant: str, image_id: str, model: TunedModel | None):
+        """-> (rle, score): score = mean foreground probability inside the mask."""
+        if model is None:
+            raise InvalidInput("AutoSegment needs the model_id of a prompt-free (PTSAM) model")
+        if not model.prompt_free:
+            raise InvalidInput(f"model {model.model_id} ({model.method}) needs prompts: use SegmentPrompt")
+        emb = self._embedding(tenant, image_id, model).to(self.rt.device)
+        with torch.no_grad():
+            logits = ptsam_decode(model.sam, emb.features)
+            logits = postprocess_masks(logits.float(), emb.input_size, emb.original_size, model.segmenter.img_size)
+        prob = torch.sigmoid(logits[0, 0]).cpu()
+        mask = (logits[0, 0] > 0).cpu().numpy()
+        score = float(prob[torch.as_tensor(mask)].mean()) if mask.any() else 0.0
+        return encode_rle(mask), score
+
+    # -- visual prompting ----------------------------------------------------------------
+    def visual_prompt(
+        self,
+        tenant: str,
+        references: list[tuple[str, dict[str, Any]]],
+        targets: list[str],
+        model: TunedModel | None = None,
+        matcher: str = "soft",
+        seed: int = 0,
+    ) -> Iterator[tuple[int, str, dict[str, Any], float, list[tuple[float, float, int]]]]:
+        """Validate everything first (errors before any result), then yield one result per target."""
+        s = self.settings
+        if not references:
+            raise InvalidInput("give at least one reference image with its mask")
+        if not targets:
+            raise InvalidInput("give at least one target image")
+        if len(targets) > s.max_targets_per_call:
+            raise PayloadTooLarge(f"{len(targets)} targets in one call; the limit is {s.max_targets_per_call}")
+        if matcher not in ("soft", "prototype", ""):
+            raise InvalidInput(f"matcher must be 'soft' or 'prototype', got {matcher!r}")
+        for image_id in targets:
+            keys.check_sha256(image_id, "target image_id")
+            if not self.store.exists(keys.image(tenant, image_id)):
+                from vplab.errors import NotFound
+
+                raise NotFound(f"image {image_id} not found")
+        if model is not None and model.prompt_free:
+            raise InvalidInput(f"model {model.model_id} ({model.method}) is prompt-free: use AutoSegment")
+        ref_pairs, ref_features = [], []
+        for image_id, rle in references:
+            feats = self.features.dino_features(tenant, image_id)
+            mask = decode_rle(rle)
+            if mask.shape != tuple(feats.original_size):
+                H, W = feats.original_size
+                raise InvalidInput(f"reference mask for {image_id} is {mask.shape[1]}x{mask.shape[0]} "
+                                   f"but the image is {W}x{H}")
+            if not mask.any():
+                raise InvalidInput(f"reference mask for {image_id} is empty")
+            ref_pairs.append((None, mask))
+            ref_features.append(feats)
+        segmenter = model.segmenter if model else self.features.segmenter
+        prompter = VisualPrompter(segmenter, None, VisualPromptConfig(matcher=matcher or "soft", seed=seed))
+        prompter.set_references(ref_pairs, features=ref_features)
+        for index, image_id in enumerate(targets):
+            result = prompter.predict(
+                target_embedding=self._embedding(tenant, image_id, model),
+                target_features=self.features.dino_features(tenant, image_id),
+            )
+            pred = next(iter(result.classes.values()))
+            score = float(pred.scores.max()) if len(pred.scores) else 0.0
+            points = [(float(x), float(y), int(l)) for (x, y), l in
+                      zip(pred.point_coords.reshape(-1, 2).tolist(), pred.point_labels.reshape(-1).tolist())]
+            yield index, image_id, encode_rle(pred.mask.numpy()), score, _unique(points)
+
+
+def _unique(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    # Negatives are appended to every positive's prompt: report each point once.
+    return list(dict.fromkeys(points))

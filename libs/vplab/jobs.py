@@ -1,0 +1,221 @@
+"""Training jobs: records in the object store and the resumable worker body.
+
+A job is ``tenants/{t}/jobs/{job}/state.json`` (the record), ``events.jsonl`` (progress,
+written by the worker alone), a ``cancel`` marker (written by the API alone, so the two
+writers never overwrite each other) and ``ckpt/`` (trainer checkpoints). ``run_job`` is
+idempotent: started again after its worker died, it continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from vplab.errors import Conflict, InvalidInput, NotFound, VPLabError
+from vplab.storage import ArtifactStore, keys
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+ACTIVE = (QUEUED, RUNNING)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Job:
+    job_id: str
+    tenant: str
+    dataset_id: str
+    method: str
+    base_model: str
+    steps: int
+    method_config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    lr: float | None = None
+    state: str = QUEUED
+    step: int = 0
+    best_val_iou: float = 0.0
+    initial_val_iou: float = 0.0
+    model_id: str = ""
+    error: str = ""
+    created_at: str = field(default_factory=now)
+    updated_at: str = field(default_factory=now)
+    attempts: int = 0
+    worker_pid: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+
+class JobStore:
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+
+    def new_id(self) -> str:
+        return f"j-{secrets.token_hex(6)}"
+
+    def create(self, job: Job) -> Job:
+        self.store.put_bytes(keys.active_job(job.tenant, job.job_id), b"")
+        self.save(job)
+        return job
+
+    def active(self) -> list[tuple[str, str]]:
+        """(tenant, job) of every job not yet ended, across tenants (for restarts)."""
+        return [keys.parse_active_job(k) for k in self.store.list(keys.active_jobs_prefix())]
+
+    def finish(self, job: Job) -> None:
+        self.save(job)
+        self.store.delete(keys.active_job(job.tenant, job.job_id))
+
+    def save(self, job: Job) -> None:
+        job.updated_at = now()
+        self.store.put_json(keys.job_state(job.tenant, job.job_id), asdict(job))
+
+    def get(self, tenant: str, job_id: str) -> Job:
+        try:
+            data = self.store.get_json(keys.job_state(tenant, keys.check_id(job_id, "job_id")))
+        except NotFound:
+            raise NotFound(f"job {job_id} not found") from None
+        return Job(**data)
+
+    def list(self, tenant: str, state: str | None = None, limit: int = 100) -> list[Job]:
+        prefix = keys.jobs_prefix(tenant)
+        ids = sorted({k[len(prefix):].split("/", 1)[0] for k in self.store.list(prefix) if k.endswith("/state.json")})
+        jobs = []
+        for job_id in ids:
+            try:
+                job = self.get(tenant, job_id)
+            except NotFound:
+                continue
+            if state is None or job.state == state:
+                jobs.append(job)
+        jobs.sort(key=lambda j: j.created_at, reverse=True)
+        return jobs[:limit]
+
+    def request_cancel(self, tenant: str, job_id: str) -> Job:
+        job = self.get(tenant, job_id)
+        if job.state in TERMINAL:
+            raise Conflict(f"job {job_id} already ended ({job.state})")
+        self.store.put_bytes(keys.job_cancel(tenant, job_id), b"1")
+        return job
+
+    def cancel_requested(self, tenant: str, job_id: str) -> bool:
+        return self.store.exists(keys.job_cancel(tenant, job_id))
+
+    def events(self, tenant: str, job_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+        try:
+            text = self.store.get_bytes(keys.job_events(tenant, job_id)).decode()
+        except NotFound:
+            return []
+        events = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [e for e in events if e["seq"] > after_seq]
+
+    def watch(self, tenant: str, job_id: str, after_seq: int = 0, poll_s: float = 0.25,
+              timeout_s: float = 3600.0) -> Iterator[dict[str, Any]]:
+        """Yield events after ``after_seq`` until the job ends (then one last pass)."""
+        self.get(tenant, job_id)  # NotFound for unknown / foreign jobs
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ended = self.get(tenant, job_id).state in TERMINAL
+            for event in self.events(tenant, job_id, after_seq):
+                after_seq = event["seq"]
+                yield event
+            if ended:
+                return
+            time.sleep(poll_s)
+
+
+class _EventLog:
+    """The worker's progress log; flushed at most every ``interval_s`` (and when forced)."""
+
+    def __init__(self, jobs: JobStore, job: Job, interval_s: float = 0.5):
+        self.jobs, self.job, self.interval_s = jobs, job, interval_s
+        self.events = jobs.events(job.tenant, job.job_id)  # keep numbering across restarts
+        self.last_flush = 0.0
+
+    def add(self, force: bool = False, **fields: Any) -> None:
+        seq = self.events[-1]["seq"] + 1 if self.events else 1
+        self.events.append({"seq": seq, "job_id": self.job.job_id, "time": now(), **fields})
+        if force or time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        data = "".join(json.dumps(e) + "\n" for e in self.events).encode()
+        self.jobs.store.put_bytes(keys.job_events(self.job.tenant, self.job.job_id), data)
+        self.jobs.save(self.job)
+        self.last_flush = time.monotonic()
+
+
+def run_job(settings, tenant: str, job_id: str) -> str:
+    """Run (or continue) a training job to its end. Returns the final state."""
+    from vplab.datasets import DatasetStore
+    from vplab.inference.runtime import ModelRuntime
+    from vplab.storage import open_store
+    from vplab.training import CheckpointStore, LabeledImage, TrainConfig, Trainer
+    from vplab.tuned import save_tuned_model
+
+    store = open_store(settings)
+    jobs = JobStore(store)
+    job = jobs.get(tenant, job_id)
+    if job.state in TERMINAL:
+        return job.state
+    job.state, job.attempts, job.worker_pid, job.error = RUNNING, job.attempts + 1, os.getpid(), ""
+    log = _EventLog(jobs, job)
+    log.add(force=True, state=RUNNING, phase="start", step=job.step, total_steps=job.steps,
+            message=f"attempt {job.attempts}")
+    last_cancel_check = [0.0, False]
+
+    def should_stop() -> bool:
+        if time.monotonic() - last_cancel_check[0] > 0.5:
+            last_cancel_check[:] = [time.monotonic(), jobs.cancel_requested(tenant, job_id)]
+        return last_cancel_check[1]
+
+    def on_progress(event) -> None:
+        job.step = event.step
+        if event.best_val_iou is not None:
+            job.best_val_iou = event.best_val_iou
+        fields = {k: v for k, v in asdict(event).items() if v is not None}
+        fields["total_steps"] = fields.pop("total_steps", job.steps)
+        log.add(force=event.val_iou is not None, state=RUNNING, **fields)
+
+    try:
+        runtime = ModelRuntime(settings, store)
+        if job.base_model not in ("", runtime.base.name):
+            raise InvalidInput(f"base model {job.base_model!r} is not served here; available: {runtime.base.name!r}")
+        samples = [
+            LabeledImage(image_id, image, label)
+            for image_id, image, label in DatasetStore(store, settings).labeled_samples(tenant, job.dataset_id)
+        ]
+        config = TrainConfig(method=job.method, method_config=dict(job.method_config), steps=job.steps,
+                             lr=job.lr, seed=job.seed, checkpoint_every=settings.train_checkpoint_every,
+                             eval_every=settings.train_eval_every, n_dihedral=settings.train_views)
+        trainer = Trainer(runtime.base.build(store), config, samples,
+                          checkpoints=CheckpointStore(store, tenant, job_id),
+                          on_progress=on_progress, should_stop=should_stop)
+        result = trainer.run()
+        job.initial_val_iou, job.best_val_iou, job.step = result.initial_val_iou, result.best_val_iou, result.steps_done
+        if result.cancelled:
+            job.state = CANCELLED
+        else:
+            model_id = "m-" + job_id.removeprefix("j-")
+            save_tuned_model(store, tenant, model_id, result.model, job.method, result.method_config,
+                             runtime.base.ref())
+            job.model_id, job.state = model_id, SUCCEEDED
+    except VPLabError as e:
+        job.state, job.error = FAILED, e.message
+    except Exception as e:  # a bug: record it for the user, keep the trace in the worker log
+        traceback.print_exc()
+        job.state, job.error = FAILED, f"internal error: {type(e).__name__}: {e}"
+    log.add(force=True, state=job.state, phase="end", step=job.step, total_steps=job.steps,
+            best_val_iou=job.best_val_iou, model_id=job.model_id, message=job.error)
+    jobs.finish(job)
+    return job.state

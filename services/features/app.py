@@ -1,0 +1,68 @@
+"""Ray Serve app ``features``: image embeddings (SAM encoder, DINOv2) into the tenant cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from services.common import Replica
+from vplab.errors import VPLabError
+from vplab.inference.features import FeatureEngine
+from vplab.inference.runtime import ModelRuntime
+from vplab.rpc.v1 import features_pb2 as pb
+from vplab.serving.grpc_glue import ServiceMetrics, tenant_of, unary
+
+
+def _response(info) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        image_id=info.image_id, encoder_id=info.encoder_id, cache_key=info.cache_key, cache_hit=info.cache_hit,
+        shape=list(info.shape), dtype=info.dtype, original_height=info.original_size[0],
+        original_width=info.original_size[1],
+    )
+
+
+@serve.deployment(name="FeaturesDeployment")
+class FeaturesDeployment:
+    def __init__(self):
+        self.replica = Replica.from_env()
+        self.engine = FeatureEngine(ModelRuntime(self.replica.settings, self.replica.store),
+                                    self.replica.settings.embedding_lru_bytes)
+        self.metrics = ServiceMetrics("features")
+        from ray.serve import metrics
+
+        self.cache_events = metrics.Counter("vplab_embedding_cache", description="embedding cache lookups",
+                                            tag_keys=("result",))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _embed(self, requests: list[tuple[str, str, str]]) -> list:
+        # One encoder batch for every miss that arrived together.
+        results = await asyncio.to_thread(self.engine.embed_many, requests)
+        for r in results:
+            if not isinstance(r, VPLabError):
+                self.cache_events.inc(tags={"result": "hit" if r[1].cache_hit else "miss"})
+        return results
+
+    async def _one(self, tenant: str, image_id: str, encoder: str) -> pb.EmbedResponse:
+        result = await self._embed((tenant, image_id, encoder))
+        if isinstance(result, VPLabError):
+            raise result
+        return _response(result[1])
+
+    async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:
+        async def handle():
+            return await self._one(tenant_of(self.replica.auth, grpc_context), request.image_id, request.encoder)
+
+        return await unary(grpc_context, self.metrics, "Embed", pb.EmbedResponse(), handle)
+
+    async def EmbedBatch(self, request: pb.EmbedBatchRequest, grpc_context) -> pb.EmbedBatchResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            self.replica.quotas.check_targets(len(request.image_ids))
+            results = await asyncio.gather(*[self._one(tenant, i, request.encoder) for i in request.image_ids])
+            return pb.EmbedBatchResponse(results=results)
+
+        return await unary(grpc_context, self.metrics, "EmbedBatch", pb.EmbedBatchResponse(), handle)
+
+
+app = FeaturesDeployment.bind()
