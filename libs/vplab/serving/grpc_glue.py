@@ -74,6 +74,11 @@ async def unary(
             metrics.observe(method, code, started)
 
 
+class StreamAborted(Exception):
+    """Raised after setting the status: Serve applies a status set on the context of a
+    server-streaming call only when the handler raises (an empty stream would end OK)."""
+
+
 async def streaming(
     grpc_context, metrics: ServiceMetrics | None, method: str, items: Callable[[], AsyncIterator[Any] | Iterator[Any]]
 ) -> AsyncIterator[Any]:
@@ -90,10 +95,12 @@ async def streaming(
     except VPLabError as e:
         code = e.grpc_code
         _set_error(grpc_context, e.grpc_code, e.message, e.http_status)
+        raise StreamAborted(e.message) from None
     except Exception:
         code = "INTERNAL"
         log.exception("%s failed", method)
         _set_error(grpc_context, "INTERNAL", f"{method}: internal error")
+        raise StreamAborted(f"{method}: internal error") from None
     finally:
         if metrics is not None:
             metrics.observe(method, code, started)

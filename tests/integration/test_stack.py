@@ -1,0 +1,329 @@
+"""The real stack: a local Ray instance with the Serve gRPC proxy running the three apps,
+moto's S3 server used through S3Store, and the gateway under uvicorn on a free port.
+
+One Ray instance for the module (a cold start costs ~20 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from vplab.client import VPLabAPIError, VPLabClient
+from vplab.demo import load_demo_samples
+from vplab.images import encode_png
+from vplab.masks import encode_rle
+from vplab.rpc.v1 import common_pb2
+from vplab.rpc.v1 import features_pb2, features_pb2_grpc
+from vplab.rpc.v1 import segmentation_pb2, segmentation_pb2_grpc
+from vplab.rpc.v1 import training_pb2, training_pb2_grpc
+from vplab.settings import Settings
+from vplab.storage import keys, open_store
+from vplab.tenancy import create_tenant
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _gateway_harness import UvicornThread, bomb_png  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(s3_server, tmp_path_factory):
+    from services.gateway.app import create_app
+    from vplab.stack import start_serve, stop_serve
+
+    grpc_port, http_port = _free_port(), _free_port()
+    settings = Settings(
+        demo=True,
+        data_dir=tmp_path_factory.mktemp("data"),
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=f"it-{uuid.uuid4().hex[:10]}",
+        grpc_target=f"127.0.0.1:{grpc_port}",
+        train_checkpoint_every=3,
+        train_eval_every=3,
+        train_views=2,
+        quota_concurrent_jobs=4,
+    )
+    store = open_store(settings)
+    tenants = {}
+    for name in ("acme", "globex"):
+        tenant, key = create_tenant(store, name, settings.api_key_pepper)
+        tenants[name] = SimpleNamespace(id=tenant.id, key=key)
+    start_serve(settings, grpc_port=grpc_port, http_port=http_port, num_cpus=8)
+    gateway = UvicornThread(create_app(settings)).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    yield SimpleNamespace(settings=settings, store=store, tenants=tenants, url=gateway.url, channel=channel)
+    channel.close()
+    gateway.stop()
+    stop_serve()
+
+
+def _client(stack, tenant: str) -> VPLabClient:
+    return VPLabClient(stack.url, stack.tenants[tenant].key, timeout=300)
+
+
+def _md(stack, tenant: str, app: str, model_id: str | None = None):
+    md = [("application", app), ("authorization", f"Bearer {stack.tenants[tenant].key}")]
+    if model_id:
+        md.append(("multiplexed_model_id", model_id))
+    return md
+
+
+@pytest.fixture(scope="module")
+def loops(stack):
+    """Run the whole user loop once per tenant (REST only); tests below inspect the results."""
+    out = {}
+    for seed, name in enumerate(("acme", "globex")):
+        samples = load_demo_samples(4, 128, seed=7 + seed)  # different images: ids are content hashes
+        c = _client(stack, name)
+        ds = c.create_dataset(f"{name}-cells")["id"]
+        ids = [c.upload_image(ds, encode_png(img)) for img, _ in samples]
+        ref_mask = samples[0][1]
+        seg = c.segment(ids[0], points=[[64, 64], [5, 5]], labels=[1, 0], multimask=True)
+        refined = c.segment(ids[0], points=[[64, 64]], labels=[1], mask_input=seg.masks[0])
+        vp = c.visual_prompt(ds, references=[(ids[0], ref_mask)])
+        versions = [c.put_label(ds, i, m) for i, (_, m) in zip(ids[1:], samples[1:])]
+        events = []
+        job = c.start_training(ds, method="epeft", steps=6)
+        done = c.wait_for_training(job["job_id"], on_event=events.append, timeout=300)
+        tuned_seg = c.segment(ids[0], points=[[64, 64]], labels=[1], model_id=done["model_id"])
+        tuned_vp = c.visual_prompt(ds, references=[(ids[0], ref_mask)], model_id=done["model_id"])
+        export = c.export_model(done["model_id"], stack.settings.data_dir / f"{name}-adapter.zip")
+        out[name] = SimpleNamespace(dataset=ds, ids=ids, seg=seg, refined=refined, vp=vp, versions=versions,
+                                    job=job, done=done, events=events, tuned_seg=tuned_seg, tuned_vp=tuned_vp,
+                                    export=export)
+    return out
+
+
+def test_health_and_metrics(stack):
+    r = httpx.get(f"{stack.url}/healthz", timeout=30)
+    assert r.status_code == 200, r.text
+    assert set(r.json()["apps"]) == {"features", "segmentation", "training"}
+
+
+def test_full_loop_for_two_tenants(stack, loops):
+    for name, run in loops.items():
+        assert run.seg.masks.shape == (3, 128, 128) and len(run.seg.scores) == 3
+        assert run.refined.masks.shape[1:] == (128, 128)
+        assert sorted(r.image_id for r in run.vp) == sorted(run.ids[1:])  # every non-reference image
+        assert run.versions == [1, 1, 1]
+        assert run.done["state"] == "SUCCEEDED" and run.done["model_id"], run.done
+        assert run.events[-1]["state"] == "SUCCEEDED"
+        assert any(e.get("phase") == "train" for e in run.events)
+        assert run.tuned_seg.masks.shape[1:] == (128, 128)
+        assert len(run.tuned_vp) == 3
+        with zipfile.ZipFile(run.export) as z:
+            assert set(z.namelist()) == {"adapter.safetensors", "config.json"}
+            config = json.loads(z.read("config.json"))
+        assert config["method"] == "epeft" and config["base"]["name"] == "sam_tiny"
+    # The two tenants trained separately and own separate models.
+    assert loops["acme"].done["model_id"] != loops["globex"].done["model_id"]
+
+
+def test_embedding_cache_is_per_tenant_and_hits_on_repeat(stack, loops):
+    run = loops["acme"]
+    stub = features_pb2_grpc.FeaturesStub(stack.channel)
+    first = stub.Embed(features_pb2.EmbedRequest(image_id=run.ids[0]), metadata=_md(stack, "acme", "features"))
+    assert first.cache_hit and first.cache_key.startswith(f"tenants/{stack.tenants['acme'].id}/cache/")
+    assert stack.store.exists(first.cache_key)
+    dino = stub.Embed(features_pb2.EmbedRequest(image_id=run.ids[0], encoder="dinov2"),
+                      metadata=_md(stack, "acme", "features"))
+    assert dino.encoder_id.startswith("dinov2.")
+
+
+def test_prompt_free_ptsam_model(stack, loops):
+    c = _client(stack, "acme")
+    job = c.start_training(loops["acme"].dataset, method="ptsam-md", steps=3)
+    done = c.wait_for_training(job["job_id"], timeout=300)
+    assert done["state"] == "SUCCEEDED", done
+    mask, score = c.auto_segment(loops["acme"].ids[0], done["model_id"])
+    assert mask.shape == (128, 128) and 0.0 <= score <= 1.0
+    # A prompted model cannot auto-segment; a prompt-free one cannot take prompts.
+    with pytest.raises(VPLabAPIError) as e:
+        c.auto_segment(loops["acme"].ids[0], loops["acme"].done["model_id"])
+    assert e.value.status == 400
+
+
+def test_cross_tenant_rest_is_not_found(stack, loops):
+    a, b = loops["acme"], _client(stack, "globex")
+    attempts = [
+        lambda: b.get_dataset(a.dataset),
+        lambda: b.list_images(a.dataset),
+        lambda: b.get_image(a.ids[0]),
+        lambda: b.segment(a.ids[0], points=[[5, 5]]),
+        lambda: b.visual_prompt(a.dataset, references=[(a.ids[0], np.ones((128, 128), bool))]),
+        lambda: b.put_label(a.dataset, a.ids[1], np.ones((128, 128), bool)),
+        lambda: b.get_training(a.job["job_id"]),
+        lambda: b.cancel_training(a.job["job_id"]),
+        lambda: b.get_model(a.done["model_id"]),
+        lambda: b.export_model(a.done["model_id"], stack.settings.data_dir / "stolen.zip"),
+        lambda: b.segment(loops["globex"].ids[0], points=[[5, 5]], model_id=a.done["model_id"]),
+        lambda: b.start_training(a.dataset, steps=2),
+    ]
+    for i, attempt in enumerate(attempts):
+        with pytest.raises(VPLabAPIError) as e:
+            attempt()
+            pytest.fail(f"attempt {i} succeeded across tenants")
+        assert e.value.status == 404, (i, e.value.status, e.value.message)
+    assert not (stack.settings.data_dir / "stolen.zip").exists()
+
+
+def test_cross_tenant_grpc_is_not_found(stack, loops):
+    a = loops["acme"]
+    calls = [
+        lambda: features_pb2_grpc.FeaturesStub(stack.channel).Embed(
+            features_pb2.EmbedRequest(image_id=a.ids[0]), metadata=_md(stack, "globex", "features")),
+        lambda: segmentation_pb2_grpc.SegmentationStub(stack.channel).SegmentPrompt(
+            segmentation_pb2.SegmentPromptRequest(image_id=a.ids[0], points=[common_pb2.Point(x=1, y=1, label=1)]),
+            metadata=_md(stack, "globex", "segmentation")),
+        lambda: segmentation_pb2_grpc.SegmentationStub(stack.channel).SegmentPrompt(
+            segmentation_pb2.SegmentPromptRequest(image_id=loops["globex"].ids[0], model_id=a.done["model_id"],
+                                                  points=[common_pb2.Point(x=1, y=1, label=1)]),
+            metadata=_md(stack, "globex", "segmentation", a.done["model_id"])),
+        lambda: list(segmentation_pb2_grpc.SegmentationStub(stack.channel).VisualPrompt(
+            segmentation_pb2.VisualPromptRequest(target_image_ids=[a.ids[1]], references=[
+                segmentation_pb2.Reference(image_id=a.ids[0], mask=common_pb2.RleMask(height=1, width=1, counts="01"))]),
+            metadata=_md(stack, "globex", "segmentation"))),
+        lambda: training_pb2_grpc.TrainingStub(stack.channel).GetJob(
+            training_pb2.GetJobRequest(job_id=a.job["job_id"]), metadata=_md(stack, "globex", "training")),
+        lambda: list(training_pb2_grpc.TrainingStub(stack.channel).WatchJob(
+            training_pb2.WatchJobRequest(job_id=a.job["job_id"]), metadata=_md(stack, "globex", "training"))),
+        lambda: training_pb2_grpc.TrainingStub(stack.channel).StartTraining(
+            training_pb2.StartTrainingRequest(dataset_id=a.dataset, method="epeft", steps=2),
+            metadata=_md(stack, "globex", "training")),
+    ]
+    for i, call in enumerate(calls):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+            pytest.fail(f"call {i} succeeded across tenants")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, (i, e.value.details())
+    listed = training_pb2_grpc.TrainingStub(stack.channel).ListJobs(
+        training_pb2.ListJobsRequest(), metadata=_md(stack, "globex", "training"))
+    assert a.job["job_id"] not in {j.job_id for j in listed.jobs}
+
+
+def test_grpc_auth_and_bad_arguments(stack, loops):
+    seg = segmentation_pb2_grpc.SegmentationStub(stack.channel)
+    req = segmentation_pb2.SegmentPromptRequest(image_id=loops["acme"].ids[0],
+                                                points=[common_pb2.Point(x=1, y=1, label=1)])
+    for md in ([("application", "segmentation")],
+               [("application", "segmentation"), ("authorization", "Bearer vpl_" + "A" * 43)]):
+        with pytest.raises(grpc.RpcError) as e:
+            seg.SegmentPrompt(req, metadata=md)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    bad = segmentation_pb2.SegmentPromptRequest(image_id=loops["acme"].ids[0],
+                                                points=[common_pb2.Point(x=9999, y=1, label=1)])
+    with pytest.raises(grpc.RpcError) as e:
+        seg.SegmentPrompt(bad, metadata=_md(stack, "acme", "segmentation"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside" in e.value.details()
+    too_many = segmentation_pb2.SegmentPromptRequest(
+        image_id=loops["acme"].ids[0], points=[common_pb2.Point(x=1, y=1, label=1)] * 1000)
+    with pytest.raises(grpc.RpcError) as e:
+        seg.SegmentPrompt(too_many, metadata=_md(stack, "acme", "segmentation"))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ("vplab-http-status", "413") in tuple(e.value.trailing_metadata())
+
+
+def test_bad_rest_inputs_are_4xx_and_write_nothing(stack, loops):
+    a = loops["acme"]
+    key = stack.tenants["acme"].key
+    h = {"Authorization": f"Bearer {key}"}
+    before = stack.store.list("")
+    probes = [
+        ("POST", f"/v1/datasets/{a.dataset}/images", dict(files={"file": ("x.png", b"not an image")}), 400),
+        ("POST", f"/v1/datasets/{a.dataset}/images", dict(files={"file": ("b.png", bomb_png())}), 413),
+        ("POST", f"/v1/images/{a.ids[0]}/segment", dict(json={"points": [[1e6, 3]], "labels": [1]}), 400),
+        ("POST", f"/v1/images/{a.ids[0]}/segment", dict(json={"points": [[1, 3]], "labels": [1, 0]}), 400),
+        ("POST", f"/v1/images/{'0' * 64}/segment", dict(json={"points": [[1, 3]], "labels": [1]}), 404),
+        ("POST", f"/v1/images/not-a-sha/segment", dict(json={"points": [[1, 3]], "labels": [1]}), 400),
+        ("POST", f"/v1/datasets/{a.dataset}/visual-prompt",
+         dict(json={"references": [{"image_id": a.ids[0], "mask_rle": {"size": [128, 128], "counts": "@@@"}}]}), 400),
+        ("POST", f"/v1/datasets/{a.dataset}/visual-prompt",
+         dict(json={"references": [{"image_id": a.ids[0], "mask_rle": encode_rle(np.ones((5, 5), bool))}]}), 400),
+        ("PUT", f"/v1/datasets/{a.dataset}/labels/{a.ids[0]}",
+         dict(content=encode_png(np.ones((3, 3), np.uint8)), headers={"content-type": "image/png"}), 400),
+        ("POST", "/v1/trainings", dict(json={"dataset_id": a.dataset, "method": "nope", "steps": 5}), 400),
+        ("POST", "/v1/trainings", dict(json={"dataset_id": a.dataset, "method": "epeft", "steps": 0}), 400),
+        ("GET", "/v1/trainings/j-000000000000", {}, 404),
+        ("GET", "/v1/models/m-000000000000/export", {}, 404),
+    ]
+    for method, path, kwargs, expected in probes:
+        headers = {**h, **kwargs.pop("headers", {})}
+        r = httpx.request(method, stack.url + path, headers=headers, timeout=120, **kwargs)
+        assert r.status_code == expected, (method, path, r.status_code, r.text)
+        assert "error" in r.json()
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        r = httpx.get(f"{stack.url}/v1/datasets", headers=headers, timeout=30)
+        assert r.status_code == 401
+    assert stack.store.list("") == before
+
+
+def _job_state(stack, tenant: str, job_id: str) -> dict:
+    return stack.store.get_json(keys.job_state(stack.tenants[tenant].id, job_id))
+
+
+def test_training_survives_its_worker_being_killed(stack, loops):
+    c = _client(stack, "globex")
+    job = c.start_training(loops["globex"].dataset, method="epeft", steps=60)
+    job_id = job["job_id"]
+    deadline = time.monotonic() + 240
+    state = _job_state(stack, "globex", job_id)
+    while state["step"] < 5:  # past the first checkpoint (every 3 steps)
+        assert time.monotonic() < deadline, state
+        assert state["state"] in ("QUEUED", "RUNNING"), state
+        time.sleep(0.1)
+        state = _job_state(stack, "globex", job_id)
+    pid, step_at_kill = state["worker_pid"], state["step"]
+    assert pid and state["attempts"] == 1
+    os.kill(pid, signal.SIGKILL)
+
+    events = []
+    done = c.wait_for_training(job_id, on_event=events.append, timeout=300)
+    assert done["state"] == "SUCCEEDED", done
+    assert done["attempts"] >= 2 and done["model_id"]
+    restarts = [e for e in events if e.get("phase") == "start"]
+    assert [e["message"] for e in restarts][:2] == ["attempt 1", "attempt 2"]
+    # The second attempt resumed from a checkpoint instead of starting over.
+    second = events.index(restarts[1])
+    first_step_after = next(e["step"] for e in events[second:] if e.get("phase") == "train")
+    assert 1 < first_step_after <= step_at_kill + 1
+    ckpt_steps = [keys.parse_ckpt_step(k) for k in
+                  stack.store.list(keys.job_ckpt_prefix(stack.tenants["globex"].id, job_id))]
+    assert max(ckpt_steps) == 60
+
+
+def test_cancel_a_running_job(stack, loops):
+    c = _client(stack, "acme")
+    job = c.start_training(loops["acme"].dataset, method="epeft", steps=500)
+    deadline = time.monotonic() + 120
+    while _job_state(stack, "acme", job["job_id"])["step"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    c.cancel_training(job["job_id"])
+    done = c.wait_for_training(job["job_id"], timeout=120)
+    assert done["state"] == "CANCELLED" and not done["model_id"]
+    with pytest.raises(VPLabAPIError) as e:
+        c.cancel_training(job["job_id"])
+    assert e.value.status == 409
