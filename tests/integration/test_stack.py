@@ -327,3 +327,19 @@ def test_cancel_a_running_job(stack, loops):
     with pytest.raises(VPLabAPIError) as e:
         c.cancel_training(job["job_id"])
     assert e.value.status == 409
+
+
+def test_readme_sdk_example_runs_verbatim(stack, tmp_path, monkeypatch):
+    """The README's SDK snippet is executed as written (url/api_key as `make run` prints them)."""
+    import re as _re
+
+    from vplab.demo import write_demo_dataset
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = _re.search(r"```python\n(.*?)```", readme, _re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    write_demo_dataset(tmp_path / "demo", n=5, size=160, seed=11)
+    scope = {"url": stack.url, "api_key": stack.tenants["acme"].key}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["done"]["state"] == "SUCCEEDED"
+    assert len(scope["tuned"]) == 4 and (tmp_path / "adapter.zip").stat().st_size > 0
