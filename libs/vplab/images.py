@@ -163,3 +163,17 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def check_rgb_image(image: object, field: str = "image") -> None:
+    """An already-decoded image must be a non-empty (H, W, 3) uint8 array."""
+    ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
+    if not ok or image.ndim != 3 or image.shape[2] != 3:
+        desc = (
+            f"{image.dtype} array of shape {image.shape}"
+            if isinstance(image, np.ndarray)
+            else type(image).__name__
+        )
+        raise InvalidInput(f"{field} must be an HxWx3 uint8 RGB array, got {desc}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InvalidInput(f"{field} is empty (shape {image.shape})")

@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from vplab.blobs import safetensors_metadata
 from vplab.errors import InvalidInput, NotFound, VPLabError
 from vplab.images import decode_image
 from vplab.inference.lru import ByteLRU
 from vplab.inference.runtime import ModelRuntime
 from vplab.models import PatchFeatures, extract_patch_features_batch
 from vplab.segmentation import PromptSegmenter
-from vplab.segmentation.embedding import ImageEmbedding, _metadata
+from vplab.segmentation.embedding import ImageEmbedding
 from vplab.storage import keys
 
 ENCODERS = ("sam", "dinov2")
@@ -172,7 +173,7 @@ def patch_features_to_bytes(pf: PatchFeatures) -> bytes:
 
 
 def patch_features_from_bytes(data: bytes) -> PatchFeatures:
-    meta = _metadata(data)
+    meta = safetensors_metadata(data)
     if meta.get("format") != _DINO_FORMAT:
         raise InvalidInput("cached DINOv2 features have an unknown format")
     t = st_load(data)

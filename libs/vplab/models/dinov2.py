@@ -22,6 +22,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch.nn import functional as F
 
 from vplab.errors import InvalidInput
+from vplab.images import check_rgb_image
 from vplab.models.checkpoint import load_strict, read_checkpoint
 from vplab.segmentation.transforms import letterbox
 
@@ -124,7 +125,7 @@ def extract_patch_features_batch(
     device = next(model.parameters()).device
     tensors, input_sizes = [], []
     for i, image in enumerate(images):
-        _check_image(image, f"images[{i}]")
+        check_rgb_image(image, f"images[{i}]")
         x, input_size = letterbox(image, size, IMAGENET_MEAN, IMAGENET_STD, scale=1.0 / 255.0)
         tensors.append(x)
         input_sizes.append(input_size)
@@ -156,16 +157,3 @@ def extract_patch_features(
     mean/std on 0-1 pixels.
     """
     return extract_patch_features_batch(model, [image], size)[0]
-
-
-def _check_image(image: object, field: str) -> None:
-    ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
-    if not ok or image.ndim != 3 or image.shape[2] != 3:
-        desc = (
-            f"{image.dtype} array of shape {image.shape}"
-            if isinstance(image, np.ndarray)
-            else type(image).__name__
-        )
-        raise InvalidInput(f"{field} must be an HxWx3 uint8 RGB array, got {desc}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InvalidInput(f"{field} is empty (shape {image.shape})")

@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from vplab.blobs import safetensors_metadata
 from vplab.errors import InvalidInput
 
 FORMAT = "vplab.sam-embedding/1"
@@ -49,7 +50,7 @@ class ImageEmbedding:
         """Inverse of ``to_bytes``; features come back as ``dtype`` on the CPU."""
         try:
             tensors = st_load(bytes(data))
-            meta = _metadata(data)
+            meta = safetensors_metadata(data)
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
             original = tuple(int(v) for v in json.loads(meta["original_size"]))
@@ -62,13 +63,3 @@ class ImageEmbedding:
         except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             raise InvalidInput(f"embedding bytes are not a valid {FORMAT} blob: {e}") from e
         return cls(features.to(dtype), original, input_size)  # type: ignore[arg-type]
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    # safetensors.torch.load drops the metadata; read the JSON header ourselves
-    # (8-byte little-endian length, then the header).
-    n = int.from_bytes(data[:8], "little")
-    if n <= 0 or 8 + n > len(data):
-        raise ValueError("truncated header")
-    header = json.loads(data[8 : 8 + n])
-    return header.get("__metadata__") or {}

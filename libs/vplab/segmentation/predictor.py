@@ -21,6 +21,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from vplab.errors import InvalidInput
+from vplab.images import check_rgb_image
 from vplab.segmentation.embedding import ImageEmbedding
 from vplab.segmentation.transforms import (
     apply_boxes,
@@ -110,7 +111,7 @@ class PromptSegmenter:
             chunk = images[start : start + batch_size]
             tensors, sizes = [], []
             for i, image in enumerate(chunk):
-                _check_image(image, f"images[{start + i}]" if len(images) > 1 else "image")
+                check_rgb_image(image, f"images[{start + i}]" if len(images) > 1 else "image")
                 resized = resize_longest_side(image, self.img_size)
                 x = image_to_tensor(resized, self.device)  # (1, 3, h', w') 0-255
                 x = normalize_pad(x, self.sam.pixel_mean, self.sam.pixel_std, self.img_size)
@@ -211,19 +212,6 @@ class PromptSegmenter:
 
 
 # --- input validation --------------------------------------------------------------------
-
-
-def _check_image(image: object, field: str) -> None:
-    ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
-    if not ok or image.ndim != 3 or image.shape[2] != 3:
-        desc = (
-            f"{image.dtype} array of shape {image.shape}"
-            if isinstance(image, np.ndarray)
-            else type(image).__name__
-        )
-        raise InvalidInput(f"{field} must be an HxWx3 uint8 RGB array, got {desc}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InvalidInput(f"{field} is empty (shape {image.shape})")
 
 
 def _numeric(value: object, field: str) -> np.ndarray:

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from vplab.blobs import safetensors_metadata
+
 
 @dataclass
 class TrainerState:
@@ -56,10 +58,8 @@ def encode_state(state: TrainerState) -> bytes:
 
 
 def decode_state(data: bytes) -> TrainerState:
-    from safetensors import safe_open  # noqa: F401  (load() below validates the header)
-
     tensors = st_load(data)
-    meta = json.loads(_metadata(data)["vplab_trainer_state"])
+    meta = json.loads(safetensors_metadata(data)["vplab_trainer_state"])
     params = {k[len("params.") :]: v for k, v in tensors.items() if k.startswith("params.")}
     best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
     opt_state: dict[int, dict[str, Any]] = {}
@@ -79,8 +79,3 @@ def decode_state(data: bytes) -> TrainerState:
         sampler_rng=tensors["rng.sampler"],
         info=meta["info"],
     )
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + n]).get("__metadata__", {})

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vplab.peft.layers.tokens import LearnedTokens
+
 
 class IA3Scale(nn.Module):
     """``inner(x) * scale`` with a learned per-channel ``scale`` (init 1: identity).
@@ -32,18 +34,10 @@ class IA3Scale(nn.Module):
         return self.inner(x) * self.scale
 
 
-class MemoryTokens(nn.Module):
+class MemoryTokens(LearnedTokens):
     """Learnable tokens (n, dim) prepended to a decoder input sequence."""
 
     peft_piece = "prompt_tokens"
-
-    def __init__(self, n: int, dim: int, init_std: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n, dim) * init_std)
-
-    @property
-    def n(self) -> int:
-        return self.weight.shape[0]
 
 
 class ImageContextAdapter(nn.Module):

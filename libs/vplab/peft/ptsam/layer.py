@@ -28,19 +28,13 @@ from segment_anything.modeling.image_encoder import (
 )
 from torch import nn
 
+from vplab.peft.layers.tokens import LearnedTokens
 
-class DecoderPrompts(nn.Module):
+
+class DecoderPrompts(LearnedTokens):
     """(n_md, 256) learned tokens appended to the mask decoder's token stream."""
 
     peft_piece = "decoder_prompts"
-
-    def __init__(self, n: int, dim: int, init_std: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n, dim) * init_std)
-
-    @property
-    def n(self) -> int:
-        return self.weight.shape[0]
 
 
 class EncoderPrompts(nn.Module):

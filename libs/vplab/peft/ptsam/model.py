@@ -132,6 +132,7 @@ def ptsam_segment(sam: nn.Module, image: np.ndarray) -> np.ndarray:
     encoder, ``ptsam_decode``, then logits upsampled to the padded square, cropped,
     resized to H x W and thresholded at 0 (METHODS.md section 1).
     """
+    from vplab.images import check_rgb_image
     from vplab.segmentation.transforms import (
         image_to_tensor,
         normalize_pad,
@@ -139,8 +140,7 @@ def ptsam_segment(sam: nn.Module, image: np.ndarray) -> np.ndarray:
         resize_longest_side,
     )
 
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InvalidInput("image must be an HxWx3 uint8 array")
+    check_rgb_image(image)
     size = sam.image_encoder.img_size
     device = sam.pixel_mean.device
     resized = resize_longest_side(image, size)
