@@ -174,3 +174,24 @@ def test_train_rejects_labels_that_do_not_match_images(demo, tmp_path, capsys):
     out = tmp_path / "adapter"
     assert main(["train", "--demo", "--images", str(demo / "images"), "--labels", str(labels), "--out", str(out)]) == 2
     assert "but the image is" in capsys.readouterr().err and not out.exists()
+
+
+def test_tenants_create_prints_a_key_that_authenticates(tmp_path, monkeypatch, capsys):
+    from vplab.settings import Settings, get_settings
+    from vplab.storage import open_store
+    from vplab.tenancy import Authenticator
+
+    monkeypatch.setenv("VPLAB_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        assert main(["tenants", "create", "Acme Labs"]) == 0
+        out = capsys.readouterr().out
+        key = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("api_key:"))
+        store = open_store(Settings(data_dir=tmp_path))
+        assert Authenticator(store, Settings().api_key_pepper).authenticate(f"Bearer {key}").name == "Acme Labs"
+        everything = b"".join(store.get_bytes(k) for k in store.list(""))
+        assert key.encode() not in everything  # only a hash is stored
+        assert main(["tenants", "list"]) == 0 and "Acme Labs" in capsys.readouterr().out
+        assert main(["tenants", "create", "Acme Labs"]) == 2  # same id: a clear error
+    finally:
+        get_settings.cache_clear()

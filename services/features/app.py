@@ -26,22 +26,14 @@ def _response(info) -> pb.EmbedResponse:
 class FeaturesDeployment:
     def __init__(self):
         self.replica = Replica.from_env()
-        self.engine = FeatureEngine(ModelRuntime(self.replica.settings, self.replica.store),
-                                    self.replica.settings.embedding_lru_bytes)
         self.metrics = ServiceMetrics("features")
-        from ray.serve import metrics
-
-        self.cache_events = metrics.Counter("vplab_embedding_cache", description="embedding cache lookups",
-                                            tag_keys=("result",))
+        self.engine = FeatureEngine(ModelRuntime(self.replica.settings, self.replica.store),
+                                    self.replica.settings.embedding_lru_bytes, self.metrics.cache_lookup)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _embed(self, requests: list[tuple[str, str, str]]) -> list:
         # One encoder batch for every miss that arrived together.
-        results = await asyncio.to_thread(self.engine.embed_many, requests)
-        for r in results:
-            if not isinstance(r, VPLabError):
-                self.cache_events.inc(tags={"result": "hit" if r[1].cache_hit else "miss"})
-        return results
+        return await asyncio.to_thread(self.engine.embed_many, requests)
 
     async def _one(self, tenant: str, image_id: str, encoder: str) -> pb.EmbedResponse:
         result = await self._embed((tenant, image_id, encoder))

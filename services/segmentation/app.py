@@ -38,9 +38,9 @@ class SegmentationDeployment:
     def __init__(self):
         self.replica = Replica.from_env()
         s = self.replica.settings
-        features = FeatureEngine(ModelRuntime(s, self.replica.store), s.embedding_lru_bytes)
-        self.engine = SegmentationEngine(features, s.max_models_per_replica)
         self.metrics = ServiceMetrics("segmentation")
+        features = FeatureEngine(ModelRuntime(s, self.replica.store), s.embedding_lru_bytes, self.metrics.cache_lookup)
+        self.engine = SegmentationEngine(features, s.max_models_per_replica)
 
     @serve.multiplexed(max_num_models_per_replica=4)
     async def get_model(self, tenant_model: str):

@@ -343,3 +343,19 @@ def test_readme_sdk_example_runs_verbatim(stack, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["done"]["state"] == "SUCCEEDED"
     assert len(scope["tuned"]) == 4 and (tmp_path / "adapter.zip").stat().st_size > 0
+
+
+def test_deployments_export_prometheus_metrics(stack, loops):
+    """Per-RPC counts/latency and cache hits/misses through Ray's metrics agent."""
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:  # the agent exports on an interval
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if "vplab_rpc_requests" in text and "vplab_embedding_cache" in text and "vplab_jobs" in text:
+            break
+        time.sleep(2)
+    assert 'method="SegmentPrompt"' in text and "vplab_rpc_latency_ms_bucket" in text
+    assert "vplab_embedding_cache" in text and "vplab_jobs" in text

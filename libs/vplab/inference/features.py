@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,12 +49,14 @@ class _Req:
 
 
 class FeatureEngine:
-    def __init__(self, runtime: ModelRuntime, lru_bytes: int = 512 * 1024**2):
+    def __init__(self, runtime: ModelRuntime, lru_bytes: int = 512 * 1024**2,
+                 on_lookup: Callable[[str, bool], None] | None = None):
         self.rt = runtime
         self.store = runtime.store
         self.lru: ByteLRU[object] = ByteLRU(lru_bytes)
         self.hits = 0
         self.misses = 0
+        self.on_lookup = on_lookup or (lambda encoder, hit: None)  # (encoder, hit): for metrics
 
     @property
     def segmenter(self) -> PromptSegmenter:
@@ -107,6 +110,7 @@ class FeatureEngine:
                 value = self._cached(req)
                 if value is not None:
                     self.hits += 1
+                    self.on_lookup(req.encoder, True)
                     results[i] = (value, self._info(req, value, True))
                 else:
                     misses[req.encoder].append((i, req, self.image(tenant, image_id)))
@@ -124,6 +128,7 @@ class FeatureEngine:
     def _store_misses(self, misses, values, blobs, results) -> None:
         for (i, req, _), value, blob in zip(misses, values, blobs):
             self.misses += 1
+            self.on_lookup(req.encoder, False)
             self.store.put_bytes(req.key, blob)
             # Serve what was stored (bf16-rounded), so a hit and a miss give the same result.
             value = ImageEmbedding.from_bytes(blob) if req.encoder == "sam" else patch_features_from_bytes(blob)

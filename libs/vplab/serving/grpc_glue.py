@@ -43,6 +43,14 @@ class ServiceMetrics:
             tag_keys=("service", "method"),
         )
 
+        self.cache = metrics.Counter(
+            "vplab_embedding_cache", description="embedding cache lookups by encoder and result",
+            tag_keys=("service", "encoder", "result"),
+        )
+
+    def cache_lookup(self, encoder: str, hit: bool) -> None:
+        self.cache.inc(tags={"service": self.service, "encoder": encoder, "result": "hit" if hit else "miss"})
+
     def observe(self, method: str, code: str, started: float) -> None:
         self.requests.inc(tags={"service": self.service, "method": method, "code": code})
         self.latency.observe((time.perf_counter() - started) * 1000, tags={"service": self.service, "method": method})

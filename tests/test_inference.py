@@ -1,0 +1,130 @@
+"""Service engines without any service: FeatureEngine, SegmentationEngine, run_job."""
+
+import numpy as np
+import pytest
+
+from vplab.datasets import DatasetStore
+from vplab.demo import load_demo_samples
+from vplab.errors import InvalidInput, NotFound, PayloadTooLarge
+from vplab.images import encode_png
+from vplab.inference.features import FeatureEngine
+from vplab.inference.runtime import ModelRuntime
+from vplab.inference.segmentation import Prompt, SegmentationEngine
+from vplab.jobs import Job, JobStore, run_job
+from vplab.masks import decode_rle, encode_rle
+from vplab.settings import Settings
+from vplab.storage import LocalStore, keys
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    settings = Settings(demo=True, data_dir=d, train_checkpoint_every=2, train_eval_every=2, train_views=1,
+                        max_targets_per_call=3)
+    store = LocalStore(d)
+    datasets = DatasetStore(store, settings)
+    samples = load_demo_samples(3, 96, seed=5)
+    ids = {}
+    for tenant in ("t1", "t2"):
+        ds = datasets.create_dataset(tenant, "cells")
+        offset = 0 if tenant == "t1" else 50
+        ids[tenant] = (ds.id, [datasets.add_image(tenant, ds.id, encode_png(np.clip(im.astype(int) + offset, 0, 255)
+                                                                              .astype(np.uint8))) for im, _ in samples])
+    for image_id, (_, m) in zip(ids["t1"][1], samples):
+        datasets.put_label("t1", ids["t1"][0], image_id, encode_png(m.astype(np.uint8) * 255))
+    features = FeatureEngine(ModelRuntime(settings, store))
+    return settings, store, features, SegmentationEngine(features), ids, samples
+
+
+def test_embedding_cache_miss_then_hit_per_tenant(env):
+    settings, store, features, _, ids, _ = env
+    features.lru = type(features.lru)(features.lru.max_bytes)  # cold in-process cache
+    image = ids["t1"][1][0]
+    miss = features.embed("t1", image)
+    assert not miss.cache_hit and store.exists(miss.cache_key)
+    assert miss.cache_key == keys.embedding("t1", features.rt.sam_encoder_id, image)
+    hit = features.embed("t1", image)
+    assert hit.cache_hit and hit.shape == (1, 256, 16, 16)
+    features.lru = type(features.lru)(features.lru.max_bytes)
+    assert features.embed("t1", image).cache_hit  # from the object store
+    assert not features.embed("t1", image, "dinov2").cache_hit
+    with pytest.raises(NotFound):
+        features.embed("t2", image)  # t1's image is not t2's
+    with pytest.raises(InvalidInput, match="unknown encoder"):
+        features.embed("t1", image, "clip")
+
+
+def test_segment_prompt_and_mask_input(env):
+    _, _, _, engine, ids, _ = env
+    image = ids["t1"][1][0]
+    masks, (h, w) = engine.segment_prompt("t1", image, Prompt(points=[(40.0, 40.0, 1), (2.0, 2.0, 0)], multimask=True))
+    assert (h, w) == (96, 96) and len(masks) == 3
+    assert masks[0][1] >= masks[1][1] >= masks[2][1]  # best first
+    again, _ = engine.segment_prompt("t1", image, Prompt(points=[(40.0, 40.0, 1)], mask_input=masks[0][0]))
+    assert decode_rle(again[0][0]).shape == (96, 96)
+    with pytest.raises(InvalidInput, match="mask_input is"):
+        engine.segment_prompt("t1", image, Prompt(points=[(1.0, 1.0, 1)], mask_input=encode_rle(np.ones((5, 5), bool))))
+    with pytest.raises(InvalidInput, match="outside"):
+        engine.segment_prompt("t1", image, Prompt(points=[(500.0, 1.0, 1)]))
+    with pytest.raises(PayloadTooLarge):
+        engine.segment_prompt("t1", image, Prompt(points=[(1.0, 1.0, 1)] * 1000))
+    with pytest.raises(InvalidInput, match="at least one"):
+        engine.segment_prompt("t1", image, Prompt(points=[]))
+
+
+def test_visual_prompt_validates_before_yielding(env):
+    _, _, _, engine, ids, samples = env
+    ref = [(ids["t1"][1][0], encode_rle(samples[0][1]))]
+    results = list(engine.visual_prompt("t1", ref, ids["t1"][1][1:]))
+    assert [r[1] for r in results] == ids["t1"][1][1:]
+    assert all(decode_rle(r[2]).shape == (96, 96) for r in results)
+    with pytest.raises(PayloadTooLarge):
+        next(engine.visual_prompt("t1", ref, ids["t1"][1] * 2))
+    with pytest.raises(NotFound):
+        next(engine.visual_prompt("t1", ref, [ids["t2"][1][0]]))
+    with pytest.raises(InvalidInput, match="empty"):
+        next(engine.visual_prompt("t1", [(ids["t1"][1][0], encode_rle(np.zeros((96, 96), bool)))], ids["t1"][1][1:]))
+
+
+def test_run_job_trains_saves_and_the_model_serves(env):
+    settings, store, _, engine, ids, _ = env
+    jobs = JobStore(store)
+    job = jobs.create(Job(job_id=jobs.new_id(), tenant="t1", dataset_id=ids["t1"][0], method="epeft",
+                          base_model="", steps=4))
+    assert jobs.active() == [("t1", job.job_id)]
+    assert run_job(settings, "t1", job.job_id) == "SUCCEEDED"
+    done = jobs.get("t1", job.job_id)
+    assert done.model_id and done.attempts == 1 and jobs.active() == []
+    events = jobs.events("t1", job.job_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["state"] == "SUCCEEDED" and events[-1]["model_id"] == done.model_id
+    assert run_job(settings, "t1", job.job_id) == "SUCCEEDED"  # idempotent once ended
+    model = engine.model("t1", done.model_id)
+    masks, _ = engine.segment_prompt("t1", ids["t1"][1][0], Prompt(points=[(40.0, 40.0, 1)]), model)
+    assert len(masks) == 1
+    with pytest.raises(NotFound):
+        engine.model("t2", done.model_id)
+    with pytest.raises(InvalidInput, match="needs prompts"):
+        engine.auto_segment("t1", ids["t1"][1][0], model)
+
+
+def test_run_job_failures_and_cancel(env):
+    settings, store, _, _, ids, _ = env
+    jobs = JobStore(store)
+    no_labels = jobs.create(Job(job_id=jobs.new_id(), tenant="t2", dataset_id=ids["t2"][0], method="epeft",
+                                base_model="", steps=2))
+    assert run_job(settings, "t2", no_labels.job_id) == "FAILED"
+    assert "empty" in jobs.get("t2", no_labels.job_id).error
+    wrong_base = jobs.create(Job(job_id=jobs.new_id(), tenant="t1", dataset_id=ids["t1"][0], method="epeft",
+                                 base_model="vit_h", steps=2))
+    assert run_job(settings, "t1", wrong_base.job_id) == "FAILED"
+    assert "not served here" in jobs.get("t1", wrong_base.job_id).error
+    cancelled = jobs.create(Job(job_id=jobs.new_id(), tenant="t1", dataset_id=ids["t1"][0], method="epeft",
+                                base_model="", steps=500))
+    jobs.request_cancel("t1", cancelled.job_id)
+    assert run_job(settings, "t1", cancelled.job_id) == "CANCELLED"
+    assert not jobs.get("t1", cancelled.job_id).model_id
+    from vplab.errors import Conflict
+
+    with pytest.raises(Conflict):
+        jobs.request_cancel("t1", cancelled.job_id)
