@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     dino_checkpoint: str | None = None
     dino_sha256: str | None = None
     demo: bool = False  # tiny seeded models instead of checkpoints
+    random_weights: bool = False  # real-size architectures, seeded random weights, no checkpoint (benchmarks)
     device: str = "auto"  # auto | cpu | cuda
 
     # Request limits (per request) - checked before any decoding.

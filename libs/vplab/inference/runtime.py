@@ -35,6 +35,8 @@ class ModelRuntime:
         s = self.settings
         if s.demo:
             return resolve_base_sam("sam_tiny")
+        if s.random_weights:  # benchmarks: the real architecture, seeded random weights
+            return resolve_base_sam(s.sam_model)
         if not s.sam_checkpoint:
             from vplab.errors import Unavailable
 
@@ -59,6 +61,8 @@ class ModelRuntime:
         s = self.settings
         if s.demo:
             return build_dinov2("dinov2_tiny").to(self.device)
+        if s.random_weights:
+            return build_dinov2(s.dino_model).to(self.device)
         if not s.dino_checkpoint:
             from vplab.errors import Unavailable
 
@@ -68,7 +72,7 @@ class ModelRuntime:
     @cached_property
     def dino_encoder_id(self) -> str:
         s = self.settings
-        if s.demo:
+        if s.demo or s.random_weights:
             digest = state_sha256(self.dino)  # type: ignore[arg-type]
         else:
             path, _ = resolve_checkpoint(s.dino_checkpoint, self.store, s.dino_sha256)
