@@ -42,11 +42,13 @@ def start_serve(settings: Settings, grpc_port: int = GRPC_PORT, http_port: int =
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
-    os.environ.update(settings_env(settings))  # Ray workers inherit the driver's environment
     if not ray.is_initialized():
         # Logical CPUs: each replica and training task reserves one, physical cores are shared.
+        # The settings reach every worker (replicas, training tasks) through the job's
+        # runtime_env, leaving this process's environment untouched.
         ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": settings_env(settings)})
     serve.start(
         http_options=HTTPOptions(host="127.0.0.1", port=http_port),
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=servicer_functions()),
