@@ -1,12 +1,14 @@
 """The trainer: resume equivalence, cancellation, learning, bad input."""
 
+import hashlib
+
 import pytest
 import torch
 
 from vplab.demo import load_demo_samples
 from vplab.errors import InvalidInput
 from vplab.models import build_sam
-from vplab.storage import LocalStore
+from vplab.storage import LocalStore, keys
 from vplab.training import CheckpointStore, LabeledImage, TrainConfig, Trainer
 
 
@@ -126,3 +128,26 @@ def test_ptsam_md_learns_on_a_promptable_pretrained_tiny_sam():
     result = Trainer(base, cfg, samples).run()
     assert result.trainable_params == 2048
     assert result.best_val_iou > result.initial_val_iou + 0.3, (result.initial_val_iou, result.history)
+
+
+def test_bank_is_cached_in_the_store_and_reused(tmp_path):
+    """A second run (e.g. a job resumed after its worker died) reads every view back
+    instead of running the encoder, and trains to the identical result."""
+    from vplab.training.feature_cache import StoreFeatureCache
+
+    store = LocalStore(tmp_path)
+    cache = StoreFeatureCache(store, "t1", "sam.sam_tiny.0123456789abcdef")
+    samples = [LabeledImage(hashlib.sha256(s.image.tobytes()).hexdigest(), s.image, s.label) for s in _samples(2)]
+    first = Trainer(build_sam("sam_tiny"), _config(steps=4), samples, feature_cache=cache).run()
+    cached = store.list(keys.cache_prefix("t1"))
+    assert len(cached) == 2 + 1  # 2 dihedral views of the training image + the validation view
+    assert all(".bank.emb." in k for k in cached)
+
+    sam = build_sam("sam_tiny")
+    calls = []
+    sam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    second = Trainer(sam, _config(steps=4), samples, feature_cache=cache).run()
+    assert calls == []  # every view came from the store
+    assert store.list(keys.cache_prefix("t1")) == cached
+    a, b = _trainable(first.model), _trainable(second.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)

@@ -161,6 +161,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     from vplab.inference.runtime import ModelRuntime
     from vplab.storage import open_store
     from vplab.training import CheckpointStore, LabeledImage, TrainConfig, Trainer
+    from vplab.training.feature_cache import StoreFeatureCache
     from vplab.tuned import save_tuned_model
 
     store = open_store(settings)
@@ -200,7 +201,8 @@ def run_job(settings, tenant: str, job_id: str) -> str:
                              eval_every=settings.train_eval_every, n_dihedral=settings.train_views)
         trainer = Trainer(runtime.base.build(store), config, samples,
                           checkpoints=CheckpointStore(store, tenant, job_id),
-                          on_progress=on_progress, should_stop=should_stop)
+                          on_progress=on_progress, should_stop=should_stop,
+                          feature_cache=StoreFeatureCache(store, tenant, runtime.sam_encoder_id))
         result = trainer.run()
         job.initial_val_iou, job.best_val_iou, job.step = result.initial_val_iou, result.best_val_iou, result.steps_done
         if result.cancelled:

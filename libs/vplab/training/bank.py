@@ -34,11 +34,16 @@ class BankItem:
 
 
 class FeatureCache(Protocol):
-    """Optional persistent cache of bank features (the service backs it by the object store)."""
+    """Optional persistent cache of bank features, keyed by (image name, view, what) where
+    what is "emb" or "late{k}". It must be scoped to the encoder weights it was computed
+    with (the service's ``StoreFeatureCache`` is, through the encoder id)."""
 
-    def get(self, key: str) -> torch.Tensor | None: ...
+    def get(self, name: str, view: str, what: str) -> torch.Tensor | None: ...
 
-    def put(self, key: str, value: torch.Tensor) -> None: ...
+    def put(self, name: str, view: str, what: str, value: torch.Tensor) -> torch.Tensor:
+        """Store ``value``; return it as ``get`` will return it (e.g. rounded to bf16), so a
+        run that computed the bank and one that read it back see the same numbers."""
+        ...
 
 
 def preprocess(sam: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -81,10 +86,10 @@ def build_bank(
     mode: str,
     start_block: int = 0,
     cache: FeatureCache | None = None,
-    cache_prefix: str = "",
     on_item: Callable[[int, int], None] | None = None,
 ) -> list[BankItem]:
-    """Compute the bank. ``cache_prefix`` must identify the encoder weights (see ARCHITECTURE)."""
+    """Compute the bank, reading and filling ``cache`` for encoder outputs ("full" mode
+    stores only the preprocessed input, which is cheap to recompute)."""
     device = sam.pixel_mean.device
     grid = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.kernel_size[0]
     lowres = 4 * grid  # SAM's decoder upscales the embedding 4x
@@ -92,13 +97,14 @@ def build_bank(
     for sample in samples:
         for view in views:
             image, label = view.apply(sample.image, sample.label)
-            key = f"{cache_prefix}{sample.name}/{view.name}/{mode}{start_block if mode == 'late' else ''}"
+            what = "emb" if mode == "frozen" else f"late{start_block}"
+            use_cache = cache is not None and mode != "full"
             x, input_size = preprocess(sam, image)
-            feature = cache.get(key) if cache is not None else None
+            feature = cache.get(sample.name, view.name, what) if use_cache else None
             if feature is None:
                 feature = encoder_input_to_feature(sam, x, mode, start_block).cpu()
-                if cache is not None and mode != "full":
-                    cache.put(key, feature)
+                if use_cache:
+                    feature = cache.put(sample.name, view.name, what, feature)
             items.append(
                 BankItem(
                     name=sample.name,

@@ -95,7 +95,6 @@ class Trainer:
         on_progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         feature_cache: FeatureCache | None = None,
-        cache_prefix: str = "",
     ):
         config.validate()
         validate_samples(samples)
@@ -107,7 +106,6 @@ class Trainer:
         self.on_progress = on_progress or (lambda e: None)
         self.should_stop = should_stop or (lambda: False)
         self.feature_cache = feature_cache
-        self.cache_prefix = cache_prefix
         self.device = sam.pixel_mean.device
 
     # -- setup ---------------------------------------------------------------------
@@ -136,11 +134,10 @@ class Trainer:
             mode,
             self.start_block,
             self.feature_cache,
-            self.cache_prefix,
             bank_progress,
         )
         self.val_bank = build_bank(
-            self.sam, self.val, bank_views(1, 0), mode, self.start_block, self.feature_cache, self.cache_prefix
+            self.sam, self.val, bank_views(1, 0), mode, self.start_block, self.feature_cache
         )
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=cfg.lr or self.spec.default_lr, weight_decay=cfg.weight_decay
