@@ -1,0 +1,126 @@
+"""A local stack for the benchmarks: Ray + the three Serve apps (``vplab.stack.start_serve``,
+the wiring ``vplab up`` runs) and the REST gateway (``create_app``) under uvicorn in a
+thread, on free ports, with a throwaway local store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+from vplab.bench._common import log
+from vplab.settings import Settings
+
+PEPPER = "vplab-bench-pepper"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_settings(work_dir: Path, sam_model: str, **overrides) -> Settings:
+    """Local store under ``work_dir``, the real ``sam_model`` architecture with seeded random
+    weights (``random_weights``; no checkpoint), nothing else from a configured deployment."""
+    base = dict(data_dir=(work_dir / "data").resolve(), s3_endpoint=None, sam_model=sam_model,
+                random_weights=True, demo=False, device="cpu", api_key_pepper=PEPPER)
+    return Settings(**{**base, **overrides})
+
+
+class _Uvicorn:
+    """uvicorn serving ``app`` on a free 127.0.0.1 port in a daemon thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                                    timeout_graceful_shutdown=1))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self) -> "_Uvicorn":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway (uvicorn) did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(5)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def local_stack(settings: Settings, gateway: bool = True, num_cpus: int = 8,
+                env: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
+    """Start Ray + Serve (+ the gateway); yield ``settings``, ``grpc_target`` and ``url``.
+
+    ``env``: extra variables for the Ray workers (they inherit the driver's environment),
+    e.g. ``OMP_NUM_THREADS``: unset, Ray sets it to the actor's CPU reservation (1 for a
+    Serve replica), so torch in a replica runs single-threaded."""
+    from vplab.stack import start_serve, stop_serve
+
+    grpc_port, http_port = free_port(), free_port()
+    settings = settings.model_copy(update={"grpc_target": f"127.0.0.1:{grpc_port}"})
+    saved_env = dict(os.environ)  # start_serve exports the settings as VPLAB_* for the workers
+    os.environ.update(env or {})
+    server = None
+    try:
+        t0 = time.perf_counter()
+        start_serve(settings, grpc_port=grpc_port, http_port=http_port, num_cpus=num_cpus)
+        log(f"Ray + Serve apps up in {time.perf_counter() - t0:.1f}s (gRPC {settings.grpc_target})")
+        if gateway:
+            from services.gateway.app import create_app
+
+            server = _Uvicorn(create_app(settings)).start()
+        yield SimpleNamespace(settings=settings, grpc_target=settings.grpc_target,
+                              url=server.url if server else None)
+    finally:
+        if server is not None:
+            server.stop()
+        stop_serve()
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _ancestors(pid: int) -> set[int]:
+    out = set()
+    while pid > 1:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        out.add(pid)
+    return out
+
+
+def own_processes(name_part: str) -> list[int]:
+    """Pids of this process's descendants whose command line contains ``name_part`` (e.g.
+    a Serve replica's ``SegmentationDeployment``); other Ray instances are left out."""
+    me, out = os.getpid(), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if name_part in cmd and me in _ancestors(int(proc.name)):
+            out.append(int(proc.name))
+    return out

@@ -1,0 +1,96 @@
+"""``vplab bench``: every benchmark's --quick mode runs and prints a human summary, then one
+JSON object with its figures as the last line. Timing targets are never asserted here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vplab.cli import main
+
+QUICK_KEYS = {
+    "train": {"steps", "train_s", "steps_per_s", "trainable_params"},
+    "cache": {"miss_ms", "hit_ms", "hit_over_miss", "embedding_bytes"},
+    "pipeline": {"per_image_s", "encoders_s", "overhead_ratio"},
+    "late-cache": {"speedup_start1", "start1_cached_steps_per_s", "start1_recompute_steps_per_s"},
+}
+
+
+def _run(capsys, *argv: str) -> tuple[list[str], dict]:
+    assert main(["bench", *argv]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    return lines, json.loads(lines[-1])
+
+
+def test_every_benchmark_is_registered_with_quick():
+    from vplab.bench import benchmarks
+    from vplab.cli import build_parser
+
+    assert list(benchmarks()) == ["interactive", "cache", "train", "pipeline", "late-cache", "gpu"]
+    parser = build_parser()
+    for name in benchmarks():
+        args = parser.parse_args(["bench", name, "--quick", "--json"])
+        assert args.quick and args.json and args.bench_name == name
+
+
+@pytest.mark.parametrize("name", sorted(QUICK_KEYS))
+def test_quick_run_prints_summary_then_json(capsys, name):
+    lines, doc = _run(capsys, name, "--quick")
+    assert lines[0] == f"== vplab bench {name} =="
+    assert len(lines) > 2  # the human summary comes first
+    assert doc["benchmark"] == name
+    assert QUICK_KEYS[name] <= set(doc), set(doc)
+    for key in QUICK_KEYS[name]:
+        assert isinstance(doc[key], (int, float)) and doc[key] >= 0, (key, doc[key])
+    assert doc["config"]["quick"] is True
+    assert set(doc["machine"]) >= {"cpu", "cores", "ram_gib"}
+    assert all(v in (True, False, None) for v in doc["targets_met"].values())
+
+
+def test_cache_quick_figures_are_consistent(capsys):
+    _, doc = _run(capsys, "cache", "--quick", "--json")
+    assert doc["hit_over_miss"] == pytest.approx(doc["hit_ms"] / doc["miss_ms"], rel=1e-3)
+    assert doc["embedding_bytes"] > 256 * 16 * 16 * 2  # bf16 (1, 256, 16, 16) + header (sam_tiny)
+
+
+def test_json_flag_prints_only_the_json_line(capsys):
+    lines, doc = _run(capsys, "interactive", "--quick", "--no-stack", "--json")
+    assert len(lines) == 1
+    assert doc["inproc_p50_ms"] > 0 and doc["inproc_p95_ms"] >= doc["inproc_p50_ms"]
+    assert doc["rest_p50_ms"] is None and doc["grpc_p50_ms"] is None  # no stack: not measured
+    assert set(doc["targets_met"].values()) == {None}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_gpu_skips_without_cuda(capsys):
+    lines, doc = _run(capsys, "gpu", "--quick")
+    assert lines[-1] == '{"skipped": "no cuda"}' and doc == {"skipped": "no cuda"}
+
+
+def test_sdpa_attention_matches_the_original():
+    """The gpu benchmark's SDPA attention computes what segment_anything's does."""
+    from vplab.bench.gpu import sdpa_attention
+    from vplab.models import build_sam
+
+    enc = build_sam("sam_tiny").image_encoder
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        ref = enc(x)
+        with sdpa_attention():
+            got = enc(x)
+        again = enc(x)  # restored afterwards
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(again, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_interactive_quick_through_the_real_stack(capsys):
+    lines, doc = _run(capsys, "interactive", "--quick")
+    for key in ("inproc_p50_ms", "grpc_p50_ms", "rest_p50_ms", "inproc_p95_ms", "grpc_p95_ms", "rest_p95_ms",
+                "rest_over_inproc"):
+        assert isinstance(doc[key], float) and doc[key] > 0, key
+    assert doc["rest_over_inproc"] == pytest.approx(doc["rest_p50_ms"] / doc["inproc_p50_ms"], rel=1e-3)
+    assert any(line.startswith("target rest_over_inproc") for line in lines)
