@@ -16,7 +16,6 @@ import contextlib
 import io
 import itertools
 import json
-import socket
 import threading
 import time
 from concurrent import futures
@@ -25,7 +24,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import uvicorn
 from PIL import Image
 
 from vplab.errors import InvalidInput, NotFound, VPLabError
@@ -39,6 +37,7 @@ from vplab.rpc.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from vplab.serving.background import BackgroundServer as UvicornThread
 from vplab.serving.grpc_glue import HTTP_STATUS_TRAILER
 from vplab.settings import Settings
 from vplab.storage import keys
@@ -299,40 +298,6 @@ def start_grpc(fake: FakeServices) -> tuple[grpc.Server, int]:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port
-
-
-class UvicornThread:
-    """A real uvicorn server on a free 127.0.0.1 port, in a daemon thread."""
-
-    def __init__(self, app):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "UvicornThread":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(5)
-        self.sock.close()
 
 
 @dataclass

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     demo: bool = False  # tiny seeded models instead of checkpoints
     random_weights: bool = False  # real-size architectures, seeded random weights, no checkpoint (benchmarks)
     device: str = "auto"  # auto | cpu | cuda
+    torch_threads: int = 0  # torch intra-op threads per replica/training task; 0 = every available core
 
     # Request limits (per request) - checked before any decoding.
     max_image_bytes: int = 50 * 1024 * 1024

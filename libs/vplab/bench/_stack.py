@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 from vplab.bench._common import log
+from vplab.serving.background import BackgroundServer
 from vplab.settings import Settings
 
 PEPPER = "vplab-bench-pepper"
@@ -33,52 +33,14 @@ def bench_settings(work_dir: Path, sam_model: str, **overrides) -> Settings:
     return Settings(**{**base, **overrides})
 
 
-class _Uvicorn:
-    """uvicorn serving ``app`` on a free 127.0.0.1 port in a daemon thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                                    timeout_graceful_shutdown=1))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def start(self) -> "_Uvicorn":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the gateway (uvicorn) did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(5)
-        self.sock.close()
-
-
 @contextlib.contextmanager
-def local_stack(settings: Settings, gateway: bool = True, num_cpus: int = 8,
-                env: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
+def local_stack(settings: Settings, gateway: bool = True, num_cpus: int = 8) -> Iterator[SimpleNamespace]:
     """Start Ray + Serve (+ the gateway); yield ``settings``, ``grpc_target`` and ``url``.
-
-    ``env``: extra variables for the Ray workers (they inherit the driver's environment),
-    e.g. ``OMP_NUM_THREADS``: unset, Ray sets it to the actor's CPU reservation (1 for a
-    Serve replica), so torch in a replica runs single-threaded."""
+    Replicas use ``settings.torch_threads`` (0: every core, as in-process torch does)."""
     from vplab.stack import start_serve, stop_serve
 
     grpc_port, http_port = free_port(), free_port()
     settings = settings.model_copy(update={"grpc_target": f"127.0.0.1:{grpc_port}"})
-    saved_env = dict(os.environ)  # start_serve exports the settings as VPLAB_* for the workers
-    os.environ.update(env or {})
     server = None
     try:
         t0 = time.perf_counter()
@@ -87,15 +49,13 @@ def local_stack(settings: Settings, gateway: bool = True, num_cpus: int = 8,
         if gateway:
             from services.gateway.app import create_app
 
-            server = _Uvicorn(create_app(settings)).start()
+            server = BackgroundServer(create_app(settings)).start()
         yield SimpleNamespace(settings=settings, grpc_target=settings.grpc_target,
                               url=server.url if server else None)
     finally:
         if server is not None:
             server.stop()
         stop_serve()
-        os.environ.clear()
-        os.environ.update(saved_env)
 
 
 def _ancestors(pid: int) -> set[int]:

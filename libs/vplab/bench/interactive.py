@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache a random embedding instead of running the encoder once (~17 s on ViT-B/CPU)")
     p.add_argument("--no-stack", action="store_true", help="in-process only (grpc/rest figures null)")
     p.add_argument("--replica-threads", type=int, default=None,
-                   help="OMP_NUM_THREADS for the Serve replicas (default: this process's torch threads, so "
-                   "both sides decode with the same thread count; 0: leave it to Ray, which gives 1)")
+                   help="VPLAB_TORCH_THREADS for the Serve replicas (default: this process's torch threads, so "
+                   "both sides decode with the same thread count; 0: every core)")
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="py-spy the segmentation replica and this process during the timed rounds (raw stacks)")
 
@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> BenchResult:
             times["inproc"] = [time_ms(inproc) for _ in range(iters)]
         else:
             replica_threads = threads if args.replica_threads is None else args.replica_threads
-            env = {"OMP_NUM_THREADS": str(replica_threads)} if replica_threads > 0 else {}
-            stack_note = f"replica OMP_NUM_THREADS={replica_threads or 'Ray default (1)'}"
-            with local_stack(settings, env=env) as st:
+            settings = settings.model_copy(update={"torch_threads": replica_threads})
+            stack_note = f"replica torch threads (VPLAB_TORCH_THREADS)={replica_threads or 'every core'}"
+            with local_stack(settings) as st:
                 channel = grpc.insecure_channel(st.grpc_target)
                 seg = segmentation_pb2_grpc.SegmentationStub(channel)
                 auth = f"Bearer {api_key}"

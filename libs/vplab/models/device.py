@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from vplab.errors import InvalidInput, Unavailable
@@ -32,3 +34,16 @@ def resolve_device(setting: str = "auto") -> torch.device:
             )
         return device
     raise InvalidInput(f"device setting must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {setting!r}")
+
+
+def configure_threads(n: int = 0) -> int:
+    """Set torch's intra-op threads: ``n``, or every core this process may use when 0.
+
+    Ray sets OMP_NUM_THREADS to a worker's CPU reservation (1 for a Serve replica or a
+    training task), which left decoding single-threaded: 107 ms instead of 55 ms per click
+    on 2 cores (BENCHMARKS.md). Set ``VPLAB_TORCH_THREADS`` to the pod's CPU limit where the
+    machine's cores are shared.
+    """
+    n = n or len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
