@@ -44,30 +44,9 @@ TINY_CONFIG = {"late-ft": {"start_block": 1}, "late-lora": {"start_block": 1}}
 # ----------------------------------------------------------------------------- helpers
 
 def _tiny_sam() -> nn.Module:
-    try:  # the project's tiny SAM when present; the same architecture built here otherwise
-        from vplab.models import build_sam
-        return build_sam("sam_tiny").train()
-    except ImportError:
-        pass
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
+    from vplab.models import build_sam
 
-    encoder = ImageEncoderViT(
-        img_size=256, patch_size=16, embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0,
-        out_chans=256, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True, window_size=5, global_attn_indexes=(1, 3),
-    )
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(16, 16),
-                                   input_image_size=(256, 256), mask_in_chans=16)
-    decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
-    )
-    return Sam(encoder, prompt_encoder, decoder,
-               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-
-
+    return build_sam("sam_tiny")
 @pytest.fixture(scope="module")
 def tiny_base_state():
     torch.manual_seed(0)

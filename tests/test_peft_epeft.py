@@ -20,34 +20,9 @@ EPEFT_METHODS = ["epeft", "epeft-lora", "epeft-ia3", "epeft-prompt", "epeft-adap
 
 def tiny_sam() -> Sam:
     """The project's seeded tiny SAM (same classes as ViT-B; 16x16 grid, 5x5 windows)."""
-    try:
-        from vplab.models.sam import build_sam
-    except ImportError:  # models package not there: the same architecture by hand
-        from segment_anything.modeling import (
-            ImageEncoderViT,
-            MaskDecoder,
-            PromptEncoder,
-            TwoWayTransformer,
-        )
+    from vplab.models import build_sam
 
-        torch.manual_seed(0)
-        return Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=256, patch_size=16, embed_dim=64, depth=4, num_heads=2, window_size=5,
-                global_attn_indexes=(1, 3), use_rel_pos=True, out_chans=256,
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=256, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=16
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-                transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
-            ),
-        ).eval()
     return build_sam("sam_tiny")
-
-
 @pytest.fixture(scope="module")
 def tiny() -> Sam:
     return tiny_sam()

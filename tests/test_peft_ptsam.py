@@ -21,39 +21,9 @@ from vplab.peft.ptsam import PromptedBlock, PTSAMMaskDecoder, inject_encoder_pro
 
 def tiny_sam() -> Sam:
     """The project's seeded tiny SAM; by hand (same architecture) if it is not there."""
-    try:
-        from vplab.models.sam import build_sam
-    except ImportError:
-        from segment_anything.modeling import (
-            ImageEncoderViT,
-            MaskDecoder,
-            PromptEncoder,
-            TwoWayTransformer,
-        )
+    from vplab.models import build_sam
 
-        torch.manual_seed(0)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=256, patch_size=16, embed_dim=64, depth=4, num_heads=2, window_size=5,
-                global_attn_indexes=(1, 3), use_rel_pos=True, out_chans=256,
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=256, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=16
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-                transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
-            ),
-        ).eval()
-        with torch.no_grad():  # official init leaves these at zero: make them matter
-            for name, p in sam.image_encoder.named_parameters():
-                if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
-                    p.normal_(0.0, 0.02)
-        return sam
     return build_sam("sam_tiny")
-
-
 @pytest.fixture(scope="module")
 def tiny() -> Sam:
     return tiny_sam()
