@@ -281,3 +281,23 @@ def test_resolve_device():
             resolve_device("cuda")
     with pytest.raises(InvalidInput, match="device setting"):
         resolve_device("tpu")
+
+
+def test_base_sam_hashes_its_checkpoint_once(tmp_path, monkeypatch):
+    """Every training job builds a fresh base: it must not re-hash the (up to 2.5 GB) file."""
+    import vplab.models.checkpoint as checkpoint
+    from vplab.models import build_sam
+    from vplab.models.base import resolve_base_sam
+
+    path = tmp_path / "tiny.pth"
+    torch.save(build_sam("sam_tiny").state_dict(), path)
+    hashed = []
+    real = checkpoint.file_sha256
+    monkeypatch.setattr(checkpoint, "file_sha256", lambda p: hashed.append(p) or real(p))
+    import vplab.models.base as base_mod
+    monkeypatch.setattr(base_mod, "file_sha256", checkpoint.file_sha256)
+    base = resolve_base_sam("sam_tiny", path)
+    assert len(hashed) == 1
+    a, b = base.build(), base.build()
+    assert len(hashed) == 1
+    assert torch.equal(a.mask_decoder.iou_token.weight, b.mask_decoder.iou_token.weight)

@@ -28,6 +28,7 @@ class BaseSam:
     sha256: str
     checkpoint: str | None  # the reference it was loaded from (None: seeded tiny model)
     seed: int = TINY_SEED
+    local_path: str | None = None  # the checkpoint file, already verified against sha256
 
     def ref(self) -> dict[str, str]:
         return {"name": self.name, "sha256": self.sha256}
@@ -36,6 +37,9 @@ class BaseSam:
         """A fresh copy of the base model (each training run mutates its own)."""
         if self.checkpoint is None:
             return build_sam(self.name, seed=self.seed)
+        if self.local_path is not None:
+            # Hashed once in resolve_base_sam: re-hashing up to 2.5 GB per training job is waste.
+            return build_sam(self.name, Path(self.local_path))
         return build_sam(self.name, self.checkpoint, sha256=self.sha256, store=store)
 
 
@@ -60,4 +64,4 @@ def resolve_base_sam(
         from vplab.errors import CheckpointError
 
         raise CheckpointError(f"checkpoint {path}: sha256 mismatch, expected {expected} but the file has {digest}")
-    return BaseSam(name, digest, str(checkpoint))
+    return BaseSam(name, digest, str(checkpoint), local_path=str(path))
