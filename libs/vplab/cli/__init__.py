@@ -10,19 +10,13 @@ from vplab.errors import VPLabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vplab.cli import data, local, peft_cmds
+    from vplab.cli import bench, data, gateway_cmd, local, peft_cmds, stack, tenants
 
     parser = argparse.ArgumentParser(
         prog="vplab", description="VP Lab: few-shot segmentation with SAM, visual prompting and PEFT."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, local, peft_cmds):
-        module.add_commands(sub)
-    for name in ("stack", "tenants", "gateway_cmd", "bench"):
-        try:
-            module = __import__(f"vplab.cli.{name}", fromlist=["add_commands"])
-        except ModuleNotFoundError:
-            continue
+    for module in (data, local, peft_cmds, stack, tenants, gateway_cmd, bench):
         module.add_commands(sub)
     return parser
 
