@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vplab.models import configure_threads
+from vplab.models import configure_compute
 from vplab.settings import Settings, get_settings
 from vplab.storage import ArtifactStore, open_store
 from vplab.tenancy import Authenticator, Quotas
@@ -20,6 +20,6 @@ class Replica:
     @classmethod
     def from_env(cls) -> "Replica":
         settings = get_settings()
-        configure_threads(settings.torch_threads)  # Ray would leave torch on one thread
+        configure_compute(settings)  # Ray would leave torch on one thread
         store = open_store(settings)
         return cls(settings, store, Authenticator(store, settings.api_key_pepper), Quotas(store, settings))

@@ -159,7 +159,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     """Run (or continue) a training job to its end. Returns the final state."""
     from vplab.datasets import DatasetStore
     from vplab.inference.runtime import ModelRuntime
-    from vplab.models import configure_threads
+    from vplab.models import configure_compute
     from vplab.storage import open_store
     from vplab.training import CheckpointStore, LabeledImage, TrainConfig, Trainer
     from vplab.training.feature_cache import StoreFeatureCache
@@ -170,7 +170,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     job = jobs.get(tenant, job_id)
     if job.state in TERMINAL:
         return job.state
-    configure_threads(settings.torch_threads)  # a Ray task would otherwise train on one thread
+    configure_compute(settings)  # a Ray task would otherwise train on one thread
     job.state, job.attempts, job.worker_pid, job.error = RUNNING, job.attempts + 1, os.getpid(), ""
     log = _EventLog(jobs, job)
     log.add(force=True, state=RUNNING, phase="start", step=job.step, total_steps=job.steps,

@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from vplab.allocator import keep_freed_memory
+        from vplab.settings import get_settings
+
+        keep_freed_memory(get_settings().malloc_trim_mb)  # local train/predict/bench do model work here
         return int(args.func(args) or 0)
     except VPLabError as e:
         print(f"error: {e.message}", file=sys.stderr)

@@ -7,7 +7,7 @@ from vplab.models.checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
-from vplab.models.device import configure_threads, resolve_device
+from vplab.models.device import configure_compute, configure_threads, resolve_device
 from vplab.models.dinov2 import (
     DINOV2_NAMES,
     PatchFeatures,
@@ -24,6 +24,7 @@ __all__ = [
     "SamConfig",
     "build_dinov2",
     "build_sam",
+    "configure_compute",
     "configure_threads",
     "extract_patch_features",
     "extract_patch_features_batch",

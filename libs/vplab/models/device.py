@@ -36,6 +36,17 @@ def resolve_device(setting: str = "auto") -> torch.device:
     raise InvalidInput(f"device setting must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {setting!r}")
 
 
+def configure_compute(settings) -> int:
+    """Set up this process for model work: torch threads and the allocator (``Settings``).
+
+    Every Serve replica and training task calls this once at start. Returns the threads.
+    """
+    from vplab.allocator import keep_freed_memory
+
+    keep_freed_memory(settings.malloc_trim_mb)
+    return configure_threads(settings.torch_threads)
+
+
 def configure_threads(n: int = 0) -> int:
     """Set torch's intra-op threads: ``n``, or every core this process may use when 0.
 
