@@ -164,6 +164,29 @@ def test_sam_tiny_is_deterministic_and_keeps_global_rng():
         assert a.image_encoder(x).shape == (1, 256, 16, 16)
 
 
+def test_decoder_upscaling_is_channels_last_and_unchanged_in_value(tiny_file):
+    """build_sam stores the two upscaling convs channels-last (the layout of their input);
+    the outputs equal those of SAM's default layout, and loaded checkpoints get it too."""
+    import copy
+
+    from vplab.segmentation.predictor import decode_torch
+
+    for sam in (build_sam("sam_tiny"), build_sam("sam_tiny", checkpoint=tiny_file)):
+        ups = [sam.mask_decoder.output_upscaling[i].weight for i in (0, 3)]
+        assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in ups)
+    plain = copy.deepcopy(sam)
+    plain.mask_decoder.output_upscaling.to(memory_format=torch.contiguous_format)
+    assert plain.mask_decoder.output_upscaling[0].weight.is_contiguous()
+    assert list(plain.state_dict()) == list(sam.state_dict())
+    torch.manual_seed(0)
+    emb = torch.randn(1, 256, 16, 16)
+    coords, labels = torch.tensor([[[100.0, 80.0], [30.0, 200.0]]]), torch.tensor([[1, 0]])
+    with torch.no_grad():
+        out, iou = decode_torch(sam, emb, coords, labels)
+        ref, ref_iou = decode_torch(plain, emb, coords, labels)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(iou, ref_iou, atol=1e-6)
+
+
 def test_checkpoint_from_store_key(tiny_file, tmp_path):
     from vplab.storage import LocalStore
 

@@ -138,6 +138,16 @@ def _init_tiny_weights(sam: Sam) -> None:
                 p.normal_(0.0, 0.02)
 
 
+def _match_decoder_layout(sam: Sam) -> Sam:
+    # The mask decoder hands its two upscaling ConvTranspose2d a channels-last input (the
+    # image tokens, transposed and viewed as a map); with weights in the default layout
+    # oneDNN reorders on every call. Same values, same state-dict keys; ~10 % of a CPU
+    # decoder training step and of a click (BENCHMARKS.md, train). Exports make tensors
+    # contiguous again (peft.merge, models.base).
+    sam.mask_decoder.output_upscaling.to(memory_format=torch.channels_last)
+    return sam
+
+
 def build_sam(
     name: str,
     checkpoint: str | Path | None = None,
@@ -160,7 +170,7 @@ def build_sam(
             sam = _build_arch(cfg)
             if cfg.name == "sam_tiny":
                 _init_tiny_weights(sam)
-        return sam.eval()
+        return _match_decoder_layout(sam).eval()
 
     state, path = read_checkpoint(checkpoint, sha256=sha256, store=store, cache_dir=cache_dir)
     with torch.device("meta"):
@@ -172,4 +182,4 @@ def build_sam(
     leftover = [n for n, t in [*sam.named_parameters(), *sam.named_buffers()] if t.is_meta]
     if leftover:  # a segment_anything change added state we do not know how to fill
         raise RuntimeError(f"SAM {name}: tensors left uninitialised after loading: {leftover[:5]}")
-    return sam.eval()
+    return _match_decoder_layout(sam).eval()

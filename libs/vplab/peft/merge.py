@@ -54,4 +54,5 @@ def merged_state_dict(sam: nn.Module, method: str | None = None) -> dict[str, to
         done.append(name)
     # Tensors are detached views of the live model's: clone so later training or a
     # caller's in-place edit does not change the exported weights.
-    return {k: v.detach().clone() for k, v in state.items()}
+    # Contiguous: a checkpoint is a plain state dict, whatever layout the live model used.
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
