@@ -44,6 +44,41 @@ def test_sample_points_positive_inside_negative_outside():
             assert bool(label[int(y), int(x)]) == (l == 1)
 
 
+def test_sample_points_are_distinct_and_uniform_over_the_region():
+    from collections import Counter
+
+    from vplab.training.prompts import _distinct_cells
+
+    region = torch.zeros(40, 40, dtype=torch.bool)
+    region[5:9, 10:15] = True  # 20 cells, 1.25 % of the image: the rejection path
+    g = torch.Generator().manual_seed(1)
+    counts = Counter()
+    for _ in range(2000):
+        cells = _distinct_cells(region, 3, g)
+        assert len({tuple(c) for c in cells.tolist()}) == 3
+        assert bool(region[cells[:, 0], cells[:, 1]].all())
+        counts.update(tuple(c) for c in cells.tolist())
+    assert len(counts) == 20
+    assert max(counts.values()) < 1.25 * 300 and min(counts.values()) > 0.75 * 300  # 6000 / 20 each
+
+
+def test_sample_points_tiny_empty_and_full_regions():
+    from vplab.training.prompts import _distinct_cells
+
+    g = torch.Generator().manual_seed(2)
+    big = torch.zeros(1000, 1000, dtype=torch.bool)
+    big[500, 500] = big[10, 990] = True  # 2 cells in a megapixel: the exact fallback
+    assert sorted(map(tuple, _distinct_cells(big, 3, g).tolist())) == [(10, 990), (500, 500)]
+    assert _distinct_cells(torch.zeros(8, 8, dtype=torch.bool), 2, g).shape == (0, 2)
+    empty = torch.zeros(30, 30, dtype=torch.bool)
+    pts, labels = sample_points(empty, g)
+    assert labels.tolist() and set(labels.tolist()) == {0}  # no object: background points only
+    full = torch.ones(30, 30, dtype=torch.bool)
+    for _ in range(20):
+        pts, labels = sample_points(full, g)
+        assert set(labels.tolist()) == {1} and 1 <= len(labels) <= 3
+
+
 def test_loss_is_low_for_right_logits_and_high_for_wrong():
     target = torch.zeros(1, 8, 8)
     target[:, 2:6, 2:6] = 1
