@@ -204,14 +204,19 @@ class EPEFTMaskDecoder(MaskDecoder):
         mask_tokens_out = hs[:, n_tok + 1 : n_tok + 1 + self.num_mask_tokens, :]
         src = keys[:, n_img:, :].transpose(1, 2).view(b, c, h, w)
 
-        # From here on exactly the stock decoder.
-        upscaled_embedding = self.output_upscaling(src)
+        # From here on the stock decoder's operations.
+        upscaled_embedding = self.output_upscaling(src)  # (R, c, 4h, 4w), channels-last
         hyper_in_list: List[torch.Tensor] = []
         for i in range(self.num_mask_tokens):
             hyper_in_list.append(self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]))
-        hyper_in = torch.stack(hyper_in_list, dim=1)
+        hyper_in = torch.stack(hyper_in_list, dim=1)  # (R, M, c)
         b, c, h, w = upscaled_embedding.shape
-        masks = (hyper_in @ upscaled_embedding.view(b, c, h * w)).view(b, -1, h, w)
+        # The stock (hyper_in @ up.view(b, c, hw)), computed as (up^T @ hyper_in^T)^T: the
+        # same product, but its gradient w.r.t. the upscaled map comes back channels-last
+        # like the map itself, so the upscaling's backward (GELU, ConvTranspose2d) runs on
+        # one layout instead of mixing two (~15 ms of a 120 ms CPU step, BENCHMARKS.md).
+        pixels = upscaled_embedding.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (R, hw, c)
+        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
 
