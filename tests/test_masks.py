@@ -64,6 +64,23 @@ def test_rle_accepts_bytes_numeric_and_matches_pycocotools():
     np.testing.assert_array_equal(decode_rle({"size": (37, 53), "counts": ref["counts"]}), m != 0)
 
 
+def test_rle_same_for_every_layout_and_dtype():
+    import torch
+
+    from vplab.inference.segmentation import _column_major
+
+    m = _random_mask(seed=2)  # bool, row-major
+    ref = encode_rle(m)
+    col = _column_major(torch.from_numpy(m))
+    assert col.flags.f_contiguous and np.array_equal(col, m)
+    strided = np.zeros((37, 106), bool)[:, ::2]
+    strided[...] = m
+    for variant in (col, np.asfortranarray(m), strided, m.astype(np.uint8) * 255, m.astype(np.int64) - 0):
+        assert encode_rle(variant) == ref
+    stack = _column_major(torch.from_numpy(np.stack([m, ~m])))
+    assert [encode_rle(x)["counts"] for x in stack] == [ref["counts"], encode_rle(~m)["counts"]]
+
+
 def test_rle_is_json_safe():
     import json
 

@@ -37,8 +37,10 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
         raise InvalidInput(f"mask must be a non-empty 2-D array, got shape {arr.shape}")
     if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
         raise InvalidInput(f"mask must be boolean or numeric, got dtype {arr.dtype}")
-    # pycocotools wants column-major uint8.
-    rle = mask_utils.encode(np.asfortranarray(arr != 0, dtype=np.uint8))
+    # pycocotools wants column-major uint8. A bool array is already 0/1 bytes, and a
+    # column-major one (see inference.segmentation) needs no copy at all.
+    binary = arr.view(np.uint8) if arr.dtype == bool else (arr != 0).view(np.uint8)
+    rle = mask_utils.encode(np.asfortranarray(binary))
     return {"size": [int(arr.shape[0]), int(arr.shape[1])], "counts": rle["counts"].decode("ascii")}
 
 
