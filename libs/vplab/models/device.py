@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from vplab.errors import InvalidInput, Unavailable
+
+if TYPE_CHECKING:
+    from vplab.settings import Settings
 
 
 def resolve_device(setting: str = "auto") -> torch.device:
@@ -36,7 +40,7 @@ def resolve_device(setting: str = "auto") -> torch.device:
     raise InvalidInput(f"device setting must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {setting!r}")
 
 
-def configure_compute(settings) -> int:
+def configure_compute(settings: Settings) -> int:
     """Set up this process for model work: torch threads and the allocator (``Settings``).
 
     Every Serve replica and training task calls this once at start. Returns the threads.
