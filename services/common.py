@@ -18,8 +18,10 @@ class Replica:
     quotas: Quotas
 
     @classmethod
-    def from_env(cls) -> "Replica":
+    def from_env(cls) -> Replica:
         settings = get_settings()
         configure_compute(settings)  # Ray would leave torch on one thread
         store = open_store(settings)
-        return cls(settings, store, Authenticator(store, settings.api_key_pepper), Quotas(store, settings))
+        return cls(
+            settings, store, Authenticator(store, settings.api_key_pepper), Quotas(store, settings)
+        )

@@ -60,8 +60,11 @@ def _fail(context, code: grpc.StatusCode, message: str, http_status: int | None 
     context.abort(code, message)
 
 
-class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.SegmentationServicer,
-                   training_pb2_grpc.TrainingServicer):
+class FakeServices(
+    features_pb2_grpc.FeaturesServicer,
+    segmentation_pb2_grpc.SegmentationServicer,
+    training_pb2_grpc.TrainingServicer,
+):
     def __init__(self, store, settings: Settings):
         self.store, self.settings = store, settings
         self.auth = Authenticator(store, PEPPER)
@@ -145,10 +148,10 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
                     raise InvalidInput(f"point ({p.x}, {p.y}) is outside the {w}x{h} image")
                 if p.label == 1:
                     x, y = int(p.x), int(p.y)
-                    mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3] = True
+                    mask[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = True
             if request.HasField("box"):
                 b = request.box
-                mask[int(b.y0):int(b.y1) + 1, int(b.x0):int(b.x1) + 1] = True
+                mask[int(b.y0) : int(b.y1) + 1, int(b.x0) : int(b.x1) + 1] = True
             if request.HasField("mask_input"):
                 m = request.mask_input
                 mask |= decode_rle({"size": [m.height, m.width], "counts": m.counts}, shape=(h, w))
@@ -158,8 +161,10 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
         if request.multimask_output:
             full = np.ones((h, w), bool)
             empty = np.zeros((h, w), bool)
-            results += [common_pb2.MaskResult(mask=self._rle(full), score=0.8),
-                        common_pb2.MaskResult(mask=self._rle(empty), score=0.7)]
+            results += [
+                common_pb2.MaskResult(mask=self._rle(full), score=0.8),
+                common_pb2.MaskResult(mask=self._rle(empty), score=0.7),
+            ]
         return segmentation_pb2.SegmentPromptResponse(masks=results, height=h, width=w)
 
     def VisualPrompt(self, request, context):
@@ -170,7 +175,10 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
                 raise InvalidInput("at least one reference")
             for ref in request.references:
                 size = self._image_size(tenant, ref.image_id)
-                decode_rle({"size": [ref.mask.height, ref.mask.width], "counts": ref.mask.counts}, shape=size)
+                decode_rle(
+                    {"size": [ref.mask.height, ref.mask.width], "counts": ref.mask.counts},
+                    shape=size,
+                )
             sizes = [self._image_size(tenant, t) for t in request.target_image_ids]
         except VPLabError as e:
             self._lib_error(context, e)
@@ -182,8 +190,14 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
             mask = np.zeros((h, w), bool)
             mask[: h // 2, : w // 2] = True
             yield segmentation_pb2.VisualPromptResponse(
-                index=i, image_id=request.target_image_ids[i], mask=self._rle(mask), score=0.5 + 0.01 * i,
-                points=[common_pb2.Point(x=1.5, y=2.5, label=1), common_pb2.Point(x=0, y=0, label=0)],
+                index=i,
+                image_id=request.target_image_ids[i],
+                mask=self._rle(mask),
+                score=0.5 + 0.01 * i,
+                points=[
+                    common_pb2.Point(x=1.5, y=2.5, label=1),
+                    common_pb2.Point(x=0, y=0, label=0),
+                ],
             )
 
     def AutoSegment(self, request, context):
@@ -193,7 +207,9 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
             h, w = self._image_size(tenant, request.image_id)
         except VPLabError as e:
             self._lib_error(context, e)
-        return segmentation_pb2.AutoSegmentResponse(mask=self._rle(np.ones((h, w), bool)), score=0.77)
+        return segmentation_pb2.AutoSegmentResponse(
+            mask=self._rle(np.ones((h, w), bool)), score=0.77
+        )
 
     # --- training ------------------------------------------------------------------------
 
@@ -206,7 +222,9 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
     def StartTraining(self, request, context):
         tenant = self._enter("StartTraining", "training", context)
         try:
-            if not self.store.exists(keys.dataset(tenant, keys.check_id(request.dataset_id, "dataset_id"))):
+            if not self.store.exists(
+                keys.dataset(tenant, keys.check_id(request.dataset_id, "dataset_id"))
+            ):
                 raise NotFound(f"dataset {request.dataset_id} not found")
             if request.method not in ("epeft", "ptsam", "lora", "slowjob"):
                 raise InvalidInput(f"unknown method {request.method!r}")
@@ -214,31 +232,67 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
             if not isinstance(config, dict):
                 raise InvalidInput("method config must be an object")
             with self._lock:
-                active = sum(1 for (t, _), j in self.jobs.items()
-                             if t == tenant and j.state in (common_pb2.QUEUED, common_pb2.RUNNING))
+                active = sum(
+                    1
+                    for (t, _), j in self.jobs.items()
+                    if t == tenant and j.state in (common_pb2.QUEUED, common_pb2.RUNNING)
+                )
                 if active >= self.settings.quota_concurrent_jobs:
-                    _fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"concurrent job quota exceeded ({active} active)", 429)
+                    _fail(
+                        context,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"concurrent job quota exceeded ({active} active)",
+                        429,
+                    )
                 n = next(self._ids)
                 job_id = f"j-{n:012x}"
                 job = training_pb2.Job(
-                    job_id=job_id, dataset_id=request.dataset_id, method=request.method,
-                    base_model=request.base_model or "vit_b", state=common_pb2.QUEUED,
-                    total_steps=request.steps or 100, created_at=f"2026-01-01T00:00:{n:02d}Z",
-                    updated_at=f"2026-01-01T00:00:{n:02d}Z", attempts=0,
+                    job_id=job_id,
+                    dataset_id=request.dataset_id,
+                    method=request.method,
+                    base_model=request.base_model or "vit_b",
+                    state=common_pb2.QUEUED,
+                    total_steps=request.steps or 100,
+                    created_at=f"2026-01-01T00:00:{n:02d}Z",
+                    updated_at=f"2026-01-01T00:00:{n:02d}Z",
+                    attempts=0,
                 )
                 self.jobs[(tenant, job_id)] = job
                 self.order[(tenant, job_id)] = n
                 total = job.total_steps
                 self.events[(tenant, job_id)] = [
-                    training_pb2.JobEvent(seq=1, job_id=job_id, state=common_pb2.QUEUED, phase="queued"),
-                    training_pb2.JobEvent(seq=2, job_id=job_id, state=common_pb2.RUNNING, phase="train", step=1,
-                                          total_steps=total, loss=0.5),
-                    training_pb2.JobEvent(seq=3, job_id=job_id, state=common_pb2.RUNNING, phase="validate",
-                                          step=2, total_steps=total, val_iou=0.625, best_val_iou=0.625),
-                    training_pb2.JobEvent(seq=4, job_id=job_id, state=common_pb2.SUCCEEDED, phase="done",
-                                          step=total, total_steps=total, best_val_iou=0.625,
-                                          model_id="m-" + job_id[2:]),
+                    training_pb2.JobEvent(
+                        seq=1, job_id=job_id, state=common_pb2.QUEUED, phase="queued"
+                    ),
+                    training_pb2.JobEvent(
+                        seq=2,
+                        job_id=job_id,
+                        state=common_pb2.RUNNING,
+                        phase="train",
+                        step=1,
+                        total_steps=total,
+                        loss=0.5,
+                    ),
+                    training_pb2.JobEvent(
+                        seq=3,
+                        job_id=job_id,
+                        state=common_pb2.RUNNING,
+                        phase="validate",
+                        step=2,
+                        total_steps=total,
+                        val_iou=0.625,
+                        best_val_iou=0.625,
+                    ),
+                    training_pb2.JobEvent(
+                        seq=4,
+                        job_id=job_id,
+                        state=common_pb2.SUCCEEDED,
+                        phase="done",
+                        step=total,
+                        total_steps=total,
+                        best_val_iou=0.625,
+                        model_id="m-" + job_id[2:],
+                    ),
                 ]
         except VPLabError as e:
             self._lib_error(context, e)
@@ -258,8 +312,11 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
         except VPLabError as e:
             self._lib_error(context, e)
         if job.state == common_pb2.CANCELLED:
-            events = [e for e in self.events[(tenant, job.job_id)][:1]] + [training_pb2.JobEvent(
-                seq=2, job_id=job.job_id, state=common_pb2.CANCELLED, phase="end")]
+            events = [e for e in self.events[(tenant, job.job_id)][:1]] + [
+                training_pb2.JobEvent(
+                    seq=2, job_id=job.job_id, state=common_pb2.CANCELLED, phase="end"
+                )
+            ]
         else:
             events = self.events[(tenant, job.job_id)]
         for e in events:
@@ -276,8 +333,12 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
         try:
             job = self._get(tenant, request.job_id)
             if job.state in (common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED):
-                _fail(context, grpc.StatusCode.FAILED_PRECONDITION,
-                      f"job {job.job_id} already ended ({common_pb2.JobState.Name(job.state)})", 409)
+                _fail(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"job {job.job_id} already ended ({common_pb2.JobState.Name(job.state)})",
+                    409,
+                )
             job.state = common_pb2.CANCELLED
         except VPLabError as e:
             self._lib_error(context, e)
@@ -285,7 +346,10 @@ class FakeServices(features_pb2_grpc.FeaturesServicer, segmentation_pb2_grpc.Seg
 
     def ListJobs(self, request, context):
         tenant = self._enter("ListJobs", "training", context)
-        jobs = sorted(((self.order[k], j) for k, j in self.jobs.items() if k[0] == tenant), key=lambda x: -x[0])
+        jobs = sorted(
+            ((self.order[k], j) for k, j in self.jobs.items() if k[0] == tenant),
+            key=lambda x: -x[0],
+        )
         out = [j for _, j in jobs if not request.state or j.state == request.state]
         return training_pb2.ListJobsResponse(jobs=out[: request.limit or 100])
 
@@ -317,7 +381,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(store, tmp_path, grpc_target: str | None = None, app_kwargs: dict | None = None, **overrides):
+def running_stack(
+    store, tmp_path, grpc_target: str | None = None, app_kwargs: dict | None = None, **overrides
+):
     """Fake services + gateway (real uvicorn) on ``store``; tenants "alpha" and "beta"."""
     from services.gateway.app import create_app
 
@@ -338,7 +404,9 @@ def running_stack(store, tmp_path, grpc_target: str | None = None, app_kwargs: d
     app = create_app(settings, store=store, **kwargs)
     server = UvicornThread(app).start()
     try:
-        yield Stack(url=server.url, store=store, settings=settings, fake=fake, app=app, keys=tenants)
+        yield Stack(
+            url=server.url, store=store, settings=settings, fake=fake, app=app, keys=tenants
+        )
     finally:
         fake.release.set()
         server.stop()
@@ -361,7 +429,12 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = chunk(b"IDAT", zlib.compress(b"\x00" * 16))
@@ -376,4 +449,7 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 def write_model(store, tenant: str, model_id: str, config: dict | None = None) -> None:
     store.put_bytes(keys.model_adapter(tenant, model_id), b"fake-safetensors-bytes")
-    store.put_json(keys.model_config(tenant, model_id), config or {"method": "epeft", "base": {"name": "vit_b"}})
+    store.put_json(
+        keys.model_config(tenant, model_id),
+        config or {"method": "epeft", "base": {"name": "vit_b"}},
+    )

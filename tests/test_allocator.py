@@ -29,13 +29,16 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(trim_mb: int) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _CHURN, str(trim_mb)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHURN, str(trim_mb)], capture_output=True, text=True, check=True
+    )
     applied, faults = out.stdout.split()
     return applied, int(faults)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
 def test_keep_freed_memory_stops_refaulting_freed_blocks():
     default_applied, default_faults = _faults(0)
     kept_applied, kept_faults = _faults(256)

@@ -89,8 +89,17 @@ def test_sdpa_attention_matches_the_original():
 @pytest.mark.integration
 def test_interactive_quick_through_the_real_stack(capsys):
     lines, doc = _run(capsys, "interactive", "--quick")
-    for key in ("inproc_p50_ms", "grpc_p50_ms", "rest_p50_ms", "inproc_p95_ms", "grpc_p95_ms", "rest_p95_ms",
-                "rest_over_inproc"):
+    for key in (
+        "inproc_p50_ms",
+        "grpc_p50_ms",
+        "rest_p50_ms",
+        "inproc_p95_ms",
+        "grpc_p95_ms",
+        "rest_p95_ms",
+        "rest_over_inproc",
+    ):
         assert isinstance(doc[key], float) and doc[key] > 0, key
-    assert doc["rest_over_inproc"] == pytest.approx(doc["rest_p50_ms"] / doc["inproc_p50_ms"], rel=1e-3)
+    assert doc["rest_over_inproc"] == pytest.approx(
+        doc["rest_p50_ms"] / doc["inproc_p50_ms"], rel=1e-3
+    )
     assert any(line.startswith("target rest_over_inproc") for line in lines)

@@ -1,7 +1,6 @@
 """The ``vplab`` command, run as a new user would (subcommands in-process via main())."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,34 +22,67 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("segment", "visual-prompt", "demo-data", "train", "predict", "export", "peft", "up", "down",
-                "tenants", "gateway"):
+    for cmd in (
+        "segment",
+        "visual-prompt",
+        "demo-data",
+        "train",
+        "predict",
+        "export",
+        "peft",
+        "up",
+        "down",
+        "tenants",
+        "gateway",
+    ):
         assert cmd in out
 
 
 def test_demo_data_layout(demo):
     images = sorted((demo / "images").glob("*.png"))
     masks = sorted((demo / "masks").glob("*.png"))
-    assert [p.name for p in images] == [p.name for p in masks] == [f"img_00{i}.png" for i in range(4)]
+    assert (
+        [p.name for p in images] == [p.name for p in masks] == [f"img_00{i}.png" for i in range(4)]
+    )
     assert read_image(images[0]).shape == (96, 96, 3)
     assert read_binary_mask(masks[0]).any()
 
 
 def test_segment_writes_a_mask(demo, tmp_path, capsys):
     out = tmp_path / "m.png"
-    assert main(["segment", str(demo / "images/img_000.png"), "--points", "40,40", "10,10,0", "--box",
-                 "5,5,90,90", "--out", str(out), "--demo"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(demo / "images/img_000.png"),
+                "--points",
+                "40,40",
+                "10,10,0",
+                "--box",
+                "5,5,90,90",
+                "--out",
+                str(out),
+                "--demo",
+            ]
+        )
+        == 0
+    )
     assert read_binary_mask(out).shape == (96, 96)
     assert "predicted IoU" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--points", "500,500"], "outside"),
-    (["--points", "1,2,7"], "label"),
-    (["--points", "a,b"], "comma-separated numbers"),
-    ([], "at least one"),
-])
-def test_segment_bad_input_is_a_clear_error_and_writes_nothing(demo, tmp_path, capsys, argv, message):
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--points", "500,500"], "outside"),
+        (["--points", "1,2,7"], "label"),
+        (["--points", "a,b"], "comma-separated numbers"),
+        ([], "at least one"),
+    ],
+)
+def test_segment_bad_input_is_a_clear_error_and_writes_nothing(
+    demo, tmp_path, capsys, argv, message
+):
     out = tmp_path / "m.png"
     rc = main(["segment", str(demo / "images/img_000.png"), *argv, "--out", str(out), "--demo"])
     assert rc == 2 and not out.exists()
@@ -60,19 +92,49 @@ def test_segment_bad_input_is_a_clear_error_and_writes_nothing(demo, tmp_path, c
 def test_segment_rejects_a_corrupt_image(tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
-    assert main(["segment", str(bad), "--points", "1,1", "--out", str(tmp_path / "o.png"), "--demo"]) == 2
+    assert (
+        main(["segment", str(bad), "--points", "1,1", "--out", str(tmp_path / "o.png"), "--demo"])
+        == 2
+    )
     assert "not a readable image" in capsys.readouterr().err
 
 
 def test_segment_needs_a_checkpoint_or_demo(demo, tmp_path, capsys):
-    assert main(["segment", str(demo / "images/img_000.png"), "--points", "1,1", "--out", str(tmp_path / "o.png")]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(demo / "images/img_000.png"),
+                "--points",
+                "1,1",
+                "--out",
+                str(tmp_path / "o.png"),
+            ]
+        )
+        == 2
+    )
     assert "--sam CHECKPOINT" in capsys.readouterr().err
 
 
 def test_visual_prompt_folder(demo, tmp_path):
     out = tmp_path / "vp"
-    assert main(["visual-prompt", "--demo", "--ref", str(demo / "images/img_000.png"), "--ref-mask",
-                 str(demo / "masks/img_000.png"), "--targets", str(demo / "images"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "visual-prompt",
+                "--demo",
+                "--ref",
+                str(demo / "images/img_000.png"),
+                "--ref-mask",
+                str(demo / "masks/img_000.png"),
+                "--targets",
+                str(demo / "images"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.glob("*.png")) == [f"img_00{i}.png" for i in range(4)]
 
 
@@ -82,8 +144,23 @@ def test_visual_prompt_rejects_empty_reference_mask(demo, tmp_path, capsys):
     empty = tmp_path / "empty.png"
     empty.write_bytes(encode_png(np.zeros((96, 96), np.uint8)))
     out = tmp_path / "vp"
-    assert main(["visual-prompt", "--demo", "--ref", str(demo / "images/img_000.png"), "--ref-mask", str(empty),
-                 "--targets", str(demo / "images"), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "visual-prompt",
+                "--demo",
+                "--ref",
+                str(demo / "images/img_000.png"),
+                "--ref-mask",
+                str(empty),
+                "--targets",
+                str(demo / "images"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "is empty" in capsys.readouterr().err and not out.exists()
 
 
@@ -98,40 +175,138 @@ def test_peft_describe_prints_exact_counts(capsys):
 
 def test_train_predict_export_loop(demo, tmp_path):
     adapter = tmp_path / "adapter"
-    assert main(["train", "--demo", "--method", "epeft", "--images", str(demo / "images"), "--labels",
-                 str(demo / "masks"), "--out", str(adapter), "--steps", "6", "--eval-every", "3", "--views", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--demo",
+                "--method",
+                "epeft",
+                "--images",
+                str(demo / "images"),
+                "--labels",
+                str(demo / "masks"),
+                "--out",
+                str(adapter),
+                "--steps",
+                "6",
+                "--eval-every",
+                "3",
+                "--views",
+                "2",
+            ]
+        )
+        == 0
+    )
     config = json.loads((adapter / "config.json").read_text())
     assert config["method"] == "epeft" and config["base"]["name"] == "sam_tiny"
     assert not any(p.name.endswith(".checkpoints") for p in tmp_path.iterdir())  # cleaned up
 
     pred = tmp_path / "pred"
-    assert main(["predict", "--demo", "--adapter", str(adapter), "--images", str(demo / "images"), "--out", str(pred),
-                 "--ref", str(demo / "images/img_000.png"), "--ref-mask", str(demo / "masks/img_000.png")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--demo",
+                "--adapter",
+                str(adapter),
+                "--images",
+                str(demo / "images"),
+                "--out",
+                str(pred),
+                "--ref",
+                str(demo / "images/img_000.png"),
+                "--ref-mask",
+                str(demo / "masks/img_000.png"),
+            ]
+        )
+        == 0
+    )
     assert len(list(pred.glob("*.png"))) == 4
 
     copy = tmp_path / "exported"
     assert main(["export", "--adapter", str(adapter), "--out", str(copy)]) == 0
-    assert (copy / "adapter.safetensors").read_bytes() == (adapter / "adapter.safetensors").read_bytes()
+    assert (copy / "adapter.safetensors").read_bytes() == (
+        adapter / "adapter.safetensors"
+    ).read_bytes()
 
 
 def test_ptsam_predict_is_prompt_free(demo, tmp_path):
     adapter = tmp_path / "pt"
-    assert main(["train", "--demo", "--method", "ptsam-md", "--images", str(demo / "images"), "--labels",
-                 str(demo / "masks"), "--out", str(adapter), "--steps", "3", "--eval-every", "3", "--views", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--demo",
+                "--method",
+                "ptsam-md",
+                "--images",
+                str(demo / "images"),
+                "--labels",
+                str(demo / "masks"),
+                "--out",
+                str(adapter),
+                "--steps",
+                "3",
+                "--eval-every",
+                "3",
+                "--views",
+                "1",
+            ]
+        )
+        == 0
+    )
     pred = tmp_path / "pred"
-    assert main(["predict", "--adapter", str(adapter), "--images", str(demo / "images"), "--out", str(pred)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--adapter",
+                str(adapter),
+                "--images",
+                str(demo / "images"),
+                "--out",
+                str(pred),
+            ]
+        )
+        == 0
+    )
     assert len(list(pred.glob("*.png"))) == 4
 
 
 def test_export_merge_reproduces_the_tuned_model(demo, tmp_path):
     from vplab.models import build_sam
-    from vplab.peft.adapter_io import load_adapter
     from vplab.models.base import resolve_base_sam
+    from vplab.peft.adapter_io import load_adapter
 
     adapter = tmp_path / "lora"
-    assert main(["train", "--demo", "--method", "lora", "--config", '{"r": 4}', "--images", str(demo / "images"),
-                 "--labels", str(demo / "masks"), "--out", str(adapter), "--steps", "3", "--eval-every", "3",
-                 "--views", "1", "--lr", "0.01"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--demo",
+                "--method",
+                "lora",
+                "--config",
+                '{"r": 4}',
+                "--images",
+                str(demo / "images"),
+                "--labels",
+                str(demo / "masks"),
+                "--out",
+                str(adapter),
+                "--steps",
+                "3",
+                "--eval-every",
+                "3",
+                "--views",
+                "1",
+                "--lr",
+                "0.01",
+            ]
+        )
+        == 0
+    )
     merged = tmp_path / "merged.pth"
     assert main(["export", "--adapter", str(adapter), "--merge", "--out", str(merged)]) == 0
     plain = build_sam("sam_tiny")
@@ -145,21 +320,54 @@ def test_export_merge_reproduces_the_tuned_model(demo, tmp_path):
 
 def test_export_merge_refuses_non_delta_methods(demo, tmp_path, capsys):
     adapter = tmp_path / "ep"
-    assert main(["train", "--demo", "--method", "epeft", "--images", str(demo / "images"), "--labels",
-                 str(demo / "masks"), "--out", str(adapter), "--steps", "2", "--eval-every", "2", "--views", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--demo",
+                "--method",
+                "epeft",
+                "--images",
+                str(demo / "images"),
+                "--labels",
+                str(demo / "masks"),
+                "--out",
+                str(adapter),
+                "--steps",
+                "2",
+                "--eval-every",
+                "2",
+                "--views",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "m.pth"
     assert main(["export", "--adapter", str(adapter), "--merge", "--out", str(out)]) == 2
     assert "cannot be merged" in capsys.readouterr().err and not out.exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--method", "nope"], "unknown PEFT method"),
-    (["--steps", "0"], "steps must be > 0"),
-    (["--labels", "/nonexistent"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--method", "nope"], "unknown PEFT method"),
+        (["--steps", "0"], "steps must be > 0"),
+        (["--labels", "/nonexistent"], "does not exist"),
+    ],
+)
 def test_train_bad_input_writes_nothing(demo, tmp_path, capsys, argv, message):
     out = tmp_path / "adapter"
-    base = ["train", "--demo", "--images", str(demo / "images"), "--labels", str(demo / "masks"), "--out", str(out)]
+    base = [
+        "train",
+        "--demo",
+        "--images",
+        str(demo / "images"),
+        "--labels",
+        str(demo / "masks"),
+        "--out",
+        str(out),
+    ]
     assert main(base + argv) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -172,7 +380,21 @@ def test_train_rejects_labels_that_do_not_match_images(demo, tmp_path, capsys):
     labels.mkdir()
     (labels / "img_000.png").write_bytes(encode_png(np.ones((10, 10), np.uint8) * 255))
     out = tmp_path / "adapter"
-    assert main(["train", "--demo", "--images", str(demo / "images"), "--labels", str(labels), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--demo",
+                "--images",
+                str(demo / "images"),
+                "--labels",
+                str(labels),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "but the image is" in capsys.readouterr().err and not out.exists()
 
 
@@ -186,9 +408,14 @@ def test_tenants_create_prints_a_key_that_authenticates(tmp_path, monkeypatch, c
     try:
         assert main(["tenants", "create", "Acme Labs"]) == 0
         out = capsys.readouterr().out
-        key = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("api_key:"))
+        key = next(
+            line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("api_key:")
+        )
         store = open_store(Settings(data_dir=tmp_path))
-        assert Authenticator(store, Settings().api_key_pepper).authenticate(f"Bearer {key}").name == "Acme Labs"
+        assert (
+            Authenticator(store, Settings().api_key_pepper).authenticate(f"Bearer {key}").name
+            == "Acme Labs"
+        )
         everything = b"".join(store.get_bytes(k) for k in store.list(""))
         assert key.encode() not in everything  # only a hash is stored
         assert main(["tenants", "list"]) == 0 and "Acme Labs" in capsys.readouterr().out

@@ -8,8 +8,8 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from _gateway_harness import png_bytes, running_stack, write_model
+
 from vplab.client import SegmentResult, VPLabAPIError, VPLabClient, VPLabGrpcClient
 from vplab.storage import LocalStore
 
@@ -18,7 +18,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(params=["local", "s3"])
 def stack(request, tmp_path):
-    store = LocalStore(tmp_path / "store") if request.param == "local" else request.getfixturevalue("s3_store")
+    store = (
+        LocalStore(tmp_path / "store")
+        if request.param == "local"
+        else request.getfixturevalue("s3_store")
+    )
     with running_stack(store, tmp_path) as st:
         yield st
 
@@ -38,16 +42,24 @@ def test_rest_client_whole_loop(stack, tmp_path):
         path = tmp_path / "a.png"
         path.write_bytes(png_bytes(24, 32, seed=1))
         array = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
-        ids = [vp.upload_image(ds["id"], path), vp.upload_image(ds["id"], png_bytes(24, 32, seed=2)),
-               vp.upload_image(ds["id"], array)]
+        ids = [
+            vp.upload_image(ds["id"], path),
+            vp.upload_image(ds["id"], png_bytes(24, 32, seed=2)),
+            vp.upload_image(ds["id"], array),
+        ]
         assert sorted(vp.list_images(ds["id"])) == sorted(ids)
         assert vp.get_image(ids[0]) == path.read_bytes()
 
         seg = vp.segment(ids[0], points=[[10, 8], [1, 1]], labels=[1, 0])
         assert isinstance(seg, SegmentResult)
         assert seg.masks.shape == (1, 24, 32) and seg.masks.dtype == bool and seg.best_mask[8, 10]
-        multi = vp.segment(ids[0], points=np.array([[10.0, 8.0]]), multimask=True, box=[0, 0, 3, 3],
-                           mask_input=seg.best_mask)
+        multi = vp.segment(
+            ids[0],
+            points=np.array([[10.0, 8.0]]),
+            multimask=True,
+            box=[0, 0, 3, 3],
+            mask_input=seg.best_mask,
+        )
         assert multi.masks.shape == (3, 24, 32)
         assert multi.scores.tolist() == pytest.approx([0.9, 0.8, 0.7])
 
@@ -56,7 +68,9 @@ def test_rest_client_whole_loop(stack, tmp_path):
         assert [r.image_id for r in results] == expected
         assert results[0].mask.shape == (24, 32) and results[0].mask[:12, :16].all()
         assert results[0].points.shape == (2, 2) and results[0].point_labels.tolist() == [1, 0]
-        streamed = list(vp.iter_visual_prompt(ds["id"], references=[(ids[0], seg.best_mask)], targets=expected))
+        streamed = list(
+            vp.iter_visual_prompt(ds["id"], references=[(ids[0], seg.best_mask)], targets=expected)
+        )
         assert sorted(r.image_id for r in streamed) == expected
 
         v1 = vp.put_label(ds["id"], ids[1], results[0].mask)
@@ -66,7 +80,9 @@ def test_rest_client_whole_loop(stack, tmp_path):
         assert np.array_equal(vp.get_label(ds["id"], ids[1]), ~results[0].mask)
         assert np.array_equal(vp.get_label(ds["id"], ids[1], version=1), results[0].mask)
 
-        job = vp.start_training(ds["id"], method="epeft", steps=12, method_config={"rank": 2}, lr=1e-3, seed=3)
+        job = vp.start_training(
+            ds["id"], method="epeft", steps=12, method_config={"rank": 2}, lr=1e-3, seed=3
+        )
         assert job["state"] == "QUEUED"
         seen = []
         final = vp.wait_for_training(job["job_id"], on_event=seen.append, timeout=30)
@@ -116,7 +132,11 @@ def test_rest_client_errors(local_stack):
             vp.segment(image_id, points=[[1, 1]], model_id="m-toolarge")
         assert (e.value.status, e.value.code) == (413, "payload_too_large")
         with pytest.raises(VPLabAPIError) as e:
-            list(vp.iter_visual_prompt(ds["id"], references=[(image_id, np.ones((24, 32)))], targets=["0" * 64]))
+            list(
+                vp.iter_visual_prompt(
+                    ds["id"], references=[(image_id, np.ones((24, 32)))], targets=["0" * 64]
+                )
+            )
         assert e.value.status == 404
         with pytest.raises(VPLabAPIError) as e:
             vp.wait_for_training("j-nosuch")
@@ -157,8 +177,12 @@ def test_grpc_client(local_stack):
         j2 = g.start_training(ds["id"])
         assert g.cancel_training(j2["job_id"])["state"] == "CANCELLED"
 
-        for model_id, status in (("m-toolarge", 413), ("m-quota", 429), ("m-unavailable", 503),
-                                 ("m-nosuch", 404)):
+        for model_id, status in (
+            ("m-toolarge", 413),
+            ("m-quota", 429),
+            ("m-unavailable", 503),
+            ("m-nosuch", 404),
+        ):
             with pytest.raises(VPLabAPIError) as e:
                 g.segment(ids[0], points=[[1, 1]], model_id=model_id)
             assert e.value.status == status, model_id

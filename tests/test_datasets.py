@@ -48,11 +48,17 @@ def mask_png(h: int = H, w: int = W, seed: int = 0) -> bytes:
 
 def forged_png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def snapshot(store: ArtifactStore) -> dict[str, bytes]:
@@ -269,8 +275,9 @@ def test_label_versions(ds, store):
     latest = ds.get_label(A, d, i1)
     assert latest.version == 2
     np.testing.assert_array_equal(latest.mask(), np.asarray(Image.open(io.BytesIO(m2))) > 0)
-    np.testing.assert_array_equal(ds.get_label(A, d, i1, 1).mask(),
-                                  np.asarray(Image.open(io.BytesIO(m1))) > 0)
+    np.testing.assert_array_equal(
+        ds.get_label(A, d, i1, 1).mask(), np.asarray(Image.open(io.BytesIO(m1))) > 0
+    )
     np.testing.assert_array_equal(ds.get_label(A, d, i2).label_map(), labels)
     with pytest.raises(NotFound):
         ds.get_label(A, d, i1, 3)
@@ -393,11 +400,20 @@ def test_dataset_key_builders():
     assert keys.dataset_images_prefix(A, "d1") == f"tenants/{A}/datasets/d1/images/"
     assert keys.parse_dataset_image(keys.dataset_image(A, "d1", sha), A) == ("d1", sha)
     assert keys.parse_dataset_record(keys.dataset(A, "d1"), A) == "d1"
-    for other in (keys.dataset(A, "d1"), keys.image(A, sha), keys.dataset_image(B, "d1", sha),
-                  f"tenants/{A}/datasets/d1/images/{sha}/x", f"tenants/{A}/datasets/D1/images/{sha}"):
+    for other in (
+        keys.dataset(A, "d1"),
+        keys.image(A, sha),
+        keys.dataset_image(B, "d1", sha),
+        f"tenants/{A}/datasets/d1/images/{sha}/x",
+        f"tenants/{A}/datasets/D1/images/{sha}",
+    ):
         assert keys.parse_dataset_image(other, A) is None
-    for other in (keys.dataset_image(A, "d1", sha), keys.dataset(B, "d1"),
-                  f"tenants/{A}/datasets/a/b.json", f"tenants/{A}/datasets/.json"):
+    for other in (
+        keys.dataset_image(A, "d1", sha),
+        keys.dataset(B, "d1"),
+        f"tenants/{A}/datasets/a/b.json",
+        f"tenants/{A}/datasets/.json",
+    ):
         assert keys.parse_dataset_record(other, A) is None
     for bad in ("../x", "D1", "", "a/b"):
         with pytest.raises(InvalidInput):

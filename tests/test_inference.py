@@ -19,8 +19,14 @@ from vplab.storage import LocalStore, keys
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    settings = Settings(demo=True, data_dir=d, train_checkpoint_every=2, train_eval_every=2, train_views=1,
-                        max_targets_per_call=3)
+    settings = Settings(
+        demo=True,
+        data_dir=d,
+        train_checkpoint_every=2,
+        train_eval_every=2,
+        train_views=1,
+        max_targets_per_call=3,
+    )
     store = LocalStore(d)
     datasets = DatasetStore(store, settings)
     samples = load_demo_samples(3, 96, seed=5)
@@ -28,8 +34,17 @@ def env(tmp_path_factory):
     for tenant in ("t1", "t2"):
         ds = datasets.create_dataset(tenant, "cells")
         offset = 0 if tenant == "t1" else 50
-        ids[tenant] = (ds.id, [datasets.add_image(tenant, ds.id, encode_png(np.clip(im.astype(int) + offset, 0, 255)
-                                                                              .astype(np.uint8))) for im, _ in samples])
+        ids[tenant] = (
+            ds.id,
+            [
+                datasets.add_image(
+                    tenant,
+                    ds.id,
+                    encode_png(np.clip(im.astype(int) + offset, 0, 255).astype(np.uint8)),
+                )
+                for im, _ in samples
+            ],
+        )
     for image_id, (_, m) in zip(ids["t1"][1], samples):
         datasets.put_label("t1", ids["t1"][0], image_id, encode_png(m.astype(np.uint8) * 255))
     features = FeatureEngine(ModelRuntime(settings, store))
@@ -57,13 +72,21 @@ def test_embedding_cache_miss_then_hit_per_tenant(env):
 def test_segment_prompt_and_mask_input(env):
     _, _, _, engine, ids, _ = env
     image = ids["t1"][1][0]
-    masks, (h, w) = engine.segment_prompt("t1", image, Prompt(points=[(40.0, 40.0, 1), (2.0, 2.0, 0)], multimask=True))
+    masks, (h, w) = engine.segment_prompt(
+        "t1", image, Prompt(points=[(40.0, 40.0, 1), (2.0, 2.0, 0)], multimask=True)
+    )
     assert (h, w) == (96, 96) and len(masks) == 3
     assert masks[0][1] >= masks[1][1] >= masks[2][1]  # best first
-    again, _ = engine.segment_prompt("t1", image, Prompt(points=[(40.0, 40.0, 1)], mask_input=masks[0][0]))
+    again, _ = engine.segment_prompt(
+        "t1", image, Prompt(points=[(40.0, 40.0, 1)], mask_input=masks[0][0])
+    )
     assert decode_rle(again[0][0]).shape == (96, 96)
     with pytest.raises(InvalidInput, match="mask_input is"):
-        engine.segment_prompt("t1", image, Prompt(points=[(1.0, 1.0, 1)], mask_input=encode_rle(np.ones((5, 5), bool))))
+        engine.segment_prompt(
+            "t1",
+            image,
+            Prompt(points=[(1.0, 1.0, 1)], mask_input=encode_rle(np.ones((5, 5), bool))),
+        )
     with pytest.raises(InvalidInput, match="outside"):
         engine.segment_prompt("t1", image, Prompt(points=[(500.0, 1.0, 1)]))
     with pytest.raises(PayloadTooLarge):
@@ -83,14 +106,26 @@ def test_visual_prompt_validates_before_yielding(env):
     with pytest.raises(NotFound):
         next(engine.visual_prompt("t1", ref, [ids["t2"][1][0]]))
     with pytest.raises(InvalidInput, match="empty"):
-        next(engine.visual_prompt("t1", [(ids["t1"][1][0], encode_rle(np.zeros((96, 96), bool)))], ids["t1"][1][1:]))
+        next(
+            engine.visual_prompt(
+                "t1", [(ids["t1"][1][0], encode_rle(np.zeros((96, 96), bool)))], ids["t1"][1][1:]
+            )
+        )
 
 
 def test_run_job_trains_saves_and_the_model_serves(env):
     settings, store, _, engine, ids, _ = env
     jobs = JobStore(store)
-    job = jobs.create(Job(job_id=jobs.new_id(), tenant="t1", dataset_id=ids["t1"][0], method="epeft",
-                          base_model="", steps=4))
+    job = jobs.create(
+        Job(
+            job_id=jobs.new_id(),
+            tenant="t1",
+            dataset_id=ids["t1"][0],
+            method="epeft",
+            base_model="",
+            steps=4,
+        )
+    )
     assert jobs.active() == [("t1", job.job_id)]
     assert run_job(settings, "t1", job.job_id) == "SUCCEEDED"
     done = jobs.get("t1", job.job_id)
@@ -111,16 +146,40 @@ def test_run_job_trains_saves_and_the_model_serves(env):
 def test_run_job_failures_and_cancel(env):
     settings, store, _, _, ids, _ = env
     jobs = JobStore(store)
-    no_labels = jobs.create(Job(job_id=jobs.new_id(), tenant="t2", dataset_id=ids["t2"][0], method="epeft",
-                                base_model="", steps=2))
+    no_labels = jobs.create(
+        Job(
+            job_id=jobs.new_id(),
+            tenant="t2",
+            dataset_id=ids["t2"][0],
+            method="epeft",
+            base_model="",
+            steps=2,
+        )
+    )
     assert run_job(settings, "t2", no_labels.job_id) == "FAILED"
     assert "empty" in jobs.get("t2", no_labels.job_id).error
-    wrong_base = jobs.create(Job(job_id=jobs.new_id(), tenant="t1", dataset_id=ids["t1"][0], method="epeft",
-                                 base_model="vit_h", steps=2))
+    wrong_base = jobs.create(
+        Job(
+            job_id=jobs.new_id(),
+            tenant="t1",
+            dataset_id=ids["t1"][0],
+            method="epeft",
+            base_model="vit_h",
+            steps=2,
+        )
+    )
     assert run_job(settings, "t1", wrong_base.job_id) == "FAILED"
     assert "not served here" in jobs.get("t1", wrong_base.job_id).error
-    cancelled = jobs.create(Job(job_id=jobs.new_id(), tenant="t1", dataset_id=ids["t1"][0], method="epeft",
-                                base_model="", steps=500))
+    cancelled = jobs.create(
+        Job(
+            job_id=jobs.new_id(),
+            tenant="t1",
+            dataset_id=ids["t1"][0],
+            method="epeft",
+            base_model="",
+            steps=500,
+        )
+    )
     jobs.request_cancel("t1", cancelled.job_id)
     assert run_job(settings, "t1", cancelled.job_id) == "CANCELLED"
     assert not jobs.get("t1", cancelled.job_id).model_id

@@ -75,7 +75,13 @@ def test_rle_same_for_every_layout_and_dtype():
     assert col.flags.f_contiguous and np.array_equal(col, m)
     strided = np.zeros((37, 106), bool)[:, ::2]
     strided[...] = m
-    for variant in (col, np.asfortranarray(m), strided, m.astype(np.uint8) * 255, m.astype(np.int64) - 0):
+    for variant in (
+        col,
+        np.asfortranarray(m),
+        strided,
+        m.astype(np.uint8) * 255,
+        m.astype(np.int64) - 0,
+    ):
         assert encode_rle(variant) == ref
     stack = _column_major(torch.from_numpy(np.stack([m, ~m])))
     assert [encode_rle(x)["counts"] for x in stack] == [ref["counts"], encode_rle(~m)["counts"]]

@@ -42,7 +42,9 @@ def feats():
     return {"obj": obj, "obj2": obj2, "bg": bg, "distractor": distractor}
 
 
-def _noisy(base: torch.Tensor, shape: tuple[int, int], seed: int, noise: float = 0.05) -> torch.Tensor:
+def _noisy(
+    base: torch.Tensor, shape: tuple[int, int], seed: int, noise: float = 0.05
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return _unit(base + noise * torch.randn(*shape, C, generator=g))
 
@@ -182,7 +184,9 @@ def test_soft_match_bidirectional(feats, combine):
     _, _, pm, rf = _reference(feats, "obj")
     grid, tf, valid = _target(feats)
     ref_all = torch.cat([rf[pm], rf[~pm]])  # masked patches first
-    maps = soft_match(rf[pm], tf, valid, bidirectional=True, ref_all_feats=ref_all, bidirectional_combine=combine)
+    maps = soft_match(
+        rf[pm], tf, valid, bidirectional=True, ref_all_feats=ref_all, bidirectional_combine=combine
+    )
     assert float(maps.scores[~valid].abs().max()) == 0.0
     pts = select_points(maps.scores, maps.similarity, valid, grid)
     assert pts.positive.shape[0] > 0 and _in_box_px(pts.positive[:1], OBJ).all()
@@ -283,7 +287,9 @@ def test_prototype_baseline_same_answer(feats):
     grid_b, tf_b, valid_b = _target(feats)
     tf_b[_cells_box(*OBJ)] = feats["bg"]
     none = prototype_match(rf[pm], tf_b, valid_b)
-    pts_none = select_points(none.scores, none.similarity, valid_b, grid_b, threshold=0.65, normalise=False)
+    pts_none = select_points(
+        none.scores, none.similarity, valid_b, grid_b, threshold=0.65, normalise=False
+    )
     assert pts_none.positive.shape == (0, 2) and pts_none.negative.shape == (2, 2)
 
 
@@ -295,7 +301,13 @@ def test_probabilistic_points_seeded(feats):
     def run(seed):
         g = torch.Generator().manual_seed(seed)
         return select_points(
-            maps.scores, maps.similarity, valid, grid, mode="probabilistic", num_samples=6, generator=g
+            maps.scores,
+            maps.similarity,
+            valid,
+            grid,
+            mode="probabilistic",
+            num_samples=6,
+            generator=g,
         )
 
     a, b = run(0), run(0)
@@ -323,9 +335,13 @@ def test_point_cap_and_spread():
 def test_select_points_shape_errors():
     grid = LetterboxGrid.for_patches(TGT_HW, GRID, PATCH)
     with pytest.raises(InvalidInput):
-        select_points(torch.zeros(8, 8), torch.zeros(8, 8), torch.ones(8, 8, dtype=torch.bool), grid)
+        select_points(
+            torch.zeros(8, 8), torch.zeros(8, 8), torch.ones(8, 8, dtype=torch.bool), grid
+        )
     with pytest.raises(InvalidInput):
-        select_points(torch.zeros(16, 16), torch.zeros(16, 16), torch.zeros(16, 16, dtype=torch.bool), grid)
+        select_points(
+            torch.zeros(16, 16), torch.zeros(16, 16), torch.zeros(16, 16, dtype=torch.bool), grid
+        )
 
 
 # ---------------------------------------------------------------- scoring and NMS
@@ -345,7 +361,10 @@ def test_mask_scores_and_nms_iom():
     iou = torch.tensor([0.9, 1.0, 0.5, 1.0])
     scores = mask_scores(masks, iou, sim)
     assert scores.tolist() == pytest.approx([0.72, 0.8, 0.25, 0.0])
-    assert nms_iom(masks, scores, 0.5).tolist() == [1, 2]  # part wins on score, whole is its duplicate
+    assert nms_iom(masks, scores, 0.5).tolist() == [
+        1,
+        2,
+    ]  # part wins on score, whole is its duplicate
     assert nms_iom(masks, torch.tensor([0.9, 0.1, 0.5, 1.0]), 0.5).tolist() == [0, 2]
     assert nms_iom(masks[:0], scores[:0]).numel() == 0
 
@@ -379,7 +398,9 @@ class SpySegmenter:
         return self.inner.embed(image)
 
     def decode(self, embedding, point_coords=None, point_labels=None, **kw):
-        self.calls.append({"coords": np.array(point_coords), "labels": np.array(point_labels), **kw})
+        self.calls.append(
+            {"coords": np.array(point_coords), "labels": np.array(point_labels), **kw}
+        )
         return self.inner.decode(embedding, point_coords, point_labels, **kw)
 
 
@@ -490,7 +511,10 @@ def test_pipeline_cached_inputs_and_determinism(models):
         assert torch.equal(a.classes[c].mask, b.classes[c].mask)
     # another seed samples other points
     c = vp.predict(None, target_embedding=emb, target_features=pf, seed=4)
-    assert any(not torch.equal(a.classes[k].points.grid_cells, c.classes[k].points.grid_cells) for k in a.classes)
+    assert any(
+        not torch.equal(a.classes[k].points.grid_cells, c.classes[k].points.grid_cells)
+        for k in a.classes
+    )
     # mismatched cached inputs are refused
     other = extract_patch_features(vp.dino, tgt[:, :100], 224)
     with pytest.raises(InvalidInput, match="same image"):
@@ -555,6 +579,8 @@ def test_pipeline_with_constructed_features(models, feats):
     # each survivor is the decoder's best-IoU mask for its own prompt (decoded alone)
     emb = seg.embed(img)
     for k in p.kept.tolist():
-        alone = seg.decode(emb, p.point_coords[k : k + 1].numpy(), p.point_labels[k : k + 1].numpy())
+        alone = seg.decode(
+            emb, p.point_coords[k : k + 1].numpy(), p.point_labels[k : k + 1].numpy()
+        )
         best = alone.masks[0, alone.iou_predictions[0].argmax()]
         assert (best == p.prompt_masks[k]).float().mean() > 0.99

@@ -139,7 +139,9 @@ def test_wrapped_state_dicts_are_accepted(tmp_path):
         path = tmp_path / f"{wrapper}.pth"
         torch.save({wrapper: state, "epoch": 7}, path)
         sam = build_sam("sam_tiny", checkpoint=path)
-        assert torch.equal(sam.mask_decoder.iou_token.weight, state["mask_decoder.iou_token.weight"])
+        assert torch.equal(
+            sam.mask_decoder.iou_token.weight, state["mask_decoder.iou_token.weight"]
+        )
 
 
 def test_tiny_state_into_vit_b_is_rejected(tiny_file):
@@ -173,7 +175,10 @@ def test_decoder_upscaling_is_channels_last_and_unchanged_in_value(tiny_file):
 
     for sam in (build_sam("sam_tiny"), build_sam("sam_tiny", checkpoint=tiny_file)):
         ups = [sam.mask_decoder.output_upscaling[i].weight for i in (0, 3)]
-        assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in ups)
+        assert all(
+            w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+            for w in ups
+        )
     plain = copy.deepcopy(sam)
     plain.mask_decoder.output_upscaling.to(memory_format=torch.contiguous_format)
     assert plain.mask_decoder.output_upscaling[0].weight.is_contiguous()
@@ -211,7 +216,12 @@ def test_checkpoint_from_store_key(tiny_file, tmp_path):
         build_sam("sam_tiny", checkpoint=bad_key, store=store, cache_dir=cache)
     assert not (cache / bad_key).exists()
     with pytest.raises(CheckpointError, match="not found in the object store"):
-        build_sam("sam_tiny", checkpoint=f"base-models/sam_tiny/{'b' * 64}.pth", store=store, cache_dir=cache)
+        build_sam(
+            "sam_tiny",
+            checkpoint=f"base-models/sam_tiny/{'b' * 64}.pth",
+            store=store,
+            cache_dir=cache,
+        )
 
 
 # --- DINOv2 -----------------------------------------------------------------------------
@@ -248,7 +258,9 @@ def test_dinov2_meta_format_loads_strictly(tmp_path):
 def test_dinov2_wrong_checkpoint(tmp_path):
     path = tmp_path / "tiny_dino.pth"
     torch.save(build_dinov2("dinov2_tiny").state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"tiny_dino.pth does not fit model 'vit_small_patch14_dinov2'"):
+    with pytest.raises(
+        CheckpointError, match=r"tiny_dino.pth does not fit model 'vit_small_patch14_dinov2'"
+    ):
         build_dinov2("vit_small_patch14_dinov2", checkpoint=path)
     with pytest.raises(InvalidInput, match="unknown DINOv2"):
         build_dinov2("vit_tiny_patch16_224")
@@ -318,6 +330,7 @@ def test_base_sam_hashes_its_checkpoint_once(tmp_path, monkeypatch):
     real = checkpoint.file_sha256
     monkeypatch.setattr(checkpoint, "file_sha256", lambda p: hashed.append(p) or real(p))
     import vplab.models.base as base_mod
+
     monkeypatch.setattr(base_mod, "file_sha256", checkpoint.file_sha256)
     base = resolve_base_sam("sam_tiny", path)
     assert len(hashed) == 1

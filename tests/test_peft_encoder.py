@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from functools import partial
 
 import pytest
 import torch
@@ -34,8 +33,20 @@ ENCODER_EXPECTED = {
     "cellseg1-md": 23_552,
     "samed": 4_212_016,
 }
-MERGEABLE = {"lora", "late-lora", "late-ft", "full-ft", "ssf", "bias-tune", "ln-tune",
-             "attn-tune", "freeze-encoder", "cellseg1", "cellseg1-md", "samed"}
+MERGEABLE = {
+    "lora",
+    "late-lora",
+    "late-ft",
+    "full-ft",
+    "ssf",
+    "bias-tune",
+    "ln-tune",
+    "attn-tune",
+    "freeze-encoder",
+    "cellseg1",
+    "cellseg1-md",
+    "samed",
+}
 ENCODER_METHODS = sorted(MERGEABLE | {"qlora", "fact", "adaptformer"})
 # The tiny SAM may have fewer blocks than ViT-B's default start_block=6.
 TINY_CONFIG = {"late-ft": {"start_block": 1}, "late-lora": {"start_block": 1}}
@@ -43,10 +54,13 @@ TINY_CONFIG = {"late-ft": {"start_block": 1}, "late-lora": {"start_block": 1}}
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def _tiny_sam() -> nn.Module:
     from vplab.models import build_sam
 
     return build_sam("sam_tiny")
+
+
 @pytest.fixture(scope="module")
 def tiny_base_state():
     torch.manual_seed(0)
@@ -65,6 +79,7 @@ def fresh_tiny(tiny_base_state):
         sam = _tiny_sam()
         sam.load_state_dict(tiny_base_state)
         return sam.eval()
+
     return make
 
 
@@ -83,10 +98,16 @@ def _decode(sam: nn.Module, emb: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         sparse, dense = sam.prompt_encoder(
             points=(torch.tensor([[[100.0, 120.0], [30.0, 40.0]]]), torch.tensor([[1, 0]])),
-            boxes=None, masks=None)
-        masks, iou = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                      multimask_output=True)
+            boxes=None,
+            masks=None,
+        )
+        masks, iou = sam.mask_decoder(
+            image_embeddings=emb,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
     return torch.cat([masks.flatten(), iou.flatten()])
 
 
@@ -101,10 +122,12 @@ def _perturb_trainable(sam: nn.Module, seed: int = 3, std: float = 0.05) -> None
 @pytest.fixture(scope="module")
 def vit_b():
     from segment_anything import sam_model_registry
+
     return sam_model_registry["vit_b"]()
 
 
 # ------------------------------------------------------------------------ registry/counts
+
 
 def test_all_encoder_methods_registered():
     names = set(method_names())
@@ -146,6 +169,7 @@ def test_late_methods_only_touch_late_blocks(fresh_tiny):
 
 # ----------------------------------------------------------------------- LoRA vs HF peft
 
+
 class _Small(nn.Module):
     def __init__(self):
         super().__init__()
@@ -181,8 +205,8 @@ class _QKV(nn.Module):
         self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
         with torch.no_grad():
             for i, lin in enumerate((self.q, self.k, self.v)):
-                lin.weight.copy_(fused.weight[i * dim:(i + 1) * dim])
-                lin.bias.copy_(fused.bias[i * dim:(i + 1) * dim])
+                lin.weight.copy_(fused.weight[i * dim : (i + 1) * dim])
+                lin.bias.copy_(fused.bias[i * dim : (i + 1) * dim])
 
     def forward(self, x):
         return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
@@ -194,8 +218,9 @@ def test_fused_qkv_slices_match_hf_peft_on_separate_projections():
     torch.manual_seed(0)
     dim = 8
     fused = nn.Linear(dim, 3 * dim)
-    hf = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["q", "v"]),
-                                 _QKV(fused, dim))
+    hf = inject_adapter_in_model(
+        LoraConfig(r=2, lora_alpha=2, target_modules=["q", "v"]), _QKV(fused, dim)
+    )
     ours = LoRALinear(fused, r=2, out_slices=[(0, dim), (2 * dim, 3 * dim)])
     with torch.no_grad():
         for i, name in enumerate(("q", "v")):
@@ -209,10 +234,18 @@ def test_fused_qkv_slices_match_hf_peft_on_separate_projections():
 
 # ------------------------------------------------------------- identity at init, gradients
 
-@pytest.mark.parametrize("method,config", [
-    ("lora", None), ("late-lora", {"start_block": 1}), ("adaptformer", None),
-    ("ssf", {"init_identity": True}), ("fact", None), ("samed", None),
-])
+
+@pytest.mark.parametrize(
+    "method,config",
+    [
+        ("lora", None),
+        ("late-lora", {"start_block": 1}),
+        ("adaptformer", None),
+        ("ssf", {"init_identity": True}),
+        ("fact", None),
+        ("samed", None),
+    ],
+)
 def test_identity_at_init(fresh_tiny, image, method, config):
     base_out = _encode(fresh_tiny(), image)
     sam = fresh_tiny()
@@ -237,7 +270,9 @@ def test_gradients_reach_adapter_not_frozen(fresh_tiny, image, method):
     trainable = [(n, p) for n, p in sam.image_encoder.named_parameters() if p.requires_grad]
     frozen = [(n, p) for n, p in sam.image_encoder.named_parameters() if not p.requires_grad]
     assert trainable and frozen
-    assert all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
+    assert all(p.grad is not None for _, p in trainable), [
+        n for n, p in trainable if p.grad is None
+    ]
     assert any(p.grad.abs().sum() > 0 for _, p in trainable)
     assert all(p.grad is None for _, p in frozen)
 
@@ -251,6 +286,7 @@ def test_qlora_unavailable_on_cpu(fresh_tiny):
 
 # ------------------------------------------------------------------------------- merging
 
+
 @pytest.mark.parametrize("method", ["lora", "ssf", "late-ft", "late-lora", "cellseg1", "bias-tune"])
 def test_merged_state_dict_reproduces_tuned_model(fresh_tiny, image, method):
     sam = fresh_tiny()
@@ -263,7 +299,9 @@ def test_merged_state_dict_reproduces_tuned_model(fresh_tiny, image, method):
 
     plain = _tiny_sam()
     merged = merged_state_dict(sam, method)
-    assert all(t.is_contiguous() for t in merged.values())  # a plain checkpoint, whatever the live layout
+    assert all(
+        t.is_contiguous() for t in merged.values()
+    )  # a plain checkpoint, whatever the live layout
     plain.load_state_dict(merged, strict=True)
     plain.eval()
     emb2 = _encode(plain, image)
@@ -319,6 +357,7 @@ def test_adapter_roundtrip(fresh_tiny, image, tmp_path, method):
     assert meta["base"] == BASE and meta["trainable_params"] == count_trainable(sam)
     assert sum(meta["pieces"].values()) == meta["trainable_params"]
     from safetensors.torch import load_file
+
     saved = load_file(str(out / "adapter.safetensors"))
     # Only the method's tensors: nothing of the frozen base beyond what trains.
     assert sum(t.numel() for t in saved.values()) <= count_trainable(sam) + 8

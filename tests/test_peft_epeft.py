@@ -23,6 +23,8 @@ def tiny_sam() -> Sam:
     from vplab.models import build_sam
 
     return build_sam("sam_tiny")
+
+
 @pytest.fixture(scope="module")
 def tiny() -> Sam:
     return tiny_sam()
@@ -157,7 +159,9 @@ def reference_decode(dec: EPEFTMaskDecoder, emb, image_pe, sparse, dense, multim
     are read after the memory tokens. Images batch 1."""
     c, h, w = emb.shape[1:]
     t = sparse.shape[0]
-    offset = dec.context_adapter(emb) if dec.context_adapter is not None else torch.zeros(1, c)  # (1, C)
+    offset = (
+        dec.context_adapter(emb) if dec.context_adapter is not None else torch.zeros(1, c)
+    )  # (1, C)
     out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)  # (5, C)
     n_tok, n_img = dec.n_token_memory, dec.n_image_memory
     tok_mem = dec.token_memory.weight + offset if n_tok else torch.zeros(0, c)
@@ -166,13 +170,17 @@ def reference_decode(dec: EPEFTMaskDecoder, emb, image_pe, sparse, dense, multim
         out_tokens = out_tokens + offset
     tokens = torch.cat([tok_mem.expand(t, -1, -1), out_tokens.expand(t, -1, -1), sparse], 1)
     src = (emb + dense).flatten(2)  # (T, C, hw)
-    src = torch.cat([img_mem.t().unsqueeze(0).expand(t, -1, -1), src], 2).unsqueeze(-1)  # (T, C, n+hw, 1)
+    src = torch.cat([img_mem.t().unsqueeze(0).expand(t, -1, -1), src], 2).unsqueeze(
+        -1
+    )  # (T, C, n+hw, 1)
     pos = torch.cat([torch.zeros(1, c, n_img), image_pe.flatten(2)], 2).unsqueeze(-1)
     hs, keys = dec.transformer(src, pos.expand(t, -1, -1, -1), tokens)
     iou_out = hs[:, n_tok]
     mask_out = hs[:, n_tok + 1 : n_tok + 1 + dec.num_mask_tokens]
     up = dec.output_upscaling(keys[:, n_img:].transpose(1, 2).reshape(t, c, h, w))
-    hyper = torch.stack([mlp(mask_out[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
+    hyper = torch.stack(
+        [mlp(mask_out[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1
+    )
     b, cu, hu, wu = up.shape
     masks = (hyper @ up.view(b, cu, hu * wu)).view(b, -1, hu, wu)
     iou = dec.iou_prediction_head(iou_out)

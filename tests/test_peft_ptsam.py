@@ -24,6 +24,8 @@ def tiny_sam() -> Sam:
     from vplab.models import build_sam
 
     return build_sam("sam_tiny")
+
+
 @pytest.fixture(scope="module")
 def tiny() -> Sam:
     return tiny_sam()
@@ -73,7 +75,9 @@ def test_trainable_counts_vit_b(vit_b):
     assert all(isinstance(b, PromptedBlock) for b in full.image_encoder.blocks)
     # Frozen weights keep their state_dict keys; only the prompts are new.
     new = set(full.state_dict()) - set(vit_b.state_dict())
-    assert new == {f"image_encoder.blocks.{i}.prompt.weight" for i in range(12)} | {"mask_decoder.prompts.weight"}
+    assert new == {f"image_encoder.blocks.{i}.prompt.weight" for i in range(12)} | {
+        "mask_decoder.prompts.weight"
+    }
     assert set(vit_b.state_dict()) <= set(full.state_dict())
 
 
@@ -118,7 +122,9 @@ def reference_block(blk, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor
         for b in range(B):
             for i in range(0, H + ph, ws):
                 for j in range(0, W + pw, ws):  # the same prompts in every window
-                    out[b, i : i + ws, j : j + ws] = reference_attention(blk.attn, xp[b, i : i + ws, j : j + ws], pn)
+                    out[b, i : i + ws, j : j + ws] = reference_attention(
+                        blk.attn, xp[b, i : i + ws, j : j + ws], pn
+                    )
         out = out[:, :H, :W]
     else:  # global: prompts once per image
         out = torch.stack([reference_attention(blk.attn, xn[b], pn) for b in range(B)])
@@ -190,7 +196,9 @@ def test_prompt_free_decode_batch_of_two(tiny):
         prompts = sam.mask_decoder.prompts.weight[None]
         ref = torch.cat(
             [
-                tiny.mask_decoder(emb[i : i + 1], pe.get_dense_pe(), torch.cat([sparse, prompts], 1), dense, False)[0]
+                tiny.mask_decoder(
+                    emb[i : i + 1], pe.get_dense_pe(), torch.cat([sparse, prompts], 1), dense, False
+                )[0]
                 for i in range(2)
             ]
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import shutil
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +14,6 @@ from vplab.rpc import generate
 from vplab.rpc.v1 import (
     common_pb2,
     features_pb2,
-    features_pb2_grpc,
     segmentation_pb2,
     segmentation_pb2_grpc,
     training_pb2,
@@ -129,8 +127,7 @@ def test_services_and_streaming_shape():
     def methods(mod, service):
         svc = mod.DESCRIPTOR.services_by_name[service]
         return {
-            m.name: (m.input_type.name, m.output_type.name, m.server_streaming)
-            for m in svc.methods
+            m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in svc.methods
         }
 
     assert methods(features_pb2, "Features") == {
@@ -150,7 +147,12 @@ def test_services_and_streaming_shape():
         "ListJobs": ("ListJobsRequest", "ListJobsResponse", False),
     }
     assert [v.name for v in common_pb2.JobState.DESCRIPTOR.values] == [
-        "JOB_STATE_UNSPECIFIED", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED",
+        "JOB_STATE_UNSPECIFIED",
+        "QUEUED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
     ]
 
 
@@ -192,15 +194,28 @@ def test_messages_roundtrip():
         features_pb2.EmbedBatchResponse(
             results=[
                 features_pb2.EmbedResponse(
-                    image_id="e" * 64, encoder_id="sam-vit_b", cache_key="k", cache_hit=True,
-                    shape=[256, 64, 64], dtype="bfloat16", original_height=480, original_width=640,
+                    image_id="e" * 64,
+                    encoder_id="sam-vit_b",
+                    cache_key="k",
+                    cache_hit=True,
+                    shape=[256, 64, 64],
+                    dtype="bfloat16",
+                    original_height=480,
+                    original_width=640,
                 )
             ]
         )
     )
     job = training_pb2.Job(
-        job_id="j1", dataset_id="ds", method="epeft", state=common_pb2.SUCCEEDED, step=10,
-        total_steps=10, best_val_iou=0.75, model_id="m1", attempts=2,
+        job_id="j1",
+        dataset_id="ds",
+        method="epeft",
+        state=common_pb2.SUCCEEDED,
+        step=10,
+        total_steps=10,
+        best_val_iou=0.75,
+        model_id="m1",
+        attempts=2,
     )
     jobs = _roundtrip(training_pb2.ListJobsResponse(jobs=[job])).jobs
     assert jobs[0].state == common_pb2.SUCCEEDED
@@ -304,7 +319,10 @@ def test_messages_pickle_under_their_real_module():
 
     from vplab.rpc.v1 import features_pb2, segmentation_pb2, training_pb2
 
-    for msg in (features_pb2.EmbedRequest(image_id="a" * 64), segmentation_pb2.AutoSegmentRequest(model_id="m"),
-                training_pb2.JobEvent(seq=3)):
+    for msg in (
+        features_pb2.EmbedRequest(image_id="a" * 64),
+        segmentation_pb2.AutoSegmentRequest(model_id="m"),
+        training_pb2.JobEvent(seq=3),
+    ):
         assert type(msg).__module__.startswith("vplab.rpc.v1.")
         assert pickle.loads(pickle.dumps(msg)) == msg

@@ -78,13 +78,15 @@ def test_transforms_match_segment_anything(sam, image):
     pts = np.array([[[0.0, 0.0], [149.0, 95.0], [10.5, 3.25]]])
     assert np.allclose(T.apply_coords(pts, (H, W), 256), rls.apply_coords(pts, (H, W)))
     torch.testing.assert_close(
-        T.apply_coords_torch(torch.tensor(pts), (H, W), 256), rls.apply_coords_torch(torch.tensor(pts), (H, W))
+        T.apply_coords_torch(torch.tensor(pts), (H, W), 256),
+        rls.apply_coords_torch(torch.tensor(pts), (H, W)),
     )
     boxes = np.array([[1, 2, 100, 90], [0, 0, 150, 96]])
     assert np.allclose(T.apply_boxes(boxes, (H, W), 256), rls.apply_boxes(boxes, (H, W)))
     low = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(
-        T.postprocess_masks(low, (164, 256), (H, W), 256), sam.postprocess_masks(low, (164, 256), (H, W))
+        T.postprocess_masks(low, (164, 256), (H, W), 256),
+        sam.postprocess_masks(low, (164, 256), (H, W)),
     )
 
 
@@ -161,7 +163,9 @@ def test_box_and_box_plus_points(seg, emb, ref):
     _close(seg.decode(emb, boxes=box[None], return_logits=True), masks, iou, low, b=0)
     pts, lab = np.array([[60.0, 40.0], [90.0, 20.0]]), np.array([1, 0])
     masks, iou, low = ref.predict(pts, lab, box=box, multimask_output=False, return_logits=True)
-    out = seg.decode(emb, pts[None], lab[None], boxes=box, multimask_output=False, return_logits=True)
+    out = seg.decode(
+        emb, pts[None], lab[None], boxes=box, multimask_output=False, return_logits=True
+    )
     _close(out, masks, iou, low, b=0)
 
 
@@ -169,10 +173,14 @@ def test_previous_mask_input(seg, emb, ref):
     pts, lab = np.array([[60.0, 40.0]]), np.array([1])
     _, iou0, low0 = ref.predict(pts, lab, return_logits=True)
     prev = low0[int(np.argmax(iou0))][None]  # (1, 64, 64)
-    masks, iou, low = ref.predict(pts, lab, mask_input=prev, multimask_output=False, return_logits=True)
+    masks, iou, low = ref.predict(
+        pts, lab, mask_input=prev, multimask_output=False, return_logits=True
+    )
     first = seg.decode(emb, pts[None], lab[None])
     best = first.low_res_logits[0, first.iou_predictions[0].argmax()][None, None]  # (1, 1, 64, 64)
-    out = seg.decode(emb, pts[None], lab[None], mask_input=best, multimask_output=False, return_logits=True)
+    out = seg.decode(
+        emb, pts[None], lab[None], mask_input=best, multimask_output=False, return_logits=True
+    )
     _close(out, masks, iou, low, b=0)
     # mask alone is a valid prompt too
     masks, iou, low = ref.predict(mask_input=prev, return_logits=True)
@@ -190,7 +198,9 @@ def test_batch_of_prompt_sets_in_one_call(seg, emb, ref, sam, monkeypatch):
 
     calls = []
     original = sam.mask_decoder.forward
-    monkeypatch.setattr(sam.mask_decoder, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        sam.mask_decoder, "forward", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     out = seg.decode(emb, pts, lab, boxes=boxes, return_logits=True)
     assert len(calls) == 1  # all B prompt sets in ONE decoder call
     assert out.masks.shape == (B, 3, H, W) and out.iou_predictions.shape == (B, 3)
@@ -209,14 +219,20 @@ def test_batch_of_prompt_sets_in_one_call(seg, emb, ref, sam, monkeypatch):
 
 
 def test_ragged_prompt_sets_are_padded_with_minus_one(seg, emb, ref):
-    sets = [np.array([[60.0, 40.0]]), np.array([[60.0, 40.0], [120.0, 80.0], [10.0, 10.0]]), np.array([[20.0, 30.0], [100.0, 50.0]])]
+    sets = [
+        np.array([[60.0, 40.0]]),
+        np.array([[60.0, 40.0], [120.0, 80.0], [10.0, 10.0]]),
+        np.array([[20.0, 30.0], [100.0, 50.0]]),
+    ]
     labels = [np.array([1]), np.array([1, 0, 0]), np.array([1, 1])]
     out = seg.decode(emb, sets, labels, return_logits=True)
     assert out.masks.shape == (3, 3, H, W)
     for b, (c, lab) in enumerate(zip(sets, labels)):
         pad = 3 - len(c)
         c_pad = np.concatenate([c, np.zeros((pad, 2))])
-        l_pad = np.concatenate([lab, -np.ones(pad, dtype=int)])  # SamPredictor with SAM's own padding label
+        l_pad = np.concatenate(
+            [lab, -np.ones(pad, dtype=int)]
+        )  # SamPredictor with SAM's own padding label
         masks, iou, low = ref.predict(c_pad, l_pad, return_logits=True)
         _close(out, masks, iou, low, b=b)
     # the longest set needs no padding: identical to its unpadded single decode
@@ -238,7 +254,9 @@ def test_decode_torch_has_gradients(sam, emb):
     assert grads and any(g.abs().sum() > 0 for g in grads)
     sam.zero_grad(set_to_none=True)
     with pytest.raises(InvalidInput, match="one image per decode"):
-        decode_torch(sam, emb.features.repeat(2, 1, 1, 1), coords.repeat(2, 1, 1), labels.repeat(2, 1))
+        decode_torch(
+            sam, emb.features.repeat(2, 1, 1, 1), coords.repeat(2, 1, 1), labels.repeat(2, 1)
+        )
 
 
 # --- validation --------------------------------------------------------------------------
@@ -249,24 +267,55 @@ def test_decode_torch_has_gradients(sam, emb):
     [
         ({}, "no prompt given"),
         ({"point_coords": np.array([[[10.0, 10.0]]])}, "given together"),
-        ({"point_coords": np.array([[[151.0, 10.0]]]), "point_labels": np.array([[1]])}, "outside the 150x96"),
+        (
+            {"point_coords": np.array([[[151.0, 10.0]]]), "point_labels": np.array([[1]])},
+            "outside the 150x96",
+        ),
         ({"point_coords": np.array([[[10.0, -1.0]]]), "point_labels": np.array([[1]])}, "outside"),
-        ({"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[2]])}, "must be 0 or 1"),
-        ({"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[-1]])}, "reserved for padding"),
-        ({"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[0.5]])}, "integers"),
+        (
+            {"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[2]])},
+            "must be 0 or 1",
+        ),
+        (
+            {"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[-1]])},
+            "reserved for padding",
+        ),
+        (
+            {"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[0.5]])},
+            "integers",
+        ),
         ({"point_coords": np.array([[[10.0, np.nan]]]), "point_labels": np.array([[1]])}, "NaN"),
-        ({"point_coords": np.array([[[10.0, 10.0, 1.0]]]), "point_labels": np.array([[1]])}, r"\(B, N, 2\)"),
-        ({"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[1, 0]])}, "point_labels must have shape"),
-        ({"point_coords": [np.array([[1.0, 2.0]])], "point_labels": [np.array([1, 1])]}, r"point_labels\[0\]"),
-        ({"point_coords": [np.array([1.0, 2.0, 3.0])], "point_labels": [np.array([1])]}, r"point_coords\[0\] must have shape"),
+        (
+            {"point_coords": np.array([[[10.0, 10.0, 1.0]]]), "point_labels": np.array([[1]])},
+            r"\(B, N, 2\)",
+        ),
+        (
+            {"point_coords": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[1, 0]])},
+            "point_labels must have shape",
+        ),
+        (
+            {"point_coords": [np.array([[1.0, 2.0]])], "point_labels": [np.array([1, 1])]},
+            r"point_labels\[0\]",
+        ),
+        (
+            {"point_coords": [np.array([1.0, 2.0, 3.0])], "point_labels": [np.array([1])]},
+            r"point_coords\[0\] must have shape",
+        ),
         ({"point_coords": np.array([["a", "b"]]), "point_labels": np.array([1])}, "numeric"),
         ({"boxes": np.array([50.0, 10.0, 20.0, 40.0])}, "inverted"),
         ({"boxes": np.array([[0.0, 0.0, 151.0, 40.0]])}, "boxes.*outside"),
         ({"boxes": np.array([[0.0, 0.0, 10.0]])}, r"boxes must have shape"),
-        ({"mask_input": np.zeros((1, 1, 256, 256))}, r"mask_input must have shape \(B, 1, 64, 64\)"),
+        (
+            {"mask_input": np.zeros((1, 1, 256, 256))},
+            r"mask_input must have shape \(B, 1, 64, 64\)",
+        ),
         ({"mask_input": np.zeros((1, 64, 64))}, "mask_input must have shape"),
         (
-            {"point_coords": np.zeros((2, 1, 2)), "point_labels": np.ones((2, 1)), "boxes": np.array([[0, 0, 5, 5]] * 3)},
+            {
+                "point_coords": np.zeros((2, 1, 2)),
+                "point_labels": np.ones((2, 1)),
+                "boxes": np.array([[0, 0, 5, 5]] * 3),
+            },
             "batch sizes differ",
         ),
         ({"point_coords": np.zeros((0, 1, 2)), "point_labels": np.ones((0, 1))}, "batch size 0"),
@@ -278,7 +327,12 @@ def test_bad_prompts_raise_invalid_input(seg, emb, kwargs, match):
 
 
 def test_bad_images_and_embeddings(seg, emb):
-    for bad in (np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8), np.zeros((10, 10, 3), np.float32), [[1]]):
+    for bad in (
+        np.zeros((10, 10), np.uint8),
+        np.zeros((10, 10, 4), np.uint8),
+        np.zeros((10, 10, 3), np.float32),
+        [[1]],
+    ):
         with pytest.raises(InvalidInput, match="HxWx3 uint8"):
             seg.embed(bad)
     with pytest.raises(InvalidInput, match="empty"):

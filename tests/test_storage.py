@@ -252,9 +252,10 @@ def test_local_keys_stay_under_root(tmp_path):
     store.put_bytes("a/b.txt", b"x")
     assert (root / "a" / "b.txt").read_bytes() == b"x"
     assert store.presigned_get_url("a/b.txt").startswith("file://")
-    assert Path(urllib.request.url2pathname(store.presigned_get_url("a/b.txt")[7:])) == (
-        root / "a" / "b.txt"
-    ).resolve()
+    assert (
+        Path(urllib.request.url2pathname(store.presigned_get_url("a/b.txt")[7:]))
+        == (root / "a" / "b.txt").resolve()
+    )
 
 
 def test_local_file_vs_prefix_conflict(tmp_path):
@@ -364,9 +365,7 @@ def test_id_length_limits():
     assert keys.tenant_prefix("0") == "tenants/0/"
 
 
-@pytest.mark.parametrize(
-    "bad", ["AB" * 32, "ab" * 31, "ab" * 33, "g" * 64, "../" + "a" * 61, None]
-)
+@pytest.mark.parametrize("bad", ["AB" * 32, "ab" * 31, "ab" * 33, "g" * 64, "../" + "a" * 61, None])
 def test_bad_sha256_rejected(bad):
     with pytest.raises(InvalidInput, match="sha256"):
         keys.image("t1", bad)
@@ -390,8 +389,12 @@ def test_parse_version_and_step():
     assert keys.parse_label_version(keys.label("t1", "d1", SHA, 0)) == 0
     assert keys.parse_label_version(keys.label("t1", "d1", SHA, 12)) == 12
     assert keys.parse_ckpt_step(keys.job_ckpt("t1", "j1", 4000)) == 4000
-    for bad in ["tenants/t1/labels/d1/x/v1.png.bak", "v1.png", f"tenants/t1/images/{SHA}",
-                "tenants/t1/labels/d1/x/v01.png"]:
+    for bad in [
+        "tenants/t1/labels/d1/x/v1.png.bak",
+        "v1.png",
+        f"tenants/t1/images/{SHA}",
+        "tenants/t1/labels/d1/x/v01.png",
+    ]:
         with pytest.raises(InvalidInput, match="label key"):
             keys.parse_label_version(bad)
     with pytest.raises(InvalidInput, match="checkpoint key"):

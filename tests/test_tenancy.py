@@ -99,9 +99,22 @@ def test_tenant_ids_unique_and_validated(store):
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "   ", "Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "Token vpl_" + "a" * 43,
-     "Bearer vpl_short", "Bearer " + "a" * 47, "Bearer vpl_" + "a" * 43 + " extra",
-     "Bearer vpl_" + "a" * 42 + "!", "Bearervpl_" + "a" * 43, 42, b"\xff\xfe"],
+    [
+        None,
+        "",
+        "   ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer ",
+        "Token vpl_" + "a" * 43,
+        "Bearer vpl_short",
+        "Bearer " + "a" * 47,
+        "Bearer vpl_" + "a" * 43 + " extra",
+        "Bearer vpl_" + "a" * 42 + "!",
+        "Bearervpl_" + "a" * 43,
+        42,
+        b"\xff\xfe",
+    ],
 )
 def test_malformed_headers_rejected_without_echo(tmp_path, header):
     auth = Authenticator(LocalStore(tmp_path), PEPPER)
@@ -219,8 +232,10 @@ def test_parse_bearer_and_deleted_tenant(tmp_path):
 
 
 def test_request_limits():
-    q = Quotas(LocalStore.__new__(LocalStore),
-               Settings(max_points_per_request=3, max_targets_per_call=2, max_image_bytes=10))
+    q = Quotas(
+        LocalStore.__new__(LocalStore),
+        Settings(max_points_per_request=3, max_targets_per_call=2, max_image_bytes=10),
+    )
     q.check_points(3)
     with pytest.raises(PayloadTooLarge, match=r"4.*limit is 3.*max_points_per_request"):
         q.check_points(4)
@@ -256,9 +271,8 @@ def test_image_usage_and_quota(store):
     # A failed upload releases its reservation.
     q.forget_usage("t1")
     store.delete(keys.image("t1", "cd" * 32))
-    with pytest.raises(RuntimeError):
-        with q.reserve_image("t1", 10):
-            raise RuntimeError("upload failed")
+    with pytest.raises(RuntimeError), q.reserve_image("t1", 10):
+        raise RuntimeError("upload failed")
     q.check_new_image("t1", 10)
     assert q.usage("t1", fresh=True).images == 1
 
@@ -277,8 +291,12 @@ def test_usage_is_cached_briefly(tmp_path):
 def test_concurrent_jobs_quota(store):
     q = Quotas(store, Settings(quota_concurrent_jobs=2))
     q.check_concurrent_jobs("t1")
-    for job, state in [("j1", "RUNNING"), ("j2", "SUCCEEDED"), ("j3", "FAILED"),
-                       ("j4", "CANCELLED")]:
+    for job, state in [
+        ("j1", "RUNNING"),
+        ("j2", "SUCCEEDED"),
+        ("j3", "FAILED"),
+        ("j4", "CANCELLED"),
+    ]:
         store.put_json(keys.job_state("t1", job), {"state": state})
     store.put_json(keys.job_state("t2", "j9"), {"state": "RUNNING"})  # other tenant
     store.put_bytes(keys.job_events("t1", "j2"), b'{"state": "RUNNING"}\n')  # not a record

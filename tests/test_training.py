@@ -13,11 +13,21 @@ from vplab.training import CheckpointStore, LabeledImage, TrainConfig, Trainer
 
 
 def _samples(n=3, size=96, seed=0):
-    return [LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(n, size, seed))]
+    return [
+        LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(n, size, seed))
+    ]
 
 
 def _config(**kw):
-    base = dict(method="epeft", steps=12, eval_every=4, checkpoint_every=4, n_dihedral=2, n_photometric=0, seed=3)
+    base = dict(
+        method="epeft",
+        steps=12,
+        eval_every=4,
+        checkpoint_every=4,
+        n_dihedral=2,
+        n_photometric=0,
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -30,7 +40,9 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", ["epeft", "fact"])  # fact: dropout, so the global RNG matters too
+@pytest.mark.parametrize(
+    "method", ["epeft", "fact"]
+)  # fact: dropout, so the global RNG matters too
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, method):
     samples = _samples()
     full = Trainer(build_sam("sam_tiny"), _config(method=method), samples).run()
@@ -43,10 +55,17 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, method):
             raise Crash()  # the worker dies: the step-4 checkpoint is the latest
 
     with pytest.raises(Crash):
-        Trainer(build_sam("sam_tiny"), _config(method=method), samples, checkpoints=ckpts,
-                on_progress=crash_at_step_6).run()
+        Trainer(
+            build_sam("sam_tiny"),
+            _config(method=method),
+            samples,
+            checkpoints=ckpts,
+            on_progress=crash_at_step_6,
+        ).run()
     assert ckpts.steps() == [4]
-    resumed = Trainer(build_sam("sam_tiny"), _config(method=method), samples, checkpoints=ckpts).run()
+    resumed = Trainer(
+        build_sam("sam_tiny"), _config(method=method), samples, checkpoints=ckpts
+    ).run()
 
     assert resumed.steps_done == full.steps_done == 12
     a, b = _trainable(full.model), _trainable(resumed.model)
@@ -65,8 +84,14 @@ def test_cancel_stops_and_checkpoints(tmp_path):
     def progress(e):
         seen.append(e)
 
-    result = Trainer(build_sam("sam_tiny"), _config(steps=50), _samples(), checkpoints=ckpts,
-                     on_progress=progress, should_stop=lambda: len([e for e in seen if e.phase == "train"]) >= 5).run()
+    result = Trainer(
+        build_sam("sam_tiny"),
+        _config(steps=50),
+        _samples(),
+        checkpoints=ckpts,
+        on_progress=progress,
+        should_stop=lambda: len([e for e in seen if e.phase == "train"]) >= 5,
+    ).run()
     assert result.cancelled and result.steps_done == 5
     assert ckpts.steps()[-1] == 5
     assert seen[-1].phase == "cancelled"
@@ -111,10 +136,17 @@ def test_late_methods_run_only_late_blocks_in_the_loop():
 @pytest.mark.slow
 def test_epeft_learns_on_the_demo_task():
     """Fails if gradients do not reach the adapter: IoU must rise clearly above the start."""
-    samples = [LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(6, 256, 0))]
-    cfg = TrainConfig(method="epeft", steps=150, eval_every=50, checkpoint_every=10**6, n_photometric=0)
+    samples = [
+        LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(6, 256, 0))
+    ]
+    cfg = TrainConfig(
+        method="epeft", steps=150, eval_every=50, checkpoint_every=10**6, n_photometric=0
+    )
     result = Trainer(build_sam("sam_tiny"), cfg, samples).run()
-    assert result.best_val_iou > result.initial_val_iou + 0.3, (result.initial_val_iou, result.history)
+    assert result.best_val_iou > result.initial_val_iou + 0.3, (
+        result.initial_val_iou,
+        result.history,
+    )
 
 
 @pytest.mark.slow
@@ -130,11 +162,18 @@ def test_ptsam_md_learns_on_a_promptable_pretrained_tiny_sam():
     from vplab.demo import pretrain_promptable_tiny
 
     base = pretrain_promptable_tiny(steps=600, seed=1)
-    samples = [LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(6, 256, 0))]
-    cfg = TrainConfig(method="ptsam-md", steps=150, eval_every=50, checkpoint_every=10**6, n_photometric=0)
+    samples = [
+        LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(6, 256, 0))
+    ]
+    cfg = TrainConfig(
+        method="ptsam-md", steps=150, eval_every=50, checkpoint_every=10**6, n_photometric=0
+    )
     result = Trainer(base, cfg, samples).run()
     assert result.trainable_params == 2048
-    assert result.best_val_iou > result.initial_val_iou + 0.3, (result.initial_val_iou, result.history)
+    assert result.best_val_iou > result.initial_val_iou + 0.3, (
+        result.initial_val_iou,
+        result.history,
+    )
 
 
 def test_bank_is_cached_in_the_store_and_reused(tmp_path):
@@ -144,7 +183,10 @@ def test_bank_is_cached_in_the_store_and_reused(tmp_path):
 
     store = LocalStore(tmp_path)
     cache = StoreFeatureCache(store, "t1", "sam.sam_tiny.0123456789abcdef")
-    samples = [LabeledImage(hashlib.sha256(s.image.tobytes()).hexdigest(), s.image, s.label) for s in _samples(2)]
+    samples = [
+        LabeledImage(hashlib.sha256(s.image.tobytes()).hexdigest(), s.image, s.label)
+        for s in _samples(2)
+    ]
     first = Trainer(build_sam("sam_tiny"), _config(steps=4), samples, feature_cache=cache).run()
     cached = store.list(keys.cache_prefix("t1"))
     assert len(cached) == 2 + 1  # 2 dihedral views of the training image + the validation view

@@ -82,7 +82,7 @@ def test_sample_points_tiny_empty_and_full_regions():
 def test_loss_is_low_for_right_logits_and_high_for_wrong():
     target = torch.zeros(1, 8, 8)
     target[:, 2:6, 2:6] = 1
-    good = (target * 20 - 10)
+    good = target * 20 - 10
     assert segmentation_loss(good, target) < 0.05
     assert segmentation_loss(-good, target) > 0.7
     assert dice_loss(good, target) < 0.01
@@ -117,7 +117,9 @@ def test_load_labeled_dir_pairs_and_rejects_orphans(tmp_path):
     samples = load_labeled_dir(tmp_path / "images", tmp_path / "masks")
     assert [s.name for s in samples] == ["img_000", "img_001", "img_002"]
     assert samples[0].image.shape == (64, 64, 3) and samples[0].label.dtype == bool
-    (tmp_path / "masks" / "stray.png").write_bytes((tmp_path / "masks" / "img_000.png").read_bytes())
+    (tmp_path / "masks" / "stray.png").write_bytes(
+        (tmp_path / "masks" / "img_000.png").read_bytes()
+    )
     with pytest.raises(InvalidInput, match="without a matching image"):
         load_labeled_dir(tmp_path / "images", tmp_path / "masks")
     (tmp_path / "empty").mkdir()
@@ -142,7 +144,9 @@ def test_checkpoint_codec_roundtrip():
     )
     back = decode_state(encode_state(state))
     assert back.step == 7 and back.info == state.info and back.scheduler == state.scheduler
-    assert torch.equal(back.params["a.b"], p.detach()) and torch.equal(back.best["a.b"], p.detach() * 2)
+    assert torch.equal(back.params["a.b"], p.detach()) and torch.equal(
+        back.best["a.b"], p.detach() * 2
+    )
     opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3, 4))], lr=0.1)
     opt2.load_state_dict(back.optimizer)
     for k in ("exp_avg", "exp_avg_sq", "step"):

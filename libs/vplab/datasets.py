@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class Label:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _tid(tenant: object) -> str:
@@ -106,9 +106,7 @@ def _check_filename(filename: object) -> str | None:
     return _check_text(base, "filename", _MAX_FILENAME)
 
 
-def _decode_label_png(
-    data: bytes, max_bytes: int | None, max_pixels: int | None
-) -> np.ndarray:
+def _decode_label_png(data: bytes, max_bytes: int | None, max_pixels: int | None) -> np.ndarray:
     """PNG -> (H, W) int32 ids. Binary masks (0/1, 0/255, mode '1'), grey or palette label
     maps, 16-bit label maps, and grey-valued RGB(A) are accepted; colour images are not."""
     what = "label PNG"
@@ -127,8 +125,7 @@ def _decode_label_png(
         arr = rgb[..., 0]
     else:
         raise InvalidInput(
-            f"label PNG must be a binary mask or a label map (single channel); got mode "
-            f"{img.mode}"
+            f"label PNG must be a binary mask or a label map (single channel); got mode {img.mode}"
         )
     arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() > 65535):
@@ -137,9 +134,7 @@ def _decode_label_png(
 
 
 class DatasetStore:
-    def __init__(
-        self, store: ArtifactStore, settings: Settings, quotas: Quotas | None = None
-    ):
+    def __init__(self, store: ArtifactStore, settings: Settings, quotas: Quotas | None = None):
         self.store = store
         self.settings = settings
         self.quotas = quotas if quotas is not None else Quotas(store, settings)
@@ -167,8 +162,11 @@ class DatasetStore:
             raise NotFound(f"dataset {dataset_id!r} not found") from None
         if not isinstance(data, dict):
             raise InvalidInput(f"dataset record {dataset_id!r} is corrupt")
-        return Dataset(id=dataset_id, name=str(data.get("name", dataset_id)),
-                       created_at=str(data.get("created_at", "")))
+        return Dataset(
+            id=dataset_id,
+            name=str(data.get("name", dataset_id)),
+            created_at=str(data.get("created_at", "")),
+        )
 
     def list_datasets(self, tenant: str) -> list[Dataset]:
         t = _tid(tenant)
@@ -213,8 +211,7 @@ class DatasetStore:
 
         had_bytes = self.store.exists(image_key)
         had_marker = self.store.exists(marker)
-        room = (contextlib.nullcontext() if had_bytes
-                else self.quotas.reserve_image(t, len(data)))
+        room = contextlib.nullcontext() if had_bytes else self.quotas.reserve_image(t, len(data))
         with room:
             if not had_marker:
                 self.store.put_json(marker, {"filename": filename, "added_at": _now()})
@@ -237,7 +234,8 @@ class DatasetStore:
         self.get_dataset(t, dataset_id)
         prefix = keys.dataset_images_prefix(t, dataset_id)
         return sorted(
-            parsed[1] for parsed in (keys.parse_dataset_image(k, t) for k in self.store.list(prefix))
+            parsed[1]
+            for parsed in (keys.parse_dataset_image(k, t) for k in self.store.list(prefix))
             if parsed is not None and parsed[0] == dataset_id
         )
 
@@ -255,8 +253,9 @@ class DatasetStore:
         except NotFound:
             raise NotFound(f"image {image_id} not found in dataset {dataset_id!r}") from None
         data = data if isinstance(data, dict) else {}
-        return ImageInfo(image_id=image_id, filename=data.get("filename"),
-                         added_at=str(data.get("added_at", "")))
+        return ImageInfo(
+            image_id=image_id, filename=data.get("filename"), added_at=str(data.get("added_at", ""))
+        )
 
     def get_image_bytes(self, tenant: str, image_id: str) -> bytes:
         t = _tid(tenant)
@@ -267,8 +266,11 @@ class DatasetStore:
 
     def get_image(self, tenant: str, image_id: str) -> np.ndarray:
         """Decoded (H, W, 3) uint8 RGB (EXIF orientation applied)."""
-        return decode_image(self.get_image_bytes(tenant, image_id),
-                            self.settings.max_image_bytes, self.settings.max_image_pixels)
+        return decode_image(
+            self.get_image_bytes(tenant, image_id),
+            self.settings.max_image_bytes,
+            self.settings.max_image_pixels,
+        )
 
     def remove_image(self, tenant: str, dataset_id: str, image_id: str) -> None:
         """Remove the image (and its labels) from the dataset; its bytes go when no other
@@ -289,8 +291,9 @@ class DatasetStore:
         """
         t = _tid(tenant)
         sha = self._require_member(t, dataset_id, image_id)
-        arr = _decode_label_png(png_bytes, self.settings.max_image_bytes,
-                                self.settings.max_image_pixels)
+        arr = _decode_label_png(
+            png_bytes, self.settings.max_image_bytes, self.settings.max_image_pixels
+        )
         height, width = self.get_image(t, sha).shape[:2]
         if arr.shape != (height, width):
             raise InvalidInput(
@@ -298,12 +301,14 @@ class DatasetStore:
                 f"{width}x{height}; they must match"
             )
         canonical = encode_label_map(arr)
-        latest = keys.latest_label_version(
-            self.store.list(keys.image_labels_prefix(t, dataset_id, sha))
-        ) or 0
+        latest = (
+            keys.latest_label_version(self.store.list(keys.image_labels_prefix(t, dataset_id, sha)))
+            or 0
+        )
         version = latest + 1
-        self.store.put_bytes(keys.label(t, dataset_id, sha, version), canonical,
-                             content_type="image/png")
+        self.store.put_bytes(
+            keys.label(t, dataset_id, sha, version), canonical, content_type="image/png"
+        )
         return version
 
     def get_label(
@@ -333,7 +338,7 @@ class DatasetStore:
         prefix = keys.dataset_labels_prefix(t, dataset_id)
         latest: dict[str, int] = {}
         for key in self.store.list(prefix):
-            parts = key[len(prefix):].split("/")
+            parts = key[len(prefix) :].split("/")
             if len(parts) != 2 or parts[0] not in members:
                 continue
             try:
@@ -374,8 +379,9 @@ class DatasetStore:
     def _referenced_images(self, t: str) -> set[str]:
         return {
             parsed[1]
-            for parsed in (keys.parse_dataset_image(k, t)
-                           for k in self.store.list(keys.datasets_prefix(t)))
+            for parsed in (
+                keys.parse_dataset_image(k, t) for k in self.store.list(keys.datasets_prefix(t))
+            )
             if parsed is not None
         }
 
@@ -384,7 +390,7 @@ class DatasetStore:
         if not shas:
             return
         for start in range(0, len(shas), _GC_BATCH):
-            batch = shas[start:start + _GC_BATCH]
+            batch = shas[start : start + _GC_BATCH]
             referenced = self._referenced_images(t)
             deleted: list[tuple[str, bytes]] = []
             for sha in batch:

@@ -20,7 +20,9 @@ def make_sample(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, 
     return image, np.any(cells, axis=0) if cells else np.zeros((size, size), bool)
 
 
-def make_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+def make_scene(
+    rng: np.random.Generator, size: int = 256
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """(image, cell instance masks, distractor-square instance masks): every object, one
     mask each, for promptable (click -> instance) pretraining of the demo model."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -58,7 +60,9 @@ def make_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, l
     return image, cells, [q for q in squares if q.any()]
 
 
-def write_demo_dataset(out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0) -> list[str]:
+def write_demo_dataset(
+    out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0
+) -> list[str]:
     """Write ``n`` samples to ``out_dir/images`` and ``out_dir/masks``; returns the names."""
     if n <= 0:
         raise ValueError("n must be positive")
@@ -76,7 +80,9 @@ def write_demo_dataset(out_dir: str | Path, n: int = 8, size: int = 256, seed: i
     return names
 
 
-def load_demo_samples(n: int = 8, size: int = 256, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_demo_samples(
+    n: int = 8, size: int = 256, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The same samples as ``write_demo_dataset``, in memory."""
     rng = np.random.default_rng(seed)
     return [make_sample(rng, size) for _ in range(n)]
@@ -114,9 +120,19 @@ def pretrain_promptable_tiny(steps: int = 600, seed: int = 0):
     from vplab.models import build_sam
     from vplab.training import TrainConfig, Trainer
 
-    config = TrainConfig(method="freeze-encoder", steps=steps, lr=1e-3, seed=seed, eval_every=steps,
-                         checkpoint_every=steps, n_dihedral=4, n_photometric=0, val_fraction=0.1,
-                         max_pos_points=1, max_neg_points=0)
+    config = TrainConfig(
+        method="freeze-encoder",
+        steps=steps,
+        lr=1e-3,
+        seed=seed,
+        eval_every=steps,
+        checkpoint_every=steps,
+        n_dihedral=4,
+        n_photometric=0,
+        val_fraction=0.1,
+        max_pos_points=1,
+        max_neg_points=0,
+    )
     result = Trainer(build_sam("sam_tiny"), config, promptable_pretraining_samples()).run()
     for p in result.model.parameters():
         p.requires_grad_(False)

@@ -25,8 +25,14 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 
 # PIL raises these for malformed or truncated data (no single base class).
 _DECODE_ERRORS = (
-    UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError,
-    TypeError, struct.error,
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
 )
 
 

@@ -13,20 +13,27 @@ import os
 import secrets
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from vplab.errors import Conflict, InvalidInput, NotFound, VPLabError
 from vplab.storage import ArtifactStore, keys
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (QUEUED, RUNNING)
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -89,7 +96,13 @@ class JobStore:
 
     def list(self, tenant: str, state: str | None = None, limit: int = 100) -> list[Job]:
         prefix = keys.jobs_prefix(tenant)
-        ids = sorted({k[len(prefix):].split("/", 1)[0] for k in self.store.list(prefix) if k.endswith("/state.json")})
+        ids = sorted(
+            {
+                k[len(prefix) :].split("/", 1)[0]
+                for k in self.store.list(prefix)
+                if k.endswith("/state.json")
+            }
+        )
         jobs = []
         for job_id in ids:
             try:
@@ -119,8 +132,14 @@ class JobStore:
         events = [json.loads(line) for line in text.splitlines() if line.strip()]
         return [e for e in events if e["seq"] > after_seq]
 
-    def watch(self, tenant: str, job_id: str, after_seq: int = 0, poll_s: float = 0.25,
-              timeout_s: float = 3600.0) -> Iterator[dict[str, Any]]:
+    def watch(
+        self,
+        tenant: str,
+        job_id: str,
+        after_seq: int = 0,
+        poll_s: float = 0.25,
+        timeout_s: float = 3600.0,
+    ) -> Iterator[dict[str, Any]]:
         """Yield events after ``after_seq`` until the job ends (then one last pass)."""
         self.get(tenant, job_id)  # NotFound for unknown / foreign jobs
         deadline = time.monotonic() + timeout_s
@@ -173,8 +192,14 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     configure_compute(settings)  # a Ray task would otherwise train on one thread
     job.state, job.attempts, job.worker_pid, job.error = RUNNING, job.attempts + 1, os.getpid(), ""
     log = _EventLog(jobs, job)
-    log.add(force=True, state=RUNNING, phase="start", step=job.step, total_steps=job.steps,
-            message=f"attempt {job.attempts}")
+    log.add(
+        force=True,
+        state=RUNNING,
+        phase="start",
+        step=job.step,
+        total_steps=job.steps,
+        message=f"attempt {job.attempts}",
+    )
     last_cancel_check = [0.0, False]
 
     def should_stop() -> bool:
@@ -193,33 +218,68 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     try:
         runtime = ModelRuntime(settings, store)
         if job.base_model not in ("", runtime.base.name):
-            raise InvalidInput(f"base model {job.base_model!r} is not served here; available: {runtime.base.name!r}")
+            raise InvalidInput(
+                f"base model {job.base_model!r} is not served here; available: {runtime.base.name!r}"
+            )
         samples = [
             LabeledImage(image_id, image, label)
-            for image_id, image, label in DatasetStore(store, settings).labeled_samples(tenant, job.dataset_id)
+            for image_id, image, label in DatasetStore(store, settings).labeled_samples(
+                tenant, job.dataset_id
+            )
         ]
-        config = TrainConfig(method=job.method, method_config=dict(job.method_config), steps=job.steps,
-                             lr=job.lr, seed=job.seed, checkpoint_every=settings.train_checkpoint_every,
-                             eval_every=settings.train_eval_every, n_dihedral=settings.train_views)
-        trainer = Trainer(runtime.base.build(store), config, samples,
-                          checkpoints=CheckpointStore(store, tenant, job_id),
-                          on_progress=on_progress, should_stop=should_stop,
-                          feature_cache=StoreFeatureCache(store, tenant, runtime.sam_encoder_id))
+        config = TrainConfig(
+            method=job.method,
+            method_config=dict(job.method_config),
+            steps=job.steps,
+            lr=job.lr,
+            seed=job.seed,
+            checkpoint_every=settings.train_checkpoint_every,
+            eval_every=settings.train_eval_every,
+            n_dihedral=settings.train_views,
+        )
+        trainer = Trainer(
+            runtime.base.build(store),
+            config,
+            samples,
+            checkpoints=CheckpointStore(store, tenant, job_id),
+            on_progress=on_progress,
+            should_stop=should_stop,
+            feature_cache=StoreFeatureCache(store, tenant, runtime.sam_encoder_id),
+        )
         result = trainer.run()
-        job.initial_val_iou, job.best_val_iou, job.step = result.initial_val_iou, result.best_val_iou, result.steps_done
+        job.initial_val_iou, job.best_val_iou, job.step = (
+            result.initial_val_iou,
+            result.best_val_iou,
+            result.steps_done,
+        )
         if result.cancelled:
             job.state = CANCELLED
         else:
             model_id = "m-" + job_id.removeprefix("j-")
-            save_tuned_model(store, tenant, model_id, result.model, job.method, result.method_config,
-                             runtime.base.ref())
+            save_tuned_model(
+                store,
+                tenant,
+                model_id,
+                result.model,
+                job.method,
+                result.method_config,
+                runtime.base.ref(),
+            )
             job.model_id, job.state = model_id, SUCCEEDED
     except VPLabError as e:
         job.state, job.error = FAILED, e.message
     except Exception as e:  # a bug: record it for the user, keep the trace in the worker log
         traceback.print_exc()
         job.state, job.error = FAILED, f"internal error: {type(e).__name__}: {e}"
-    log.add(force=True, state=job.state, phase="end", step=job.step, total_steps=job.steps,
-            best_val_iou=job.best_val_iou, model_id=job.model_id, message=job.error)
+    log.add(
+        force=True,
+        state=job.state,
+        phase="end",
+        step=job.step,
+        total_steps=job.steps,
+        best_val_iou=job.best_val_iou,
+        model_id=job.model_id,
+        message=job.error,
+    )
     jobs.finish(job)
     return job.state

@@ -31,10 +31,16 @@ class Settings(BaseSettings):
     dino_checkpoint: str | None = None
     dino_sha256: str | None = None
     demo: bool = False  # tiny seeded models instead of checkpoints
-    random_weights: bool = False  # real-size architectures, seeded random weights, no checkpoint (benchmarks)
+    random_weights: bool = (
+        False  # real-size architectures, seeded random weights, no checkpoint (benchmarks)
+    )
     device: str = "auto"  # auto | cpu | cuda
-    torch_threads: int = 0  # torch intra-op threads per replica/training task; 0 = every available core
-    malloc_trim_mb: int = 256  # free heap memory kept per process (vplab.allocator); 0 = glibc defaults
+    torch_threads: int = (
+        0  # torch intra-op threads per replica/training task; 0 = every available core
+    )
+    malloc_trim_mb: int = (
+        256  # free heap memory kept per process (vplab.allocator); 0 = glibc defaults
+    )
 
     # Request limits (per request) - checked before any decoding.
     max_image_bytes: int = 50 * 1024 * 1024

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from vplab.serving.apps import APPS, GATEWAY_PORT, GRPC_PORT, HTTP_PORT, servicer_functions
+from vplab.serving.apps import APPS, GRPC_PORT, HTTP_PORT, servicer_functions
 from vplab.settings import Settings
 
 
@@ -35,8 +35,12 @@ def import_app(import_path: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def start_serve(settings: Settings, grpc_port: int = GRPC_PORT, http_port: int = HTTP_PORT,
-                num_cpus: int | None = None) -> None:
+def start_serve(
+    settings: Settings,
+    grpc_port: int = GRPC_PORT,
+    http_port: int = HTTP_PORT,
+    num_cpus: int | None = None,
+) -> None:
     """Start (or join) a local Ray instance and run every Serve app on it."""
     import ray
     from ray import serve
@@ -46,9 +50,13 @@ def start_serve(settings: Settings, grpc_port: int = GRPC_PORT, http_port: int =
         # Logical CPUs: each replica and training task reserves one, physical cores are shared.
         # The settings reach every worker (replicas, training tasks) through the job's
         # runtime_env, leaving this process's environment untouched.
-        ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": settings_env(settings)})
+        ray.init(
+            num_cpus=num_cpus or max(8, os.cpu_count() or 2),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": settings_env(settings)},
+        )
     serve.start(
         http_options=HTTPOptions(host="127.0.0.1", port=http_port),
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=servicer_functions()),
@@ -102,7 +110,17 @@ def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: 
     start_serve(settings, grpc_port, http_port)
     env = {**os.environ, **settings_env(settings), "VPLAB_GRPC_TARGET": f"127.0.0.1:{grpc_port}"}
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "vplab.cli", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port)], env=env
+        [
+            sys.executable,
+            "-m",
+            "vplab.cli",
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(gateway_port),
+        ],
+        env=env,
     )
     stopping = []
 
@@ -114,14 +132,21 @@ def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: 
     try:
         wait_healthy(f"http://127.0.0.1:{gateway_port}/healthz")
         tenant, key = ensure_demo_key(settings)
-        info = {"pid": os.getpid(), "rest": f"http://127.0.0.1:{gateway_port}", "grpc": f"127.0.0.1:{grpc_port}",
-                "tenant": tenant}
+        info = {
+            "pid": os.getpid(),
+            "rest": f"http://127.0.0.1:{gateway_port}",
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "tenant": tenant,
+        }
         state = _state_file(settings)
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps(info))
         print(f"VP Lab is up (demo models: {settings.demo}).", flush=True)
         print(f"  REST gateway : {info['rest']}   (OpenAPI: {info['rest']}/docs)", flush=True)
-        print(f"  gRPC (Serve) : {info['grpc']}   (metadata: application=features|segmentation|training)", flush=True)
+        print(
+            f"  gRPC (Serve) : {info['grpc']}   (metadata: application=features|segmentation|training)",
+            flush=True,
+        )
         print(f"  tenant       : {tenant}", flush=True)
         print(f"  API key      : {key}", flush=True)
         print("Stop with Ctrl-C or `vplab down`.", flush=True)

@@ -20,7 +20,13 @@ CONFIG_FILE = "config.json"
 
 
 def save_tuned_model(
-    store: ArtifactStore, tenant: str, model_id: str, sam: Sam, method: str, config: Any, base: dict[str, str]
+    store: ArtifactStore,
+    tenant: str,
+    model_id: str,
+    sam: Sam,
+    method: str,
+    config: Any,
+    base: dict[str, str],
 ) -> None:
     from vplab.peft.adapter_io import save_adapter
 
@@ -38,7 +44,9 @@ def read_tuned_config(store: ArtifactStore, tenant: str, model_id: str) -> dict[
         raise NotFound(f"model {model_id} not found") from None
 
 
-def load_tuned_model(store: ArtifactStore, tenant: str, model_id: str, base_sam: Sam, base_sha256: str):
+def load_tuned_model(
+    store: ArtifactStore, tenant: str, model_id: str, base_sam: Sam, base_sha256: str
+):
     """(tuned SAM, adapter config dict). ``base_sam`` is modified in place."""
     from vplab.peft.adapter_io import load_adapter
 
@@ -62,7 +70,9 @@ def export_archive(store: ArtifactStore, tenant: str, model_id: str) -> bytes:
 
 def list_tuned_models(store: ArtifactStore, tenant: str) -> list[str]:
     prefix = keys.models_prefix(tenant)
-    return sorted({k[len(prefix):].split("/", 1)[0] for k in store.list(prefix) if k.endswith(CONFIG_FILE)})
+    return sorted(
+        {k[len(prefix) :].split("/", 1)[0] for k in store.list(prefix) if k.endswith(CONFIG_FILE)}
+    )
 
 
 def delete_tuned_model(store: ArtifactStore, tenant: str, model_id: str) -> None:

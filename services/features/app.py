@@ -16,8 +16,13 @@ from vplab.serving.grpc_glue import ServiceMetrics, tenant_of, unary
 
 def _response(info) -> pb.EmbedResponse:
     return pb.EmbedResponse(
-        image_id=info.image_id, encoder_id=info.encoder_id, cache_key=info.cache_key, cache_hit=info.cache_hit,
-        shape=list(info.shape), dtype=info.dtype, original_height=info.original_size[0],
+        image_id=info.image_id,
+        encoder_id=info.encoder_id,
+        cache_key=info.cache_key,
+        cache_hit=info.cache_hit,
+        shape=list(info.shape),
+        dtype=info.dtype,
+        original_height=info.original_size[0],
         original_width=info.original_size[1],
     )
 
@@ -27,8 +32,11 @@ class FeaturesDeployment:
     def __init__(self):
         self.replica = Replica.from_env()
         self.metrics = ServiceMetrics("features")
-        self.engine = FeatureEngine(ModelRuntime(self.replica.settings, self.replica.store),
-                                    self.replica.settings.embedding_lru_bytes, self.metrics.cache_lookup)
+        self.engine = FeatureEngine(
+            ModelRuntime(self.replica.settings, self.replica.store),
+            self.replica.settings.embedding_lru_bytes,
+            self.metrics.cache_lookup,
+        )
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _embed(self, requests: list[tuple[str, str, str]]) -> list:
@@ -43,18 +51,26 @@ class FeaturesDeployment:
 
     async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:
         async def handle():
-            return await self._one(tenant_of(self.replica.auth, grpc_context), request.image_id, request.encoder)
+            return await self._one(
+                tenant_of(self.replica.auth, grpc_context), request.image_id, request.encoder
+            )
 
         return await unary(grpc_context, self.metrics, "Embed", pb.EmbedResponse(), handle)
 
-    async def EmbedBatch(self, request: pb.EmbedBatchRequest, grpc_context) -> pb.EmbedBatchResponse:
+    async def EmbedBatch(
+        self, request: pb.EmbedBatchRequest, grpc_context
+    ) -> pb.EmbedBatchResponse:
         async def handle():
             tenant = tenant_of(self.replica.auth, grpc_context)
             self.replica.quotas.check_targets(len(request.image_ids))
-            results = await asyncio.gather(*[self._one(tenant, i, request.encoder) for i in request.image_ids])
+            results = await asyncio.gather(
+                *[self._one(tenant, i, request.encoder) for i in request.image_ids]
+            )
             return pb.EmbedBatchResponse(results=results)
 
-        return await unary(grpc_context, self.metrics, "EmbedBatch", pb.EmbedBatchResponse(), handle)
+        return await unary(
+            grpc_context, self.metrics, "EmbedBatch", pb.EmbedBatchResponse(), handle
+        )
 
 
 app = FeaturesDeployment.bind()

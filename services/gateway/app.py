@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, is_dataclass
-from typing import Annotated, Any, AsyncIterator, Callable, Literal
+from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import Depends, FastAPI, File, Header, Query, Request, Response, UploadFile
@@ -34,8 +35,15 @@ from services.gateway.metrics import GatewayMetrics, MetricsAndLimitsMiddleware
 from services.gateway.sse import SSE_HEADERS, sse_event, wants_event_stream, with_keepalive
 from vplab.errors import InvalidInput, NotFound, PayloadTooLarge
 from vplab.masks import decode_rle, encode_binary_mask, rle_area
-from vplab.rpc.v1 import common_pb2, features_pb2, features_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
-from vplab.rpc.v1 import training_pb2, training_pb2_grpc
+from vplab.rpc.v1 import (
+    common_pb2,
+    features_pb2,
+    features_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from vplab.settings import Settings, get_settings
 from vplab.storage import ArtifactStore, keys, open_store
 
@@ -48,7 +56,10 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
 TAGS = [
-    {"name": "datasets", "description": "Datasets and their images (tenant-scoped, content-addressed)"},
+    {
+        "name": "datasets",
+        "description": "Datasets and their images (tenant-scoped, content-addressed)",
+    },
     {"name": "labels", "description": "Refined masks, versioned per image"},
     {"name": "segmentation", "description": "Prompted, visual-prompt and prompt-free segmentation"},
     {"name": "training", "description": "Fine-tuning jobs and their progress events"},
@@ -63,7 +74,13 @@ TAGS = [
 class Upstream:
     """Stubs on one ``grpc.aio`` channel, and the metadata every call carries."""
 
-    def __init__(self, channel: grpc.aio.Channel, metrics: GatewayMetrics, timeout_s: float, stream_timeout_s: float):
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        metrics: GatewayMetrics,
+        timeout_s: float,
+        stream_timeout_s: float,
+    ):
         self.channel = channel
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -73,7 +90,9 @@ class Upstream:
         self.training = training_pb2_grpc.TrainingStub(channel)
 
     @staticmethod
-    def metadata(app: str, authorization: str | None, model_id: str | None = None) -> list[tuple[str, str]]:
+    def metadata(
+        app: str, authorization: str | None, model_id: str | None = None
+    ) -> list[tuple[str, str]]:
         md = [("application", app)]
         if authorization:
             md.append(("authorization", authorization))
@@ -81,21 +100,45 @@ class Upstream:
             md.append(("multiplexed_model_id", model_id))
         return md
 
-    async def unary(self, app: str, method: str, call, request, authorization: str | None,
-                    model_id: str | None = None, timeout_s: float | None = None):
+    async def unary(
+        self,
+        app: str,
+        method: str,
+        call,
+        request,
+        authorization: str | None,
+        model_id: str | None = None,
+        timeout_s: float | None = None,
+    ):
         try:
-            response = await call(request, metadata=self.metadata(app, authorization, model_id),
-                                  timeout=timeout_s or self.timeout_s)
+            response = await call(
+                request,
+                metadata=self.metadata(app, authorization, model_id),
+                timeout=timeout_s or self.timeout_s,
+            )
         except grpc.RpcError as e:
-            self.metrics.upstream.labels(app, method, e.code().name if e.code() else "UNKNOWN").inc()
+            self.metrics.upstream.labels(
+                app, method, e.code().name if e.code() else "UNKNOWN"
+            ).inc()
             raise
         self.metrics.upstream.labels(app, method, "OK").inc()
         return response
 
-    def stream(self, app: str, method: str, call, request, authorization: str | None,
-               model_id: str | None = None, timeout_s: float | None = None):
-        return call(request, metadata=self.metadata(app, authorization, model_id),
-                    timeout=timeout_s if timeout_s is not None else self.stream_timeout_s)
+    def stream(
+        self,
+        app: str,
+        method: str,
+        call,
+        request,
+        authorization: str | None,
+        model_id: str | None = None,
+        timeout_s: float | None = None,
+    ):
+        return call(
+            request,
+            metadata=self.metadata(app, authorization, model_id),
+            timeout=timeout_s if timeout_s is not None else self.stream_timeout_s,
+        )
 
     def count(self, app: str, method: str, error: grpc.RpcError | None = None) -> None:
         code = "OK" if error is None else (error.code().name if error.code() else "UNKNOWN")
@@ -147,27 +190,49 @@ def _f(x: float) -> float:
 
 def _job(job: training_pb2.Job) -> dict[str, Any]:
     return {
-        "job_id": job.job_id, "dataset_id": job.dataset_id, "method": job.method, "base_model": job.base_model,
-        "state": common_pb2.JobState.Name(job.state), "step": job.step, "total_steps": job.total_steps,
-        "best_val_iou": _f(job.best_val_iou), "initial_val_iou": _f(job.initial_val_iou),
-        "model_id": job.model_id, "error": job.error, "created_at": job.created_at,
-        "updated_at": job.updated_at, "attempts": job.attempts,
+        "job_id": job.job_id,
+        "dataset_id": job.dataset_id,
+        "method": job.method,
+        "base_model": job.base_model,
+        "state": common_pb2.JobState.Name(job.state),
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "best_val_iou": _f(job.best_val_iou),
+        "initial_val_iou": _f(job.initial_val_iou),
+        "model_id": job.model_id,
+        "error": job.error,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "attempts": job.attempts,
     }
 
 
 def _event(e: training_pb2.JobEvent) -> dict[str, Any]:
     return {
-        "seq": e.seq, "job_id": e.job_id, "state": common_pb2.JobState.Name(e.state), "phase": e.phase,
-        "step": e.step, "total_steps": e.total_steps, "loss": _f(e.loss), "val_iou": _f(e.val_iou),
-        "best_val_iou": _f(e.best_val_iou), "eta_s": _f(e.eta_s), "message": e.message,
-        "model_id": e.model_id, "time": e.time,
+        "seq": e.seq,
+        "job_id": e.job_id,
+        "state": common_pb2.JobState.Name(e.state),
+        "phase": e.phase,
+        "step": e.step,
+        "total_steps": e.total_steps,
+        "loss": _f(e.loss),
+        "val_iou": _f(e.val_iou),
+        "best_val_iou": _f(e.best_val_iou),
+        "eta_s": _f(e.eta_s),
+        "message": e.message,
+        "model_id": e.model_id,
+        "time": e.time,
     }
 
 
 def _vp_result(r: segmentation_pb2.VisualPromptResponse) -> dict[str, Any]:
     return {
-        "index": r.index, "image_id": r.image_id, "mask_rle": _rle_out(r.mask), "score": _f(r.score),
-        "points": [[_f(p.x), _f(p.y)] for p in r.points], "point_labels": [p.label for p in r.points],
+        "index": r.index,
+        "image_id": r.image_id,
+        "mask_rle": _rle_out(r.mask),
+        "score": _f(r.score),
+        "points": [[_f(p.x), _f(p.y)] for p in r.points],
+        "point_labels": [p.label for p in r.points],
     }
 
 
@@ -197,15 +262,21 @@ def _png_response(data: bytes, filename: str | None = None) -> Response:
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     s: {"model": S.ErrorResponse, "description": d}
-    for s, d in ((400, "Invalid input"), (401, "Missing or invalid API key"),
-                 (404, "Unknown id (or another tenant's)"), (413, "Request over a size limit"),
-                 (429, "Tenant quota exceeded"))
+    for s, d in (
+        (400, "Invalid input"),
+        (401, "Missing or invalid API key"),
+        (404, "Unknown id (or another tenant's)"),
+        (413, "Request over a size limit"),
+        (429, "Tenant quota exceeded"),
+    )
 }
 
 
 # --- authentication (shared dependency; the Authenticator lives on app.state) ----------------
 
-_bearer = HTTPBearer(auto_error=False, description="The tenant's API key: `Authorization: Bearer vpl_...`")
+_bearer = HTTPBearer(
+    auto_error=False, description="The tenant's API key: `Authorization: Bearer vpl_...`"
+)
 
 
 def _tenant_id(
@@ -277,7 +348,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if grpc_channel is None:
-            own, channel = True, grpc.aio.insecure_channel(settings.grpc_target, options=GRPC_OPTIONS)
+            own, channel = (
+                True,
+                grpc.aio.insecure_channel(settings.grpc_target, options=GRPC_OPTIONS),
+            )
         elif isinstance(grpc_channel, grpc.aio.Channel):
             own, channel = False, grpc_channel
         else:
@@ -305,57 +379,104 @@ def create_app(
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
-    app.state.settings, app.state.store, app.state.datasets, app.state.metrics = settings, store, datasets, metrics
+    app.state.settings, app.state.store, app.state.datasets, app.state.metrics = (
+        settings,
+        store,
+        datasets,
+        metrics,
+    )
     app.state.auth = auth
     install_error_handlers(app)
-    app.add_middleware(MetricsAndLimitsMiddleware, metrics=metrics, max_body=settings.max_image_bytes + 1024 * 1024)
+    app.add_middleware(
+        MetricsAndLimitsMiddleware, metrics=metrics, max_body=settings.max_image_bytes + 1024 * 1024
+    )
 
     v1 = _V1Routes(app)
 
     # --- datasets and images ---------------------------------------------------------
 
-    @v1.post("/datasets", tags=["datasets"], summary="Create a dataset", status_code=201,
-             response_model=S.DatasetOut)
+    @v1.post(
+        "/datasets",
+        tags=["datasets"],
+        summary="Create a dataset",
+        status_code=201,
+        response_model=S.DatasetOut,
+    )
     def create_dataset(body: S.DatasetCreate, tenant: TenantId) -> dict[str, Any]:
         return _plain(datasets.create_dataset(tenant, body.name))
 
-    @v1.get("/datasets", tags=["datasets"], summary="List the tenant's datasets", response_model=S.DatasetList)
+    @v1.get(
+        "/datasets",
+        tags=["datasets"],
+        summary="List the tenant's datasets",
+        response_model=S.DatasetList,
+    )
     def list_datasets(tenant: TenantId) -> dict[str, Any]:
         return {"datasets": _plain(datasets.list_datasets(tenant))}
 
-    @v1.get("/datasets/{dataset_id}", tags=["datasets"], summary="Get a dataset", response_model=S.DatasetOut)
+    @v1.get(
+        "/datasets/{dataset_id}",
+        tags=["datasets"],
+        summary="Get a dataset",
+        response_model=S.DatasetOut,
+    )
     def get_dataset(dataset_id: str, tenant: TenantId) -> dict[str, Any]:
         return _plain(datasets.get_dataset(tenant, dataset_id))
 
-    @v1.delete("/datasets/{dataset_id}", tags=["datasets"],
-               summary="Delete a dataset, its labels, and images no other dataset uses",
-               status_code=204)
+    @v1.delete(
+        "/datasets/{dataset_id}",
+        tags=["datasets"],
+        summary="Delete a dataset, its labels, and images no other dataset uses",
+        status_code=204,
+    )
     def delete_dataset(dataset_id: str, tenant: TenantId) -> Response:
         datasets.delete_dataset(tenant, dataset_id)
         return Response(status_code=204)
 
-    @v1.post("/datasets/{dataset_id}/images", tags=["datasets"], summary="Upload an image (multipart `file`)",
-             status_code=201, response_model=S.ImageUploaded)
-    async def upload_image(dataset_id: str, tenant: TenantId, file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+    @v1.post(
+        "/datasets/{dataset_id}/images",
+        tags=["datasets"],
+        summary="Upload an image (multipart `file`)",
+        status_code=201,
+        response_model=S.ImageUploaded,
+    )
+    async def upload_image(
+        dataset_id: str, tenant: TenantId, file: Annotated[UploadFile, File()]
+    ) -> dict[str, Any]:
         data = await file.read(settings.max_image_bytes + 1)
         if len(data) > settings.max_image_bytes:
             raise PayloadTooLarge(f"image is over the limit of {settings.max_image_bytes} bytes")
-        image_id = await run_in_threadpool(datasets.add_image, tenant, dataset_id, data, file.filename or None)
+        image_id = await run_in_threadpool(
+            datasets.add_image, tenant, dataset_id, data, file.filename or None
+        )
         return {"image_id": image_id}
 
-    @v1.get("/datasets/{dataset_id}/images", tags=["datasets"], summary="List a dataset's images",
-            response_model=S.ImageList)
+    @v1.get(
+        "/datasets/{dataset_id}/images",
+        tags=["datasets"],
+        summary="List a dataset's images",
+        response_model=S.ImageList,
+    )
     def list_images(dataset_id: str, tenant: TenantId) -> dict[str, Any]:
         return {"images": _plain(datasets.list_images(tenant, dataset_id))}
 
-    @v1.delete("/datasets/{dataset_id}/images/{image_id}", tags=["datasets"],
-               summary="Remove an image from a dataset", status_code=204)
+    @v1.delete(
+        "/datasets/{dataset_id}/images/{image_id}",
+        tags=["datasets"],
+        summary="Remove an image from a dataset",
+        status_code=204,
+    )
     def remove_image(dataset_id: str, image_id: str, tenant: TenantId) -> Response:
         datasets.remove_image(tenant, dataset_id, image_id)
         return Response(status_code=204)
 
-    @v1.get("/images/{image_id}", tags=["datasets"], summary="Download an image's bytes",
-            response_class=Response, responses={200: {"content": {"image/*": {}}}})
+    @v1.get(
+        "/images/{image_id}",
+        tags=["datasets"],
+        summary="Download an image's bytes",
+        response_class=Response,
+        responses={200: {"content": {"image/*": {}}}},
+    )
     def get_image(image_id: str, tenant: TenantId) -> Response:
         data = datasets.get_image_bytes(tenant, image_id)
         return Response(content=data, media_type=_image_media_type(data))
@@ -363,15 +484,29 @@ def create_app(
     # --- labels --------------------------------------------------------------------------
 
     @v1.put(
-        "/datasets/{dataset_id}/labels/{image_id}", tags=["labels"], summary="Upload a refined mask (new version)",
+        "/datasets/{dataset_id}/labels/{image_id}",
+        tags=["labels"],
+        summary="Upload a refined mask (new version)",
         response_model=S.LabelVersion,
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "string", "format": "binary"}}, "required": ["file"]}},
-        }}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                },
+            }
+        },
     )
-    async def put_label(dataset_id: str, image_id: str, request: Request, tenant: TenantId) -> dict[str, Any]:
+    async def put_label(
+        dataset_id: str, image_id: str, request: Request, tenant: TenantId
+    ) -> dict[str, Any]:
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
             form = await request.form(max_files=1, max_fields=4)
@@ -390,73 +525,128 @@ def create_app(
         version = await run_in_threadpool(datasets.put_label, tenant, dataset_id, image_id, data)
         return {"image_id": image_id, "version": int(version)}
 
-    @v1.get("/datasets/{dataset_id}/labels", tags=["labels"], summary="Latest label version per image")
+    @v1.get(
+        "/datasets/{dataset_id}/labels", tags=["labels"], summary="Latest label version per image"
+    )
     def list_labels(dataset_id: str, tenant: TenantId) -> dict[str, int]:
         return {k: int(v) for k, v in dict(datasets.list_labels(tenant, dataset_id)).items()}
 
-    @v1.get("/datasets/{dataset_id}/labels/{image_id}", tags=["labels"], summary="Download a label PNG",
-            response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def get_label(dataset_id: str, image_id: str, tenant: TenantId,
-                  version: Annotated[int | None, Query(ge=1, description="default: the latest")] = None) -> Response:
+    @v1.get(
+        "/datasets/{dataset_id}/labels/{image_id}",
+        tags=["labels"],
+        summary="Download a label PNG",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def get_label(
+        dataset_id: str,
+        image_id: str,
+        tenant: TenantId,
+        version: Annotated[int | None, Query(ge=1, description="default: the latest")] = None,
+    ) -> Response:
         label = datasets.get_label(tenant, dataset_id, image_id, version)
         return _png_response(label.png)
 
     # --- segmentation ----------------------------------------------------------------------
 
-    @v1.post("/images/{image_id}/segment", tags=["segmentation"], summary="Segment an image from prompts",
-             response_model=S.SegmentResponse,
-             responses={200: {"content": {"image/png": {}}, "description": "masks (JSON) or the best mask (PNG)"}})
+    @v1.post(
+        "/images/{image_id}/segment",
+        tags=["segmentation"],
+        summary="Segment an image from prompts",
+        response_model=S.SegmentResponse,
+        responses={
+            200: {
+                "content": {"image/png": {}},
+                "description": "masks (JSON) or the best mask (PNG)",
+            }
+        },
+    )
     async def segment(
-        image_id: str, body: S.SegmentRequest, tenant: TenantId, authorization: AuthHeader,
-        format: Annotated[Literal["json", "png"], Query(description="png: the best mask as a PNG")] = "json",
+        image_id: str,
+        body: S.SegmentRequest,
+        tenant: TenantId,
+        authorization: AuthHeader,
+        format: Annotated[
+            Literal["json", "png"], Query(description="png: the best mask as a PNG")
+        ] = "json",
     ):
         keys.check_sha256(image_id, "image_id")
         model_id = _check_model_id(body.model_id)
         datasets.quotas.check_points(len(body.points))
         request = segmentation_pb2.SegmentPromptRequest(
             image_id=image_id,
-            points=[common_pb2.Point(x=x, y=y, label=lab) for (x, y), lab in zip(body.points, body.labels)],
-            multimask_output=body.multimask, model_id=model_id or "",
+            points=[
+                common_pb2.Point(x=x, y=y, label=lab)
+                for (x, y), lab in zip(body.points, body.labels)
+            ],
+            multimask_output=body.multimask,
+            model_id=model_id or "",
         )
         if body.box is not None:
-            request.box.CopyFrom(common_pb2.Box(x0=body.box[0], y0=body.box[1], x1=body.box[2], y1=body.box[3]))
+            request.box.CopyFrom(
+                common_pb2.Box(x0=body.box[0], y0=body.box[1], x1=body.box[2], y1=body.box[3])
+            )
         if body.mask_input_rle is not None:
             # Parsing an RLE is a Python loop over its counts: off the event loop.
             wire = await run_in_threadpool(_check_rle, body.mask_input_rle, "mask_input_rle")
             request.mask_input.CopyFrom(_rle_pb(wire))
         up = upstream()
-        response = await up.unary(SEGMENTATION, "SegmentPrompt", up.segmentation.SegmentPrompt, request,
-                                  authorization, model_id)
+        response = await up.unary(
+            SEGMENTATION,
+            "SegmentPrompt",
+            up.segmentation.SegmentPrompt,
+            request,
+            authorization,
+            model_id,
+        )
         masks = [{"rle": _rle_out(m.mask), "score": _f(m.score)} for m in response.masks]
         if format == "png":
             if not masks:
                 raise ApiError(502, "the service returned no mask")
             best = max(response.masks, key=lambda m: m.score)
-            png = await run_in_threadpool(lambda: encode_binary_mask(decode_rle(_rle_out(best.mask))))
+            png = await run_in_threadpool(
+                lambda: encode_binary_mask(decode_rle(_rle_out(best.mask)))
+            )
             return _png_response(png, f"{image_id[:12]}-mask.png")
         return {"masks": masks, "height": response.height, "width": response.width}
 
-    @v1.post("/datasets/{dataset_id}/visual-prompt", tags=["segmentation"],
-             summary="Segment a dataset's images like annotated references",
-             response_model=S.VisualPromptResponse,
-             responses={200: {"content": {"text/event-stream": {}},
-                              "description": "JSON, or one SSE `result` event per target with "
-                                             "`Accept: text/event-stream`"}})
-    async def visual_prompt(dataset_id: str, body: S.VisualPromptRequest, request: Request, tenant: TenantId,
-                            authorization: AuthHeader):
+    @v1.post(
+        "/datasets/{dataset_id}/visual-prompt",
+        tags=["segmentation"],
+        summary="Segment a dataset's images like annotated references",
+        response_model=S.VisualPromptResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "JSON, or one SSE `result` event per target with "
+                "`Accept: text/event-stream`",
+            }
+        },
+    )
+    async def visual_prompt(
+        dataset_id: str,
+        body: S.VisualPromptRequest,
+        request: Request,
+        tenant: TenantId,
+        authorization: AuthHeader,
+    ):
         model_id = _check_model_id(body.model_id)
         for ref in body.references:
             keys.check_sha256(ref.image_id, "references.image_id")
         for t in body.targets or ():
             keys.check_sha256(t, "targets")
         if len(body.references) > settings.max_targets_per_call:
-            raise PayloadTooLarge(f"too many references: {len(body.references)}, the limit is "
-                                  f"{settings.max_targets_per_call} (max_targets_per_call)")
+            raise PayloadTooLarge(
+                f"too many references: {len(body.references)}, the limit is "
+                f"{settings.max_targets_per_call} (max_targets_per_call)"
+            )
         if body.targets is not None:
             datasets.quotas.check_targets(len(body.targets))
         refs = await run_in_threadpool(
-            lambda: [(r.image_id, _check_rle(r.mask_rle, f"references[{i}].mask_rle"))
-                     for i, r in enumerate(body.references)]
+            lambda: [
+                (r.image_id, _check_rle(r.mask_rle, f"references[{i}].mask_rle"))
+                for i, r in enumerate(body.references)
+            ]
         )
         members = await run_in_threadpool(datasets.list_images, tenant, dataset_id)
         member_set = set(members)
@@ -476,11 +666,20 @@ def create_app(
             raise InvalidInput("no target images: the dataset has no images besides the references")
         rpc_request = segmentation_pb2.VisualPromptRequest(
             references=[segmentation_pb2.Reference(image_id=i, mask=_rle_pb(m)) for i, m in refs],
-            target_image_ids=targets, model_id=model_id or "", matcher=body.matcher, seed=body.seed,
+            target_image_ids=targets,
+            model_id=model_id or "",
+            matcher=body.matcher,
+            seed=body.seed,
         )
         up = upstream()
-        call = up.stream(SEGMENTATION, "VisualPrompt", up.segmentation.VisualPrompt, rpc_request, authorization,
-                         model_id)
+        call = up.stream(
+            SEGMENTATION,
+            "VisualPrompt",
+            up.segmentation.VisualPrompt,
+            rpc_request,
+            authorization,
+            model_id,
+        )
         if not wants_event_stream(request.headers.get("accept")):
             results = []
             try:
@@ -525,64 +724,124 @@ def create_app(
             except grpc.RpcError as e:
                 up.count(SEGMENTATION, "VisualPrompt", e)
                 status, message = status_of_rpc_error(e)
-                yield sse_event({"error": {"code": CODES.get(status, "error"), "message": message},
-                                 "status": status}, event="error")
+                yield sse_event(
+                    {
+                        "error": {"code": CODES.get(status, "error"), "message": message},
+                        "status": status,
+                    },
+                    event="error",
+                )
             finally:
                 call.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    @v1.post("/images/{image_id}/auto-segment", tags=["segmentation"],
-             summary="Prompt-free segmentation with a PTSAM model", response_model=S.AutoSegmentResponse)
-    async def auto_segment(image_id: str, body: S.AutoSegmentRequest, tenant: TenantId,
-                           authorization: AuthHeader) -> dict[str, Any]:
+    @v1.post(
+        "/images/{image_id}/auto-segment",
+        tags=["segmentation"],
+        summary="Prompt-free segmentation with a PTSAM model",
+        response_model=S.AutoSegmentResponse,
+    )
+    async def auto_segment(
+        image_id: str, body: S.AutoSegmentRequest, tenant: TenantId, authorization: AuthHeader
+    ) -> dict[str, Any]:
         keys.check_sha256(image_id, "image_id")
         model_id = keys.check_id(body.model_id, "model_id")
         up = upstream()
-        r = await up.unary(SEGMENTATION, "AutoSegment", up.segmentation.AutoSegment,
-                           segmentation_pb2.AutoSegmentRequest(image_id=image_id, model_id=model_id),
-                           authorization, model_id)
+        r = await up.unary(
+            SEGMENTATION,
+            "AutoSegment",
+            up.segmentation.AutoSegment,
+            segmentation_pb2.AutoSegmentRequest(image_id=image_id, model_id=model_id),
+            authorization,
+            model_id,
+        )
         return {"mask_rle": _rle_out(r.mask), "score": _f(r.score)}
 
     # --- training ------------------------------------------------------------------------
 
-    @v1.post("/trainings", tags=["training"], summary="Start a fine-tuning job", status_code=201,
-             response_model=S.JobOut)
-    async def start_training(body: S.TrainingCreate, tenant: TenantId, authorization: AuthHeader) -> dict[str, Any]:
+    @v1.post(
+        "/trainings",
+        tags=["training"],
+        summary="Start a fine-tuning job",
+        status_code=201,
+        response_model=S.JobOut,
+    )
+    async def start_training(
+        body: S.TrainingCreate, tenant: TenantId, authorization: AuthHeader
+    ) -> dict[str, Any]:
         keys.check_id(body.dataset_id, "dataset_id")
         config_json = json.dumps(body.method_config) if body.method_config else ""
         up = upstream()
-        r = await up.unary(TRAINING, "StartTraining", up.training.StartTraining, training_pb2.StartTrainingRequest(
-            dataset_id=body.dataset_id, method=body.method, base_model=body.base_model, steps=body.steps,
-            method_config_json=config_json, seed=body.seed, lr=body.lr or 0.0,
-        ), authorization)
+        r = await up.unary(
+            TRAINING,
+            "StartTraining",
+            up.training.StartTraining,
+            training_pb2.StartTrainingRequest(
+                dataset_id=body.dataset_id,
+                method=body.method,
+                base_model=body.base_model,
+                steps=body.steps,
+                method_config_json=config_json,
+                seed=body.seed,
+                lr=body.lr or 0.0,
+            ),
+            authorization,
+        )
         return _job(r.job)
 
-    @v1.get("/trainings", tags=["training"], summary="List the tenant's jobs, newest first",
-            response_model=S.JobList)
+    @v1.get(
+        "/trainings",
+        tags=["training"],
+        summary="List the tenant's jobs, newest first",
+        response_model=S.JobList,
+    )
     async def list_trainings(
-        tenant: TenantId, authorization: AuthHeader,
+        tenant: TenantId,
+        authorization: AuthHeader,
         limit: Annotated[int, Query(ge=0, le=1000, description="0 = the service default")] = 0,
-        state: Annotated[Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"] | None, Query()] = None,
+        state: Annotated[
+            Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"] | None, Query()
+        ] = None,
     ) -> dict[str, Any]:
         up = upstream()
-        r = await up.unary(TRAINING, "ListJobs", up.training.ListJobs, training_pb2.ListJobsRequest(
-            limit=limit, state=common_pb2.JobState.Value(state) if state else 0), authorization)
+        r = await up.unary(
+            TRAINING,
+            "ListJobs",
+            up.training.ListJobs,
+            training_pb2.ListJobsRequest(
+                limit=limit, state=common_pb2.JobState.Value(state) if state else 0
+            ),
+            authorization,
+        )
         return {"jobs": [_job(j) for j in r.jobs]}
 
     @v1.get("/trainings/{job_id}", tags=["training"], summary="Get a job", response_model=S.JobOut)
-    async def get_training(job_id: str, tenant: TenantId, authorization: AuthHeader) -> dict[str, Any]:
+    async def get_training(
+        job_id: str, tenant: TenantId, authorization: AuthHeader
+    ) -> dict[str, Any]:
         keys.check_id(job_id, "job_id")
         up = upstream()
-        r = await up.unary(TRAINING, "GetJob", up.training.GetJob, training_pb2.GetJobRequest(job_id=job_id),
-                           authorization)
+        r = await up.unary(
+            TRAINING,
+            "GetJob",
+            up.training.GetJob,
+            training_pb2.GetJobRequest(job_id=job_id),
+            authorization,
+        )
         return _job(r.job)
 
-    @v1.get("/trainings/{job_id}/events", tags=["training"],
-            summary="Follow a job: server-sent events (`id: seq`, `event: progress|end`)",
-            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    @v1.get(
+        "/trainings/{job_id}/events",
+        tags=["training"],
+        summary="Follow a job: server-sent events (`id: seq`, `event: progress|end`)",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
     async def training_events(
-        job_id: str, tenant: TenantId, authorization: AuthHeader,
+        job_id: str,
+        tenant: TenantId,
+        authorization: AuthHeader,
         after_seq: Annotated[int, Query(ge=0, description="only events after this seq")] = 0,
         last_event_id: Annotated[str | None, Header(alias="last-event-id")] = None,
     ):
@@ -591,14 +850,26 @@ def create_app(
             try:
                 after_seq = max(0, int(last_event_id.strip()))
             except ValueError:
-                raise InvalidInput(f"Last-Event-ID must be an event seq (integer), got {last_event_id!r}") from None
+                raise InvalidInput(
+                    f"Last-Event-ID must be an event seq (integer), got {last_event_id!r}"
+                ) from None
         up = upstream()
         # Unknown / foreign jobs are a 404 before the stream starts.
-        await up.unary(TRAINING, "GetJob", up.training.GetJob, training_pb2.GetJobRequest(job_id=job_id),
-                       authorization)
-        call = up.stream(TRAINING, "WatchJob", up.training.WatchJob,
-                         training_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq), authorization,
-                         timeout_s=None)
+        await up.unary(
+            TRAINING,
+            "GetJob",
+            up.training.GetJob,
+            training_pb2.GetJobRequest(job_id=job_id),
+            authorization,
+        )
+        call = up.stream(
+            TRAINING,
+            "WatchJob",
+            up.training.WatchJob,
+            training_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq),
+            authorization,
+            timeout_s=None,
+        )
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -615,52 +886,90 @@ def create_app(
             except grpc.RpcError as err:
                 up.count(TRAINING, "WatchJob", err)
                 status, message = status_of_rpc_error(err)
-                yield sse_event({"error": {"code": CODES.get(status, "error"), "message": message},
-                                 "status": status}, event="error")
+                yield sse_event(
+                    {
+                        "error": {"code": CODES.get(status, "error"), "message": message},
+                        "status": status,
+                    },
+                    event="error",
+                )
             finally:
                 call.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    @v1.delete("/trainings/{job_id}", tags=["training"], summary="Cancel a job", response_model=S.JobOut)
-    async def cancel_training(job_id: str, tenant: TenantId, authorization: AuthHeader) -> dict[str, Any]:
+    @v1.delete(
+        "/trainings/{job_id}", tags=["training"], summary="Cancel a job", response_model=S.JobOut
+    )
+    async def cancel_training(
+        job_id: str, tenant: TenantId, authorization: AuthHeader
+    ) -> dict[str, Any]:
         keys.check_id(job_id, "job_id")
         up = upstream()
-        r = await up.unary(TRAINING, "CancelJob", up.training.CancelJob, training_pb2.CancelJobRequest(job_id=job_id),
-                           authorization)
+        r = await up.unary(
+            TRAINING,
+            "CancelJob",
+            up.training.CancelJob,
+            training_pb2.CancelJobRequest(job_id=job_id),
+            authorization,
+        )
         return _job(r.job)
 
     # --- tuned models ----------------------------------------------------------------------
 
-    @v1.get("/models", tags=["models"], summary="List the tenant's tuned models", response_model=S.ModelList)
+    @v1.get(
+        "/models",
+        tags=["models"],
+        summary="List the tenant's tuned models",
+        response_model=S.ModelList,
+    )
     def list_models(tenant: TenantId) -> dict[str, Any]:
         from vplab import tuned
 
         out = []
         for model_id in tuned.list_tuned_models(store, tenant):
             try:
-                out.append({"model_id": model_id, "config": tuned.read_tuned_config(store, tenant, model_id)})
+                out.append(
+                    {
+                        "model_id": model_id,
+                        "config": tuned.read_tuned_config(store, tenant, model_id),
+                    }
+                )
             except NotFound:  # deleted meanwhile
                 continue
         return {"models": out}
 
-    @v1.get("/models/{model_id}", tags=["models"], summary="Get a tuned model's config", response_model=S.ModelOut)
+    @v1.get(
+        "/models/{model_id}",
+        tags=["models"],
+        summary="Get a tuned model's config",
+        response_model=S.ModelOut,
+    )
     def get_model(model_id: str, tenant: TenantId) -> dict[str, Any]:
         from vplab import tuned
 
         return {"model_id": model_id, "config": tuned.read_tuned_config(store, tenant, model_id)}
 
-    @v1.get("/models/{model_id}/export", tags=["models"],
-            summary="Download the adapter (zip: adapter.safetensors + config.json)",
-            response_class=Response, responses={200: {"content": {"application/zip": {}}}})
+    @v1.get(
+        "/models/{model_id}/export",
+        tags=["models"],
+        summary="Download the adapter (zip: adapter.safetensors + config.json)",
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}}},
+    )
     def export_model(model_id: str, tenant: TenantId) -> Response:
         from vplab import tuned
 
         data = tuned.export_archive(store, tenant, model_id)
-        return Response(content=data, media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{model_id}.zip"'})
+        return Response(
+            content=data,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{model_id}.zip"'},
+        )
 
-    @v1.delete("/models/{model_id}", tags=["models"], summary="Delete a tuned model", status_code=204)
+    @v1.delete(
+        "/models/{model_id}", tags=["models"], summary="Delete a tuned model", status_code=204
+    )
     def delete_model(model_id: str, tenant: TenantId) -> Response:
         from vplab import tuned
 
@@ -672,8 +981,14 @@ def create_app(
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
-            schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                                 description=app.description, routes=app.routes, tags=app.openapi_tags)
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
             for item in schema.get("paths", {}).values():
                 for op in item.values():
                     if isinstance(op, dict):
@@ -692,10 +1007,16 @@ def create_app(
         up = holder.get("up")
         if up is None:
             return {"status": "down", "detail": "no channel"}
-        stub_call = {FEATURES: up.features.Embed, SEGMENTATION: up.segmentation.AutoSegment,
-                     TRAINING: up.training.GetJob}[name]
-        request = {FEATURES: features_pb2.EmbedRequest(), SEGMENTATION: segmentation_pb2.AutoSegmentRequest(),
-                   TRAINING: training_pb2.GetJobRequest()}[name]
+        stub_call = {
+            FEATURES: up.features.Embed,
+            SEGMENTATION: up.segmentation.AutoSegment,
+            TRAINING: up.training.GetJob,
+        }[name]
+        request = {
+            FEATURES: features_pb2.EmbedRequest(),
+            SEGMENTATION: segmentation_pb2.AutoSegmentRequest(),
+            TRAINING: training_pb2.GetJobRequest(),
+        }[name]
         try:
             await stub_call(request, metadata=[("application", name)], timeout=health_timeout_s)
         except grpc.RpcError as e:
@@ -726,7 +1047,7 @@ def create_app(
         names = [FEATURES, SEGMENTATION, TRAINING]
         try:
             store_state = await asyncio.wait_for(run_in_threadpool(probe_store), health_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             store_state = {"status": "down", "detail": "timeout"}
         app_states = await asyncio.gather(*[probe_app(n) for n in names])
         body = {"store": store_state, "apps": dict(zip(names, app_states))}

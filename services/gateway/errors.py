@@ -61,7 +61,9 @@ class ApiError(Exception):
         self.status, self.message, self.code = status, message, code or CODES.get(status, "error")
 
 
-def error_json(status: int, message: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:
+def error_json(
+    status: int, message: str, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     body = {"error": {"code": code or CODES.get(status, "error"), "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -104,7 +106,11 @@ def status_of_rpc_error(e: grpc.RpcError) -> tuple[int, str]:
     if status in (503, 504):
         # Transport details (addresses, reasons) are not for the caller.
         log.warning("upstream %s: %s", code, details)
-        message = "the service is unavailable, try again later" if status == 503 else "the service timed out"
+        message = (
+            "the service is unavailable, try again later"
+            if status == 503
+            else "the service timed out"
+        )
         return status, message
     if code == grpc.StatusCode.NOT_FOUND and "pplication" in details and "not" in details:
         # Serve's proxy: "Application 'x' not found" / "Application metadata not set".

@@ -19,17 +19,23 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "vplab_gateway_requests", "HTTP requests by route template, method and status",
-            ("route", "method", "status"), registry=self.registry,
+            "vplab_gateway_requests",
+            "HTTP requests by route template, method and status",
+            ("route", "method", "status"),
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "vplab_gateway_request_duration_seconds", "HTTP request latency by route template",
-            ("route", "method"), registry=self.registry,
+            "vplab_gateway_request_duration_seconds",
+            "HTTP request latency by route template",
+            ("route", "method"),
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
         self.upstream = Counter(
-            "vplab_gateway_upstream_rpcs", "gRPC calls to the services by app, method and code",
-            ("app", "method", "code"), registry=self.registry,
+            "vplab_gateway_upstream_rpcs",
+            "gRPC calls to the services by app, method and code",
+            ("app", "method", "code"),
+            registry=self.registry,
         )
 
 
@@ -79,7 +85,9 @@ class MetricsAndLimitsMiddleware:
                 if message["type"] == "http.request":
                     received[0] += len(message.get("body", b""))
                     if received[0] > self.max_body:
-                        raise PayloadTooLarge(f"request body is over the limit of {self.max_body} bytes")
+                        raise PayloadTooLarge(
+                            f"request body is over the limit of {self.max_body} bytes"
+                        )
                 return message
 
             await self.app(scope, limited_receive, send_wrapper)

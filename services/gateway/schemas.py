@@ -80,7 +80,8 @@ def _finite(values, what: str):
 
 class SegmentRequest(_Body):
     points: list[tuple[float, float]] = Field(
-        default_factory=list, description="Point prompts as [x, y] pixel pairs (x = column, y = row)"
+        default_factory=list,
+        description="Point prompts as [x, y] pixel pairs (x = column, y = row)",
     )
     labels: list[Literal[0, 1]] = Field(
         default_factory=list, description="One label per point: 1 = object, 0 = background"
@@ -88,7 +89,9 @@ class SegmentRequest(_Body):
     box: tuple[float, float, float, float] | None = Field(
         default=None, description="Box prompt [x0, y0, x1, y1] in pixels"
     )
-    mask_input_rle: Rle | None = Field(default=None, description="Previous mask (image size) as RLE")
+    mask_input_rle: Rle | None = Field(
+        default=None, description="Previous mask (image size) as RLE"
+    )
     multimask: bool = Field(default=False, description="Return SAM's 3 candidate masks")
     model_id: str | None = Field(default=None, description="A tuned model of the tenant")
 
@@ -178,7 +181,9 @@ class TrainingCreate(_Body):
     steps: int = Field(default=0, ge=0, le=1_000_000, description="0 = the method's default")
     method_config: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(default=0, ge=0, le=INT32_MAX)
-    lr: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="default: the method's")
+    lr: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="default: the method's"
+    )
 
 
 class JobOut(BaseModel):

@@ -15,9 +15,10 @@ from ray import serve
 
 from services.common import Replica
 from vplab.errors import InvalidInput
-from vplab.jobs import ACTIVE, Job, JobStore, run_job
+from vplab.jobs import Job, JobStore, run_job
 from vplab.peft import get_method
-from vplab.rpc.v1 import common_pb2, training_pb2 as pb
+from vplab.rpc.v1 import common_pb2
+from vplab.rpc.v1 import training_pb2 as pb
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
 
 
@@ -27,19 +28,37 @@ def _run_job_task(settings, tenant: str, job_id: str) -> str:
 
 def _job_pb(job: Job) -> pb.Job:
     return pb.Job(
-        job_id=job.job_id, dataset_id=job.dataset_id, method=job.method, base_model=job.base_model,
-        state=common_pb2.JobState.Value(job.state), step=job.step, total_steps=job.steps,
-        best_val_iou=job.best_val_iou, initial_val_iou=job.initial_val_iou, model_id=job.model_id,
-        error=job.error, created_at=job.created_at, updated_at=job.updated_at, attempts=job.attempts,
+        job_id=job.job_id,
+        dataset_id=job.dataset_id,
+        method=job.method,
+        base_model=job.base_model,
+        state=common_pb2.JobState.Value(job.state),
+        step=job.step,
+        total_steps=job.steps,
+        best_val_iou=job.best_val_iou,
+        initial_val_iou=job.initial_val_iou,
+        model_id=job.model_id,
+        error=job.error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        attempts=job.attempts,
     )
 
 
 def _event_pb(e: dict) -> pb.JobEvent:
     return pb.JobEvent(
-        seq=e["seq"], job_id=e["job_id"], state=common_pb2.JobState.Value(e.get("state", "RUNNING")),
-        phase=e.get("phase", ""), step=e.get("step", 0), total_steps=e.get("total_steps", 0),
-        loss=e.get("loss") or 0.0, val_iou=e.get("val_iou") or 0.0, best_val_iou=e.get("best_val_iou") or 0.0,
-        eta_s=e.get("eta_s") or 0.0, message=e.get("message", ""), model_id=e.get("model_id", ""),
+        seq=e["seq"],
+        job_id=e["job_id"],
+        state=common_pb2.JobState.Value(e.get("state", "RUNNING")),
+        phase=e.get("phase", ""),
+        step=e.get("step", 0),
+        total_steps=e.get("total_steps", 0),
+        loss=e.get("loss") or 0.0,
+        val_iou=e.get("val_iou") or 0.0,
+        best_val_iou=e.get("best_val_iou") or 0.0,
+        eta_s=e.get("eta_s") or 0.0,
+        message=e.get("message", ""),
+        model_id=e.get("model_id", ""),
         time=e.get("time", ""),
     )
 
@@ -53,9 +72,12 @@ class TrainingDeployment:
         self.metrics = ServiceMetrics("training")
         from ray.serve import metrics
 
-        self.job_states = metrics.Counter("vplab_jobs", description="training jobs by state transition",
-                                          tag_keys=("state",))
-        self._task = ray.remote(num_cpus=1, num_gpus=s.train_num_gpus, max_retries=s.train_max_retries)(_run_job_task)
+        self.job_states = metrics.Counter(
+            "vplab_jobs", description="training jobs by state transition", tag_keys=("state",)
+        )
+        self._task = ray.remote(
+            num_cpus=1, num_gpus=s.train_num_gpus, max_retries=s.train_max_retries
+        )(_run_job_task)
         self._running: dict[str, ray.ObjectRef] = {}
         for tenant, job_id in self.jobs.active():  # left unfinished by a previous replica
             self._launch(tenant, job_id)
@@ -63,7 +85,9 @@ class TrainingDeployment:
     def _launch(self, tenant: str, job_id: str) -> None:
         self._running[job_id] = self._task.remote(self.replica.settings, tenant, job_id)
 
-    async def StartTraining(self, request: pb.StartTrainingRequest, grpc_context) -> pb.StartTrainingResponse:
+    async def StartTraining(
+        self, request: pb.StartTrainingRequest, grpc_context
+    ) -> pb.StartTrainingResponse:
         async def handle():
             from vplab.datasets import DatasetStore
 
@@ -80,22 +104,36 @@ class TrainingDeployment:
             datasets = DatasetStore(self.replica.store, self.replica.settings)
             datasets.get_dataset(tenant, request.dataset_id)  # NotFound for foreign ids
             if not datasets.list_labels(tenant, request.dataset_id):
-                raise InvalidInput(f"dataset {request.dataset_id} has no labels: upload corrected masks first")
+                raise InvalidInput(
+                    f"dataset {request.dataset_id} has no labels: upload corrected masks first"
+                )
             self.replica.quotas.check_concurrent_jobs(tenant)
-            job = Job(job_id=self.jobs.new_id(), tenant=tenant, dataset_id=request.dataset_id,
-                      method=request.method or "epeft", base_model=request.base_model, steps=request.steps,
-                      method_config=method_config, seed=request.seed, lr=request.lr or None)
+            job = Job(
+                job_id=self.jobs.new_id(),
+                tenant=tenant,
+                dataset_id=request.dataset_id,
+                method=request.method or "epeft",
+                base_model=request.base_model,
+                steps=request.steps,
+                method_config=method_config,
+                seed=request.seed,
+                lr=request.lr or None,
+            )
             self.jobs.create(job)
             self._launch(tenant, job.job_id)
             self.job_states.inc(tags={"state": "QUEUED"})
             return pb.StartTrainingResponse(job=_job_pb(job))
 
-        return await unary(grpc_context, self.metrics, "StartTraining", pb.StartTrainingResponse(), handle)
+        return await unary(
+            grpc_context, self.metrics, "StartTraining", pb.StartTrainingResponse(), handle
+        )
 
     async def GetJob(self, request: pb.GetJobRequest, grpc_context) -> pb.GetJobResponse:
         async def handle():
             tenant = tenant_of(self.replica.auth, grpc_context)
-            return pb.GetJobResponse(job=_job_pb(await asyncio.to_thread(self.jobs.get, tenant, request.job_id)))
+            return pb.GetJobResponse(
+                job=_job_pb(await asyncio.to_thread(self.jobs.get, tenant, request.job_id))
+            )
 
         return await unary(grpc_context, self.metrics, "GetJob", pb.GetJobResponse(), handle)
 

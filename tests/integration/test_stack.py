@@ -6,7 +6,6 @@ One Ray instance for the module (a cold start costs ~20 s on 2 cores).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -27,16 +26,21 @@ from vplab.client import VPLabAPIError, VPLabClient
 from vplab.demo import load_demo_samples
 from vplab.images import encode_png
 from vplab.masks import encode_rle
-from vplab.rpc.v1 import common_pb2
-from vplab.rpc.v1 import features_pb2, features_pb2_grpc
-from vplab.rpc.v1 import segmentation_pb2, segmentation_pb2_grpc
-from vplab.rpc.v1 import training_pb2, training_pb2_grpc
+from vplab.rpc.v1 import (
+    common_pb2,
+    features_pb2,
+    features_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from vplab.settings import Settings
 from vplab.storage import keys, open_store
 from vplab.tenancy import create_tenant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _gateway_harness import UvicornThread, bomb_png  # noqa: E402
+from _gateway_harness import UvicornThread, bomb_png
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,7 +78,9 @@ def stack(s3_server, tmp_path_factory):
     start_serve(settings, grpc_port=grpc_port, http_port=http_port, num_cpus=8)
     gateway = UvicornThread(create_app(settings)).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    yield SimpleNamespace(settings=settings, store=store, tenants=tenants, url=gateway.url, channel=channel)
+    yield SimpleNamespace(
+        settings=settings, store=store, tenants=tenants, url=gateway.url, channel=channel
+    )
     channel.close()
     gateway.stop()
     stop_serve()
@@ -96,7 +102,9 @@ def loops(stack):
     """Run the whole user loop once per tenant (REST only); tests below inspect the results."""
     out = {}
     for seed, name in enumerate(("acme", "globex")):
-        samples = load_demo_samples(4, 128, seed=7 + seed)  # different images: ids are content hashes
+        samples = load_demo_samples(
+            4, 128, seed=7 + seed
+        )  # different images: ids are content hashes
         c = _client(stack, name)
         ds = c.create_dataset(f"{name}-cells")["id"]
         ids = [c.upload_image(ds, encode_png(img)) for img, _ in samples]
@@ -111,9 +119,20 @@ def loops(stack):
         tuned_seg = c.segment(ids[0], points=[[64, 64]], labels=[1], model_id=done["model_id"])
         tuned_vp = c.visual_prompt(ds, references=[(ids[0], ref_mask)], model_id=done["model_id"])
         export = c.export_model(done["model_id"], stack.settings.data_dir / f"{name}-adapter.zip")
-        out[name] = SimpleNamespace(dataset=ds, ids=ids, seg=seg, refined=refined, vp=vp, versions=versions,
-                                    job=job, done=done, events=events, tuned_seg=tuned_seg, tuned_vp=tuned_vp,
-                                    export=export)
+        out[name] = SimpleNamespace(
+            dataset=ds,
+            ids=ids,
+            seg=seg,
+            refined=refined,
+            vp=vp,
+            versions=versions,
+            job=job,
+            done=done,
+            events=events,
+            tuned_seg=tuned_seg,
+            tuned_vp=tuned_vp,
+            export=export,
+        )
     return out
 
 
@@ -127,7 +146,9 @@ def test_full_loop_for_two_tenants(stack, loops):
     for name, run in loops.items():
         assert run.seg.masks.shape == (3, 128, 128) and len(run.seg.scores) == 3
         assert run.refined.masks.shape[1:] == (128, 128)
-        assert sorted(r.image_id for r in run.vp) == sorted(run.ids[1:])  # every non-reference image
+        assert sorted(r.image_id for r in run.vp) == sorted(
+            run.ids[1:]
+        )  # every non-reference image
         assert run.versions == [1, 1, 1]
         assert run.done["state"] == "SUCCEEDED" and run.done["model_id"], run.done
         assert run.events[-1]["state"] == "SUCCEEDED"
@@ -145,11 +166,17 @@ def test_full_loop_for_two_tenants(stack, loops):
 def test_embedding_cache_is_per_tenant_and_hits_on_repeat(stack, loops):
     run = loops["acme"]
     stub = features_pb2_grpc.FeaturesStub(stack.channel)
-    first = stub.Embed(features_pb2.EmbedRequest(image_id=run.ids[0]), metadata=_md(stack, "acme", "features"))
-    assert first.cache_hit and first.cache_key.startswith(f"tenants/{stack.tenants['acme'].id}/cache/")
+    first = stub.Embed(
+        features_pb2.EmbedRequest(image_id=run.ids[0]), metadata=_md(stack, "acme", "features")
+    )
+    assert first.cache_hit and first.cache_key.startswith(
+        f"tenants/{stack.tenants['acme'].id}/cache/"
+    )
     assert stack.store.exists(first.cache_key)
-    dino = stub.Embed(features_pb2.EmbedRequest(image_id=run.ids[0], encoder="dinov2"),
-                      metadata=_md(stack, "acme", "features"))
+    dino = stub.Embed(
+        features_pb2.EmbedRequest(image_id=run.ids[0], encoder="dinov2"),
+        metadata=_md(stack, "acme", "features"),
+    )
     assert dino.encoder_id.startswith("dinov2.")
 
 
@@ -194,25 +221,50 @@ def test_cross_tenant_grpc_is_not_found(stack, loops):
     a = loops["acme"]
     calls = [
         lambda: features_pb2_grpc.FeaturesStub(stack.channel).Embed(
-            features_pb2.EmbedRequest(image_id=a.ids[0]), metadata=_md(stack, "globex", "features")),
+            features_pb2.EmbedRequest(image_id=a.ids[0]), metadata=_md(stack, "globex", "features")
+        ),
         lambda: segmentation_pb2_grpc.SegmentationStub(stack.channel).SegmentPrompt(
-            segmentation_pb2.SegmentPromptRequest(image_id=a.ids[0], points=[common_pb2.Point(x=1, y=1, label=1)]),
-            metadata=_md(stack, "globex", "segmentation")),
+            segmentation_pb2.SegmentPromptRequest(
+                image_id=a.ids[0], points=[common_pb2.Point(x=1, y=1, label=1)]
+            ),
+            metadata=_md(stack, "globex", "segmentation"),
+        ),
         lambda: segmentation_pb2_grpc.SegmentationStub(stack.channel).SegmentPrompt(
-            segmentation_pb2.SegmentPromptRequest(image_id=loops["globex"].ids[0], model_id=a.done["model_id"],
-                                                  points=[common_pb2.Point(x=1, y=1, label=1)]),
-            metadata=_md(stack, "globex", "segmentation", a.done["model_id"])),
-        lambda: list(segmentation_pb2_grpc.SegmentationStub(stack.channel).VisualPrompt(
-            segmentation_pb2.VisualPromptRequest(target_image_ids=[a.ids[1]], references=[
-                segmentation_pb2.Reference(image_id=a.ids[0], mask=common_pb2.RleMask(height=1, width=1, counts="01"))]),
-            metadata=_md(stack, "globex", "segmentation"))),
+            segmentation_pb2.SegmentPromptRequest(
+                image_id=loops["globex"].ids[0],
+                model_id=a.done["model_id"],
+                points=[common_pb2.Point(x=1, y=1, label=1)],
+            ),
+            metadata=_md(stack, "globex", "segmentation", a.done["model_id"]),
+        ),
+        lambda: list(
+            segmentation_pb2_grpc.SegmentationStub(stack.channel).VisualPrompt(
+                segmentation_pb2.VisualPromptRequest(
+                    target_image_ids=[a.ids[1]],
+                    references=[
+                        segmentation_pb2.Reference(
+                            image_id=a.ids[0],
+                            mask=common_pb2.RleMask(height=1, width=1, counts="01"),
+                        )
+                    ],
+                ),
+                metadata=_md(stack, "globex", "segmentation"),
+            )
+        ),
         lambda: training_pb2_grpc.TrainingStub(stack.channel).GetJob(
-            training_pb2.GetJobRequest(job_id=a.job["job_id"]), metadata=_md(stack, "globex", "training")),
-        lambda: list(training_pb2_grpc.TrainingStub(stack.channel).WatchJob(
-            training_pb2.WatchJobRequest(job_id=a.job["job_id"]), metadata=_md(stack, "globex", "training"))),
+            training_pb2.GetJobRequest(job_id=a.job["job_id"]),
+            metadata=_md(stack, "globex", "training"),
+        ),
+        lambda: list(
+            training_pb2_grpc.TrainingStub(stack.channel).WatchJob(
+                training_pb2.WatchJobRequest(job_id=a.job["job_id"]),
+                metadata=_md(stack, "globex", "training"),
+            )
+        ),
         lambda: training_pb2_grpc.TrainingStub(stack.channel).StartTraining(
             training_pb2.StartTrainingRequest(dataset_id=a.dataset, method="epeft", steps=2),
-            metadata=_md(stack, "globex", "training")),
+            metadata=_md(stack, "globex", "training"),
+        ),
     ]
     for i, call in enumerate(calls):
         with pytest.raises(grpc.RpcError) as e:
@@ -220,26 +272,32 @@ def test_cross_tenant_grpc_is_not_found(stack, loops):
             pytest.fail(f"call {i} succeeded across tenants")
         assert e.value.code() == grpc.StatusCode.NOT_FOUND, (i, e.value.details())
     listed = training_pb2_grpc.TrainingStub(stack.channel).ListJobs(
-        training_pb2.ListJobsRequest(), metadata=_md(stack, "globex", "training"))
+        training_pb2.ListJobsRequest(), metadata=_md(stack, "globex", "training")
+    )
     assert a.job["job_id"] not in {j.job_id for j in listed.jobs}
 
 
 def test_grpc_auth_and_bad_arguments(stack, loops):
     seg = segmentation_pb2_grpc.SegmentationStub(stack.channel)
-    req = segmentation_pb2.SegmentPromptRequest(image_id=loops["acme"].ids[0],
-                                                points=[common_pb2.Point(x=1, y=1, label=1)])
-    for md in ([("application", "segmentation")],
-               [("application", "segmentation"), ("authorization", "Bearer vpl_" + "A" * 43)]):
+    req = segmentation_pb2.SegmentPromptRequest(
+        image_id=loops["acme"].ids[0], points=[common_pb2.Point(x=1, y=1, label=1)]
+    )
+    for md in (
+        [("application", "segmentation")],
+        [("application", "segmentation"), ("authorization", "Bearer vpl_" + "A" * 43)],
+    ):
         with pytest.raises(grpc.RpcError) as e:
             seg.SegmentPrompt(req, metadata=md)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    bad = segmentation_pb2.SegmentPromptRequest(image_id=loops["acme"].ids[0],
-                                                points=[common_pb2.Point(x=9999, y=1, label=1)])
+    bad = segmentation_pb2.SegmentPromptRequest(
+        image_id=loops["acme"].ids[0], points=[common_pb2.Point(x=9999, y=1, label=1)]
+    )
     with pytest.raises(grpc.RpcError) as e:
         seg.SegmentPrompt(bad, metadata=_md(stack, "acme", "segmentation"))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside" in e.value.details()
     too_many = segmentation_pb2.SegmentPromptRequest(
-        image_id=loops["acme"].ids[0], points=[common_pb2.Point(x=1, y=1, label=1)] * 1000)
+        image_id=loops["acme"].ids[0], points=[common_pb2.Point(x=1, y=1, label=1)] * 1000
+    )
     with pytest.raises(grpc.RpcError) as e:
         seg.SegmentPrompt(too_many, metadata=_md(stack, "acme", "segmentation"))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -252,20 +310,86 @@ def test_bad_rest_inputs_are_4xx_and_write_nothing(stack, loops):
     h = {"Authorization": f"Bearer {key}"}
     before = stack.store.list("")
     probes = [
-        ("POST", f"/v1/datasets/{a.dataset}/images", dict(files={"file": ("x.png", b"not an image")}), 400),
-        ("POST", f"/v1/datasets/{a.dataset}/images", dict(files={"file": ("b.png", bomb_png())}), 413),
-        ("POST", f"/v1/images/{a.ids[0]}/segment", dict(json={"points": [[1e6, 3]], "labels": [1]}), 400),
-        ("POST", f"/v1/images/{a.ids[0]}/segment", dict(json={"points": [[1, 3]], "labels": [1, 0]}), 400),
-        ("POST", f"/v1/images/{'0' * 64}/segment", dict(json={"points": [[1, 3]], "labels": [1]}), 404),
-        ("POST", f"/v1/images/not-a-sha/segment", dict(json={"points": [[1, 3]], "labels": [1]}), 400),
-        ("POST", f"/v1/datasets/{a.dataset}/visual-prompt",
-         dict(json={"references": [{"image_id": a.ids[0], "mask_rle": {"size": [128, 128], "counts": "@@@"}}]}), 400),
-        ("POST", f"/v1/datasets/{a.dataset}/visual-prompt",
-         dict(json={"references": [{"image_id": a.ids[0], "mask_rle": encode_rle(np.ones((5, 5), bool))}]}), 400),
-        ("PUT", f"/v1/datasets/{a.dataset}/labels/{a.ids[0]}",
-         dict(content=encode_png(np.ones((3, 3), np.uint8)), headers={"content-type": "image/png"}), 400),
-        ("POST", "/v1/trainings", dict(json={"dataset_id": a.dataset, "method": "nope", "steps": 5}), 400),
-        ("POST", "/v1/trainings", dict(json={"dataset_id": a.dataset, "method": "epeft", "steps": 0}), 400),
+        (
+            "POST",
+            f"/v1/datasets/{a.dataset}/images",
+            dict(files={"file": ("x.png", b"not an image")}),
+            400,
+        ),
+        (
+            "POST",
+            f"/v1/datasets/{a.dataset}/images",
+            dict(files={"file": ("b.png", bomb_png())}),
+            413,
+        ),
+        (
+            "POST",
+            f"/v1/images/{a.ids[0]}/segment",
+            dict(json={"points": [[1e6, 3]], "labels": [1]}),
+            400,
+        ),
+        (
+            "POST",
+            f"/v1/images/{a.ids[0]}/segment",
+            dict(json={"points": [[1, 3]], "labels": [1, 0]}),
+            400,
+        ),
+        (
+            "POST",
+            f"/v1/images/{'0' * 64}/segment",
+            dict(json={"points": [[1, 3]], "labels": [1]}),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/images/not-a-sha/segment",
+            dict(json={"points": [[1, 3]], "labels": [1]}),
+            400,
+        ),
+        (
+            "POST",
+            f"/v1/datasets/{a.dataset}/visual-prompt",
+            dict(
+                json={
+                    "references": [
+                        {"image_id": a.ids[0], "mask_rle": {"size": [128, 128], "counts": "@@@"}}
+                    ]
+                }
+            ),
+            400,
+        ),
+        (
+            "POST",
+            f"/v1/datasets/{a.dataset}/visual-prompt",
+            dict(
+                json={
+                    "references": [
+                        {"image_id": a.ids[0], "mask_rle": encode_rle(np.ones((5, 5), bool))}
+                    ]
+                }
+            ),
+            400,
+        ),
+        (
+            "PUT",
+            f"/v1/datasets/{a.dataset}/labels/{a.ids[0]}",
+            dict(
+                content=encode_png(np.ones((3, 3), np.uint8)), headers={"content-type": "image/png"}
+            ),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/trainings",
+            dict(json={"dataset_id": a.dataset, "method": "nope", "steps": 5}),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/trainings",
+            dict(json={"dataset_id": a.dataset, "method": "epeft", "steps": 0}),
+            400,
+        ),
         ("GET", "/v1/trainings/j-000000000000", {}, 404),
         ("GET", "/v1/models/m-000000000000/export", {}, 404),
     ]
@@ -309,8 +433,10 @@ def test_training_survives_its_worker_being_killed(stack, loops):
     second = events.index(restarts[1])
     first_step_after = next(e["step"] for e in events[second:] if e.get("phase") == "train")
     assert 1 < first_step_after <= step_at_kill + 1
-    ckpt_steps = [keys.parse_ckpt_step(k) for k in
-                  stack.store.list(keys.job_ckpt_prefix(stack.tenants["globex"].id, job_id))]
+    ckpt_steps = [
+        keys.parse_ckpt_step(k)
+        for k in stack.store.list(keys.job_ckpt_prefix(stack.tenants["globex"].id, job_id))
+    ]
     assert max(ckpt_steps) == 60
 
 
@@ -354,7 +480,11 @@ def test_deployments_export_prometheus_metrics(stack, loops):
     text = ""
     while time.monotonic() < deadline:  # the agent exports on an interval
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if "vplab_rpc_requests" in text and "vplab_embedding_cache" in text and "vplab_jobs" in text:
+        if (
+            "vplab_rpc_requests" in text
+            and "vplab_embedding_cache" in text
+            and "vplab_jobs" in text
+        ):
             break
         time.sleep(2)
     assert 'method="SegmentPrompt"' in text and "vplab_rpc_latency_ms_bucket" in text

@@ -51,8 +51,13 @@ class BenchResult:
     def to_json(self) -> str:
         if self.skipped:
             return json.dumps({"skipped": self.skipped})
-        doc = {"benchmark": self.name, **{k: _jsonable(v) for k, v in self.figures.items()},
-               "targets_met": self.met(), "config": _jsonable(self.config), "machine": machine()}
+        doc = {
+            "benchmark": self.name,
+            **{k: _jsonable(v) for k, v in self.figures.items()},
+            "targets_met": self.met(),
+            "config": _jsonable(self.config),
+            "machine": machine(),
+        }
         return json.dumps(doc, sort_keys=False)
 
     def human(self) -> str:

@@ -28,13 +28,22 @@ def free_port() -> int:
 def bench_settings(work_dir: Path, sam_model: str, **overrides) -> Settings:
     """Local store under ``work_dir``, the real ``sam_model`` architecture with seeded random
     weights (``random_weights``; no checkpoint), nothing else from a configured deployment."""
-    base = dict(data_dir=(work_dir / "data").resolve(), s3_endpoint=None, sam_model=sam_model,
-                random_weights=True, demo=False, device="cpu", api_key_pepper=PEPPER)
+    base = dict(
+        data_dir=(work_dir / "data").resolve(),
+        s3_endpoint=None,
+        sam_model=sam_model,
+        random_weights=True,
+        demo=False,
+        device="cpu",
+        api_key_pepper=PEPPER,
+    )
     return Settings(**{**base, **overrides})
 
 
 @contextlib.contextmanager
-def local_stack(settings: Settings, gateway: bool = True, num_cpus: int = 8) -> Iterator[SimpleNamespace]:
+def local_stack(
+    settings: Settings, gateway: bool = True, num_cpus: int = 8
+) -> Iterator[SimpleNamespace]:
     """Start Ray + Serve (+ the gateway); yield ``settings``, ``grpc_target`` and ``url``.
     Replicas use ``settings.torch_threads`` (0: every core, as in-process torch does)."""
     from vplab.stack import start_serve, stop_serve
@@ -50,8 +59,9 @@ def local_stack(settings: Settings, gateway: bool = True, num_cpus: int = 8) -> 
             from services.gateway.app import create_app
 
             server = BackgroundServer(create_app(settings)).start()
-        yield SimpleNamespace(settings=settings, grpc_target=settings.grpc_target,
-                              url=server.url if server else None)
+        yield SimpleNamespace(
+            settings=settings, grpc_target=settings.grpc_target, url=server.url if server else None
+        )
     finally:
         if server is not None:
             server.stop()

@@ -26,10 +26,18 @@ HELP = "embedding cache: SAM encoder on a miss vs a cached-embedding hit (featur
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="sam_tiny, 256 px, few iterations (for tests)")
-    p.add_argument("--model", default="vit_b", help="SAM architecture (random weights), default vit_b")
-    p.add_argument("--via", choices=("engine", "serve"), default="engine",
-                   help="engine: FeatureEngine in-process; serve: Embed RPC through the Serve gRPC proxy")
+    p.add_argument(
+        "--quick", action="store_true", help="sam_tiny, 256 px, few iterations (for tests)"
+    )
+    p.add_argument(
+        "--model", default="vit_b", help="SAM architecture (random weights), default vit_b"
+    )
+    p.add_argument(
+        "--via",
+        choices=("engine", "serve"),
+        default="engine",
+        help="engine: FeatureEngine in-process; serve: Embed RPC through the Serve gRPC proxy",
+    )
     p.add_argument("--image-size", type=int, default=1024)
     p.add_argument("--hits", type=int, default=20, help="timed hits")
 
@@ -38,7 +46,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     from vplab.bench._stack import bench_settings
     from vplab.datasets import DatasetStore
     from vplab.images import encode_png
-    from vplab.storage import keys, open_store
+    from vplab.storage import open_store
     from vplab.tenancy import create_tenant
 
     model = "sam_tiny" if args.quick else args.model
@@ -62,13 +70,23 @@ def run(args: argparse.Namespace) -> BenchResult:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fig["hit_over_miss"] = fig["hit_ms"] / fig["miss_ms"]
-    summary = [f"miss {fig['miss_ms']:.0f} ms, hit p50 {fig['hit_ms']:.2f} ms (p95 {fig['hit_p95_ms']:.2f}), "
-               f"hit/miss {fig['hit_over_miss']:.2e}, embedding {fig['embedding_bytes']} bytes", *notes]
+    summary = [
+        f"miss {fig['miss_ms']:.0f} ms, hit p50 {fig['hit_ms']:.2f} ms (p95 {fig['hit_p95_ms']:.2f}), "
+        f"hit/miss {fig['hit_over_miss']:.2e}, embedding {fig['embedding_bytes']} bytes",
+        *notes,
+    ]
     return BenchResult(
-        NAME, fig, summary,
+        NAME,
+        fig,
+        summary,
         targets=[Target("hit_over_miss", "<=", 0.01), Target("embedding_bytes", "<=", 2.2e6)],
-        config={"model": model, "via": args.via, "image": f"{size}x{size}", "hits": n_hits,
-                "quick": bool(args.quick)},
+        config={
+            "model": model,
+            "via": args.via,
+            "image": f"{size}x{size}",
+            "hits": n_hits,
+            "quick": bool(args.quick),
+        },
     )
 
 
@@ -98,10 +116,17 @@ def _engine(settings, store, tenant: str, warm_id: str, image_id: str, n_hits: i
         store_hits.append(time_ms(lambda: fresh.embed(tenant, image_id)))
         assert fresh.hits == 1
     lru_hits = [time_ms(lambda: engine.embed(tenant, image_id)) for _ in range(n_hits)]
-    fig = {"miss_ms": miss_ms, "hit_ms": percentile(store_hits, 50), "hit_p95_ms": percentile(store_hits, 95),
-           "lru_hit_ms": percentile(lru_hits, 50), "_key": info.cache_key}
-    return fig, ["via: FeatureEngine in-process (LocalStore); hit_ms = store read + deserialise "
-                 f"(empty LRU); LRU hit p50 {fig['lru_hit_ms']:.3f} ms"]
+    fig = {
+        "miss_ms": miss_ms,
+        "hit_ms": percentile(store_hits, 50),
+        "hit_p95_ms": percentile(store_hits, 95),
+        "lru_hit_ms": percentile(lru_hits, 50),
+        "_key": info.cache_key,
+    }
+    return fig, [
+        "via: FeatureEngine in-process (LocalStore); hit_ms = store read + deserialise "
+        f"(empty LRU); LRU hit p50 {fig['lru_hit_ms']:.3f} ms"
+    ]
 
 
 def _serve(settings, api_key: str, warm_id: str, image_id: str, n_hits: int):
@@ -120,7 +145,9 @@ def _serve(settings, api_key: str, warm_id: str, image_id: str, n_hits: int):
         out = {}
 
         def call():
-            out["r"] = stub.Embed(features_pb2.EmbedRequest(image_id=image_id), metadata=md, timeout=900)
+            out["r"] = stub.Embed(
+                features_pb2.EmbedRequest(image_id=image_id), metadata=md, timeout=900
+            )
 
         miss_ms = time_ms(call)
         assert not out["r"].cache_hit
@@ -130,5 +157,12 @@ def _serve(settings, api_key: str, warm_id: str, image_id: str, n_hits: int):
             assert out["r"].cache_hit
         key = out["r"].cache_key
         channel.close()
-    fig = {"miss_ms": miss_ms, "hit_ms": percentile(hits, 50), "hit_p95_ms": percentile(hits, 95), "_key": key}
-    return fig, ["via: Embed RPC through the Serve gRPC proxy (hits are served from the replica's LRU)"]
+    fig = {
+        "miss_ms": miss_ms,
+        "hit_ms": percentile(hits, 50),
+        "hit_p95_ms": percentile(hits, 95),
+        "_key": key,
+    }
+    return fig, [
+        "via: Embed RPC through the Serve gRPC proxy (hits are served from the replica's LRU)"
+    ]

@@ -17,10 +17,16 @@ import time
 from vplab.bench._common import BenchResult, Target, log
 
 NAME = "gpu"
-HELP = "CUDA throughput: SAM ViT-B/L/H encoders fp32 and bf16+SDPA, DINOv2 S/B/L bf16, E-PEFT steps/s"
+HELP = (
+    "CUDA throughput: SAM ViT-B/L/H encoders fp32 and bf16+SDPA, DINOv2 S/B/L bf16, E-PEFT steps/s"
+)
 
 SAM_MODELS = ("vit_b", "vit_l", "vit_h")
-DINO_MODELS = {"s": "vit_small_patch14_dinov2", "b": "vit_base_patch14_dinov2", "l": "vit_large_patch14_dinov2"}
+DINO_MODELS = {
+    "s": "vit_small_patch14_dinov2",
+    "b": "vit_base_patch14_dinov2",
+    "l": "vit_large_patch14_dinov2",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +56,11 @@ def sdpa_attention_forward(self, x):
         rw = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)
         rel_h = torch.einsum("bhwc,hkc->bhwk", rq, rh)
         rel_w = torch.einsum("bhwc,wkc->bhwk", rq, rw)
-        mask = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(B, nh, H * W, H * W).to(q.dtype)
+        mask = (
+            (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :])
+            .reshape(B, nh, H * W, H * W)
+            .to(q.dtype)
+        )
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, HW, d), scale = d**-0.5
     out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
     return self.proj(out)
@@ -97,7 +107,9 @@ def run(args: argparse.Namespace) -> BenchResult:
     iters = 3 if args.quick else args.iters
     batch = args.batch
     figures: dict[str, float] = {}
-    summary = [f"device: {torch.cuda.get_device_name(0)}, batch {batch}, {iters} timed forwards each"]
+    summary = [
+        f"device: {torch.cuda.get_device_name(0)}, batch {batch}, {iters} timed forwards each"
+    ]
     torch.cuda.reset_peak_memory_stats()
     for name in SAM_MODELS[:1] if args.quick else SAM_MODELS:
         enc = build_sam(name).image_encoder.to(dev).eval()
@@ -108,7 +120,9 @@ def run(args: argparse.Namespace) -> BenchResult:
                 bf16 = _throughput(lambda: enc(x), batch, iters)
         figures[f"sam_{name}_fp32_img_s"] = fp32
         figures[f"sam_{name}_bf16_img_s"] = bf16
-        log(f"SAM {name}: fp32 {fp32:.1f} img/s, bf16{'' if args.no_sdpa else '+SDPA'} {bf16:.1f} img/s")
+        log(
+            f"SAM {name}: fp32 {fp32:.1f} img/s, bf16{'' if args.no_sdpa else '+SDPA'} {bf16:.1f} img/s"
+        )
         del enc, x
         torch.cuda.empty_cache()
     for short, name in list(DINO_MODELS.items())[:1] if args.quick else DINO_MODELS.items():
@@ -122,11 +136,20 @@ def run(args: argparse.Namespace) -> BenchResult:
         torch.cuda.empty_cache()
     from vplab.bench.train import epeft_steps_per_s
 
-    figures["epeft_steps_per_s"] = epeft_steps_per_s(dev, steps=10 if args.quick else args.epeft_steps)
+    figures["epeft_steps_per_s"] = epeft_steps_per_s(
+        dev, steps=10 if args.quick else args.epeft_steps
+    )
     figures["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
     summary += [f"{k}: {v:.2f}" for k, v in figures.items()]
     return BenchResult(
-        NAME, figures, summary,
+        NAME,
+        figures,
+        summary,
         targets=[Target("sam_vit_b_bf16_img_s", ">=", 300.0)],
-        config={"batch": batch, "iters": iters, "dino_size": args.dino_size, "sdpa": not args.no_sdpa},
+        config={
+            "batch": batch,
+            "iters": iters,
+            "dino_size": args.dino_size,
+            "sdpa": not args.no_sdpa,
+        },
     )

@@ -30,19 +30,38 @@ HELP = "click latency on a cached embedding: decoder in-process vs gRPC (Serve) 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="sam_tiny, 256 px image, few iterations (for tests)")
-    p.add_argument("--model", default="vit_b", help="SAM architecture (random weights), default vit_b")
+    p.add_argument(
+        "--quick", action="store_true", help="sam_tiny, 256 px image, few iterations (for tests)"
+    )
+    p.add_argument(
+        "--model", default="vit_b", help="SAM architecture (random weights), default vit_b"
+    )
     p.add_argument("--iters", type=int, default=40, help="timed calls per path")
     p.add_argument("--image-size", type=int, default=1024, help="side of the synthetic image")
-    p.add_argument("--single-mask", action="store_true", help="multimask_output off (default: 3 masks)")
-    p.add_argument("--random-embedding", action="store_true",
-                   help="cache a random embedding instead of running the encoder once (~17 s on ViT-B/CPU)")
-    p.add_argument("--no-stack", action="store_true", help="in-process only (grpc/rest figures null)")
-    p.add_argument("--replica-threads", type=int, default=None,
-                   help="VPLAB_TORCH_THREADS for the Serve replicas (default: this process's torch threads, so "
-                   "both sides decode with the same thread count; 0: every core)")
-    p.add_argument("--profile", metavar="DIR", default=None,
-                   help="py-spy the segmentation replica and this process during the timed rounds (raw stacks)")
+    p.add_argument(
+        "--single-mask", action="store_true", help="multimask_output off (default: 3 masks)"
+    )
+    p.add_argument(
+        "--random-embedding",
+        action="store_true",
+        help="cache a random embedding instead of running the encoder once (~17 s on ViT-B/CPU)",
+    )
+    p.add_argument(
+        "--no-stack", action="store_true", help="in-process only (grpc/rest figures null)"
+    )
+    p.add_argument(
+        "--replica-threads",
+        type=int,
+        default=None,
+        help="VPLAB_TORCH_THREADS for the Serve replicas (default: this process's torch threads, so "
+        "both sides decode with the same thread count; 0: every core)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="py-spy the segmentation replica and this process during the timed rounds (raw stacks)",
+    )
 
 
 def run(args: argparse.Namespace) -> BenchResult:
@@ -55,7 +74,13 @@ def run(args: argparse.Namespace) -> BenchResult:
     from vplab.datasets import DatasetStore
     from vplab.images import encode_png
     from vplab.inference.runtime import ModelRuntime
-    from vplab.rpc.v1 import common_pb2, features_pb2, features_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+    from vplab.rpc.v1 import (
+        common_pb2,
+        features_pb2,
+        features_pb2_grpc,
+        segmentation_pb2,
+        segmentation_pb2_grpc,
+    )
     from vplab.segmentation import PromptSegmenter
     from vplab.segmentation.embedding import ImageEmbedding
     from vplab.storage import keys, open_store
@@ -75,7 +100,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         image, mask = demo_images(1, size, seed=11)[0]
         image_id = datasets.add_image(tenant.id, ds.id, encode_png(image), "bench.png")
         ys, xs = np.nonzero(mask)
-        x, y = (float(xs[len(xs) // 2]), float(ys[len(ys) // 2])) if len(xs) else (size / 2, size / 2)
+        x, y = (
+            (float(xs[len(xs) // 2]), float(ys[len(ys) // 2])) if len(xs) else (size / 2, size / 2)
+        )
 
         rt = ModelRuntime(settings, store)
         segmenter = PromptSegmenter(rt.sam, rt.device)
@@ -91,8 +118,10 @@ def run(args: argparse.Namespace) -> BenchResult:
         cache_key = keys.embedding(tenant.id, rt.sam_encoder_id, image_id)
         store.put_bytes(cache_key, blob)
         cached = ImageEmbedding.from_bytes(blob)
-        log(f"embedding ({'random' if args.random_embedding else 'encoder'}, {encode_s:.1f}s) "
-            f"cached at {cache_key} ({len(blob)} bytes)")
+        log(
+            f"embedding ({'random' if args.random_embedding else 'encoder'}, {encode_s:.1f}s) "
+            f"cached at {cache_key} ({len(blob)} bytes)"
+        )
         coords, labels = np.array([[x, y]]), np.array([1])
 
         def inproc():
@@ -109,7 +138,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         else:
             replica_threads = threads if args.replica_threads is None else args.replica_threads
             settings = settings.model_copy(update={"torch_threads": replica_threads})
-            stack_note = f"replica torch threads (VPLAB_TORCH_THREADS)={replica_threads or 'every core'}"
+            stack_note = (
+                f"replica torch threads (VPLAB_TORCH_THREADS)={replica_threads or 'every core'}"
+            )
             with local_stack(settings) as st:
                 channel = grpc.insecure_channel(st.grpc_target)
                 seg = segmentation_pb2_grpc.SegmentationStub(channel)
@@ -117,11 +148,18 @@ def run(args: argparse.Namespace) -> BenchResult:
                 # The replica must serve the embedding we cached (same encoder id): check first.
                 hit = features_pb2_grpc.FeaturesStub(channel).Embed(
                     features_pb2.EmbedRequest(image_id=image_id),
-                    metadata=[("application", "features"), ("authorization", auth)], timeout=900)
+                    metadata=[("application", "features"), ("authorization", auth)],
+                    timeout=900,
+                )
                 if not hit.cache_hit or hit.cache_key != cache_key:
-                    raise RuntimeError(f"the features service did not hit the cached embedding: {hit}")
+                    raise RuntimeError(
+                        f"the features service did not hit the cached embedding: {hit}"
+                    )
                 request = segmentation_pb2.SegmentPromptRequest(
-                    image_id=image_id, points=[common_pb2.Point(x=x, y=y, label=1)], multimask_output=multimask)
+                    image_id=image_id,
+                    points=[common_pb2.Point(x=x, y=y, label=1)],
+                    multimask_output=multimask,
+                )
                 md = [("application", "segmentation"), ("authorization", auth)]
 
                 def via_grpc():
@@ -138,8 +176,17 @@ def run(args: argparse.Namespace) -> BenchResult:
 
                 t0 = time.perf_counter()
                 via_grpc()  # the replica builds its model and reads the cached embedding
-                log(f"first SegmentPrompt (replica loads the model + embedding): {time.perf_counter() - t0:.1f}s")
-                for fn in (inproc, via_grpc, via_rest, inproc, via_grpc, via_rest):  # warm every path
+                log(
+                    f"first SegmentPrompt (replica loads the model + embedding): {time.perf_counter() - t0:.1f}s"
+                )
+                for fn in (
+                    inproc,
+                    via_grpc,
+                    via_rest,
+                    inproc,
+                    via_grpc,
+                    via_rest,
+                ):  # warm every path
                     fn()
                 paths = [("inproc", inproc), ("grpc", via_grpc), ("rest", via_rest)]
                 with _profiling(args.profile):
@@ -163,16 +210,27 @@ def run(args: argparse.Namespace) -> BenchResult:
     else:
         fig["rest_over_inproc"] = fig["rest_minus_inproc_ms"] = fig["grpc_minus_inproc_ms"] = None
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    summary = [f"{name:7s} p50 {fmt(fig[f'{name}_p50_ms'])} ms   p95 {fmt(fig[f'{name}_p95_ms'])} ms"
-               for name in times]
+    summary = [
+        f"{name:7s} p50 {fmt(fig[f'{name}_p50_ms'])} ms   p95 {fmt(fig[f'{name}_p95_ms'])} ms"
+        for name in times
+    ]
     summary.append(f"in-process torch threads: {threads}; {stack_note}")
     return BenchResult(
-        NAME, fig, summary,
+        NAME,
+        fig,
+        summary,
         targets=[Target("rest_over_inproc", "<=", 1.3), Target("rest_minus_inproc_ms", "<=", 25.0)],
-        config={"model": model, "image": f"{size}x{size}", "iters": iters, "multimask": multimask,
-                "embedding": "random" if args.random_embedding else "encoder", "stack": not args.no_stack,
-                "inproc_threads": threads, "replica_threads": replica_threads,
-                "quick": bool(args.quick)},
+        config={
+            "model": model,
+            "image": f"{size}x{size}",
+            "iters": iters,
+            "multimask": multimask,
+            "embedding": "random" if args.random_embedding else "encoder",
+            "stack": not args.no_stack,
+            "inproc_threads": threads,
+            "replica_threads": replica_threads,
+            "quick": bool(args.quick),
+        },
     )
 
 
@@ -194,9 +252,22 @@ def _profiling(out_dir: str | None):
     procs = []
     for label, pids in targets.items():
         for pid in pids:
-            cmd = [str(py_spy), "record", "-p", str(pid), "-r", "100", "-f", "raw", "--nonblocking",
-                   "-o", str(Path(out_dir) / f"{label}-{pid}.txt")]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            cmd = [
+                str(py_spy),
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(Path(out_dir) / f"{label}-{pid}.txt"),
+            ]
+            procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
     log(f"profiling {targets} into {out_dir}")
     try:
         yield

@@ -24,11 +24,21 @@ HELP = "late-lora steps/s: cached activations vs recomputing the frozen blocks (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="sam_tiny (4 blocks, start 1, 2, 3), 2 steps (for tests)")
-    p.add_argument("--model", default="vit_b", help="SAM architecture (random weights), default vit_b")
-    p.add_argument("--starts", default="6,9,11", help="comma-separated start blocks (default 6,9,11)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="sam_tiny (4 blocks, start 1, 2, 3), 2 steps (for tests)",
+    )
+    p.add_argument(
+        "--model", default="vit_b", help="SAM architecture (random weights), default vit_b"
+    )
+    p.add_argument(
+        "--starts", default="6,9,11", help="comma-separated start blocks (default 6,9,11)"
+    )
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant (default 2)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first (default 1)")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps per variant first (default 1)"
+    )
     p.add_argument("--image-size", type=int, default=1024)
 
 
@@ -68,7 +78,9 @@ def _steps_per_s(trainer, steps: int, warmup: int) -> float:
     trainer.sam.train()
 
     def step():
-        idx = torch.randint(0, len(trainer.bank), (trainer.config.batch_size,), generator=trainer.sampler)
+        idx = torch.randint(
+            0, len(trainer.bank), (trainer.config.batch_size,), generator=trainer.sampler
+        )
         loss = trainer._loss([trainer.bank[i] for i in idx.tolist()])
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -103,9 +115,17 @@ def run(args: argparse.Namespace) -> BenchResult:
     for start in starts:
         rates = {}
         for variant, cls in (("cached", Trainer), ("recompute", RecomputeTrainer)):
-            config = TrainConfig(method="late-lora", method_config={"start_block": start}, steps=steps + warmup,
-                                 batch_size=1, val_fraction=0.0, n_dihedral=1, n_photometric=0,
-                                 eval_every=10**9, checkpoint_every=10**9)
+            config = TrainConfig(
+                method="late-lora",
+                method_config={"start_block": start},
+                steps=steps + warmup,
+                batch_size=1,
+                val_fraction=0.0,
+                n_dihedral=1,
+                n_photometric=0,
+                eval_every=10**9,
+                checkpoint_every=10**9,
+            )
             # A cache shared by the train and validation banks: the activation is computed once.
             trainer = cls(copy.deepcopy(base), config, samples, feature_cache=_DictCache())
             rates[variant] = _steps_per_s(trainer, steps, warmup)
@@ -114,11 +134,25 @@ def run(args: argparse.Namespace) -> BenchResult:
         fig[f"{label}_cached_steps_per_s"] = rates["cached"]
         fig[f"{label}_recompute_steps_per_s"] = rates["recompute"]
         fig[f"speedup_{label}"] = rates["cached"] / rates["recompute"]
-        summary.append(f"start_block {start}: cached {rates['cached']:.3f} steps/s, recompute "
-                       f"{rates['recompute']:.3f} steps/s, speedup {fig[f'speedup_{label}']:.2f}x")
-    targets = [Target(f"speedup_start{s}", ">=", lim) for s, lim in ((6, 1.25), (9, 1.8)) if s in starts]
+        summary.append(
+            f"start_block {start}: cached {rates['cached']:.3f} steps/s, recompute "
+            f"{rates['recompute']:.3f} steps/s, speedup {fig[f'speedup_{label}']:.2f}x"
+        )
+    targets = [
+        Target(f"speedup_start{s}", ">=", lim) for s, lim in ((6, 1.25), (9, 1.8)) if s in starts
+    ]
     return BenchResult(
-        NAME, fig, summary, targets=targets,
-        config={"model": model, "starts": starts, "steps": steps, "warmup": warmup, "batch_size": 1,
-                "image": f"{size}x{size}", "quick": quick},
+        NAME,
+        fig,
+        summary,
+        targets=targets,
+        config={
+            "model": model,
+            "starts": starts,
+            "steps": steps,
+            "warmup": warmup,
+            "batch_size": 1,
+            "image": f"{size}x{size}",
+            "quick": quick,
+        },
     )

@@ -20,11 +20,21 @@ HELP = "visual prompting over 8 targets (SAM ViT-B + DINOv2 ViT-S): total vs enc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="tiny models, 2 targets of 256 px (for tests)")
-    p.add_argument("--model", default="vit_b", help="SAM architecture (random weights), default vit_b")
-    p.add_argument("--dino", default="vit_small_patch14_dinov2", help="DINOv2 architecture (random weights)")
-    p.add_argument("--dino-size", type=int, default=896, help="DINOv2 letterbox side (default 896, the "
-                   "pipeline default; 518 is ~4x cheaper)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny models, 2 targets of 256 px (for tests)"
+    )
+    p.add_argument(
+        "--model", default="vit_b", help="SAM architecture (random weights), default vit_b"
+    )
+    p.add_argument(
+        "--dino", default="vit_small_patch14_dinov2", help="DINOv2 architecture (random weights)"
+    )
+    p.add_argument(
+        "--dino-size",
+        type=int,
+        default=896,
+        help="DINOv2 letterbox side (default 896, the pipeline default; 518 is ~4x cheaper)",
+    )
     p.add_argument("--targets", type=int, default=8)
     p.add_argument("--image-size", type=int, default=1024)
 
@@ -55,6 +65,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                 return fn(*a, **kw)
             finally:
                 spent[kind] += time.perf_counter() - t0
+
         return wrapper
 
     ref_img, ref_mask = samples[0]
@@ -71,8 +82,10 @@ def run(args: argparse.Namespace) -> BenchResult:
             per_image.append(dt)
             pred = next(iter(result.classes.values()))
             n_points.append(int(pred.point_coords.shape[0]) if pred.point_coords.ndim else 0)
-            log(f"target {i + 1}/{n}: {dt:.2f}s (SAM {spent['sam'] - before['sam']:.2f}s, "
-                f"DINOv2 {spent['dino'] - before['dino']:.2f}s, {n_points[-1]} prompt sets)")
+            log(
+                f"target {i + 1}/{n}: {dt:.2f}s (SAM {spent['sam'] - before['sam']:.2f}s, "
+                f"DINOv2 {spent['dino'] - before['dino']:.2f}s, {n_points[-1]} prompt sets)"
+            )
     total = sum(per_image)
     encoders = spent["sam"] + spent["dino"]
     fig = {
@@ -92,7 +105,16 @@ def run(args: argparse.Namespace) -> BenchResult:
         f"mean prompt sets decoded per image: {fig['prompt_sets_per_image']:.1f} (random weights: matches are noise)",
     ]
     return BenchResult(
-        NAME, fig, summary, targets=[Target("overhead_ratio", "<=", 1.2)],
-        config={"sam": sam_name, "dino": dino_name, "dino_size": dino_size, "targets": n,
-                "image": f"{size}x{size}", "quick": quick},
+        NAME,
+        fig,
+        summary,
+        targets=[Target("overhead_ratio", "<=", 1.2)],
+        config={
+            "sam": sam_name,
+            "dino": dino_name,
+            "dino_size": dino_size,
+            "targets": n,
+            "image": f"{size}x{size}",
+            "quick": quick,
+        },
     )

@@ -20,13 +20,19 @@ HELP = "E-PEFT training from cached embeddings: 5 images, 200 steps, SAM ViT-B d
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="sam_tiny, 256 px images, 10 steps (for tests)")
-    p.add_argument("--model", default="vit_b", help="SAM architecture (random weights), default vit_b")
+    p.add_argument(
+        "--quick", action="store_true", help="sam_tiny, 256 px images, 10 steps (for tests)"
+    )
+    p.add_argument(
+        "--model", default="vit_b", help="SAM architecture (random weights), default vit_b"
+    )
     p.add_argument("--method", default="epeft", help="PEFT method (default epeft)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--images", type=int, default=5)
     p.add_argument("--image-size", type=int, default=1024, help="side of the synthetic images")
-    p.add_argument("--eval-every", type=int, default=25, help="validation interval (TrainConfig default 25)")
+    p.add_argument(
+        "--eval-every", type=int, default=25, help="validation interval (TrainConfig default 25)"
+    )
 
 
 class _DictCache:
@@ -44,8 +50,15 @@ class _DictCache:
         return value
 
 
-def train_from_cache(model: str, method: str, steps: int, n_images: int, image_size: int, device=None,
-                     eval_every: int = 25):
+def train_from_cache(
+    model: str,
+    method: str,
+    steps: int,
+    n_images: int,
+    image_size: int,
+    device=None,
+    eval_every: int = 25,
+):
     """(TrainResult, encode_s, loop_steps_per_s): embeddings first (untimed), then ``Trainer.run``."""
     import torch
 
@@ -54,8 +67,10 @@ def train_from_cache(model: str, method: str, steps: int, n_images: int, image_s
     from vplab.training.augment import views
     from vplab.training.bank import build_bank
 
-    samples = [LabeledImage(f"img{i}", img, mask) for i, (img, mask) in
-               enumerate(demo_images(n_images, image_size, seed=3))]
+    samples = [
+        LabeledImage(f"img{i}", img, mask)
+        for i, (img, mask) in enumerate(demo_images(n_images, image_size, seed=3))
+    ]
     sam = build_sam(model)
     if device is not None:
         sam = sam.to(device)
@@ -65,8 +80,14 @@ def train_from_cache(model: str, method: str, steps: int, n_images: int, image_s
         build_bank(sam, samples, views(1, 0), "frozen", 0, cache=cache)
     encode_s = time.perf_counter() - t0
     log(f"{n_images} embeddings computed in {encode_s:.1f}s (not timed)")
-    config = TrainConfig(method=method, steps=steps, n_dihedral=1, n_photometric=0, eval_every=eval_every,
-                         checkpoint_every=10**9)
+    config = TrainConfig(
+        method=method,
+        steps=steps,
+        n_dihedral=1,
+        n_photometric=0,
+        eval_every=eval_every,
+        checkpoint_every=10**9,
+    )
     stamps: list[tuple[int, float]] = []
 
     def progress(e) -> None:
@@ -93,8 +114,9 @@ def run(args: argparse.Namespace) -> BenchResult:
     model = "sam_tiny" if args.quick else args.model
     steps = min(args.steps, 10) if args.quick else args.steps
     size = 256 if args.quick else args.image_size
-    result, encode_s, loop_rate = train_from_cache(model, args.method, steps, args.images, size,
-                                                   eval_every=args.eval_every)
+    result, encode_s, loop_rate = train_from_cache(
+        model, args.method, steps, args.images, size, eval_every=args.eval_every
+    )
     figures = {
         "steps": result.steps_done,
         "train_s": result.train_s,
@@ -112,9 +134,20 @@ def run(args: argparse.Namespace) -> BenchResult:
         f"embeddings computed beforehand in {encode_s:.1f}s (not timed)",
     ]
     return BenchResult(
-        NAME, figures, summary,
+        NAME,
+        figures,
+        summary,
         targets=[Target("train_s", "<=", 60.0)],
-        config={"model": model, "method": args.method, "images": args.images, "image_size": size,
-                "steps": steps, "batch_size": 2, "n_dihedral": 1, "n_photometric": 0,
-                "eval_every": args.eval_every, "quick": bool(args.quick)},
+        config={
+            "model": model,
+            "method": args.method,
+            "images": args.images,
+            "image_size": size,
+            "steps": steps,
+            "batch_size": 2,
+            "n_dihedral": 1,
+            "n_photometric": 0,
+            "eval_every": args.eval_every,
+            "quick": bool(args.quick),
+        },
     )

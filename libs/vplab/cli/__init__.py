@@ -13,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     from vplab.cli import bench, data, gateway_cmd, local, peft_cmds, stack, tenants
 
     parser = argparse.ArgumentParser(
-        prog="vplab", description="VP Lab: few-shot segmentation with SAM, visual prompting and PEFT."
+        prog="vplab",
+        description="VP Lab: few-shot segmentation with SAM, visual prompting and PEFT.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (data, local, peft_cmds, stack, tenants, gateway_cmd, bench):
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         from vplab.allocator import keep_freed_memory
         from vplab.settings import get_settings
 
-        keep_freed_memory(get_settings().malloc_trim_mb)  # local train/predict/bench do model work here
+        keep_freed_memory(
+            get_settings().malloc_trim_mb
+        )  # local train/predict/bench do model work here
         return int(args.func(args) or 0)
     except VPLabError as e:
         print(f"error: {e.message}", file=sys.stderr)

@@ -12,11 +12,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "gateway",
         help="run the REST gateway (settings from VPLAB_* variables; gRPC target: VPLAB_GRPC_TARGET)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address (default 127.0.0.1; 0.0.0.0 in containers)",
+    )
     p.add_argument("--port", type=int, default=GATEWAY_PORT, help=f"port (default {GATEWAY_PORT})")
-    p.add_argument("--grpc-target", help="host:port of the Serve gRPC proxy (overrides VPLAB_GRPC_TARGET)")
+    p.add_argument(
+        "--grpc-target", help="host:port of the Serve gRPC proxy (overrides VPLAB_GRPC_TARGET)"
+    )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     p.set_defaults(func=run_gateway)
 
 

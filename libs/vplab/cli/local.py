@@ -18,17 +18,30 @@ from vplab.errors import InvalidInput
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment one image from point/box prompts")
     p.add_argument("image")
-    p.add_argument("--points", nargs="*", default=[], metavar="X,Y[,LABEL]",
-                   help="prompt points in pixels; LABEL 1 = object (default), 0 = background")
+    p.add_argument(
+        "--points",
+        nargs="*",
+        default=[],
+        metavar="X,Y[,LABEL]",
+        help="prompt points in pixels; LABEL 1 = object (default), 0 = background",
+    )
     p.add_argument("--box", metavar="X0,Y0,X1,Y1")
-    p.add_argument("--multimask", action="store_true", help="let SAM propose 3 masks, keep the best")
+    p.add_argument(
+        "--multimask", action="store_true", help="let SAM propose 3 masks, keep the best"
+    )
     p.add_argument("--out", required=True, help="output mask PNG (0/255)")
     add_model_args(p)
     p.set_defaults(func=run_segment)
 
-    p = sub.add_parser("visual-prompt", help="segment a folder of images from reference image(s) + mask(s)")
-    p.add_argument("--ref", action="append", required=True, help="reference image (repeat for K shots)")
-    p.add_argument("--ref-mask", action="append", required=True, help="reference mask PNG, one per --ref")
+    p = sub.add_parser(
+        "visual-prompt", help="segment a folder of images from reference image(s) + mask(s)"
+    )
+    p.add_argument(
+        "--ref", action="append", required=True, help="reference image (repeat for K shots)"
+    )
+    p.add_argument(
+        "--ref-mask", action="append", required=True, help="reference mask PNG, one per --ref"
+    )
     p.add_argument("--targets", required=True, help="directory of target images")
     p.add_argument("--out", required=True, help="output directory for masks")
     p.add_argument("--matcher", choices=["soft", "prototype"], default="soft")
@@ -49,8 +62,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="{}", help="method config overrides as JSON")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=25)
-    p.add_argument("--views", type=int, default=8, help="dihedral views per image in the bank (1-8)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --out")
+    p.add_argument(
+        "--views", type=int, default=8, help="dihedral views per image in the bank (1-8)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint of --out"
+    )
     add_model_args(p)
     p.set_defaults(func=run_train)
 
@@ -58,7 +75,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", required=True)
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--ref", action="append", help="reference image(s) for prompted methods (E-PEFT...)")
+    p.add_argument(
+        "--ref", action="append", help="reference image(s) for prompted methods (E-PEFT...)"
+    )
     p.add_argument("--ref-mask", action="append")
     p.add_argument("--seed", type=int, default=0)
     add_model_args(p, dino=True)
@@ -103,13 +122,17 @@ def _references(args: argparse.Namespace) -> list[tuple[np.ndarray, np.ndarray]]
 
     refs, masks = args.ref or [], args.ref_mask or []
     if len(refs) != len(masks):
-        raise InvalidInput(f"{len(refs)} --ref image(s) but {len(masks)} --ref-mask file(s): give one mask per image")
+        raise InvalidInput(
+            f"{len(refs)} --ref image(s) but {len(masks)} --ref-mask file(s): give one mask per image"
+        )
     out = []
     for ref, mask_path in zip(refs, masks):
         image, mask = read_image(ref), read_binary_mask(mask_path)
         if mask.shape != image.shape[:2]:
-            raise InvalidInput(f"reference mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but {ref} is "
-                               f"{image.shape[1]}x{image.shape[0]}")
+            raise InvalidInput(
+                f"reference mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but {ref} is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
         if not mask.any():
             raise InvalidInput(f"reference mask {mask_path} is empty")
         out.append((image, mask))
@@ -135,7 +158,9 @@ def run_segment(args: argparse.Namespace) -> int:
     best = int(result.iou_predictions[0].argmax())
     mask = result.masks[0, best].cpu().numpy()
     _write_png(Path(args.out), mask.astype(np.uint8) * 255)
-    print(f"wrote {args.out}: {int(mask.sum())} pixels, predicted IoU {float(result.iou_predictions[0, best]):.3f}")
+    print(
+        f"wrote {args.out}: {int(mask.sum())} pixels, predicted IoU {float(result.iou_predictions[0, best]):.3f}"
+    )
     return 0
 
 
@@ -182,8 +207,14 @@ def run_train(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         raise InvalidInput(f"--config is not valid JSON: {e}") from None
     config = TrainConfig(
-        method=args.method, method_config=overrides, steps=args.steps, lr=args.lr, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, n_dihedral=args.views,
+        method=args.method,
+        method_config=overrides,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        n_dihedral=args.views,
     )
     config.validate()  # before anything is read or written
     samples = load_labeled_dir(args.images, args.labels)
@@ -202,14 +233,21 @@ def run_train(args: argparse.Namespace) -> int:
                 post["best_val_iou"] = f"{event.best_val_iou:.3f}"
             bar.set_postfix(post, refresh=True)
 
-    trainer = Trainer(base.build(), config, samples, checkpoints=CheckpointStore(LocalStore(ckpt_dir), "local", "train"),
-                      on_progress=progress)
+    trainer = Trainer(
+        base.build(),
+        config,
+        samples,
+        checkpoints=CheckpointStore(LocalStore(ckpt_dir), "local", "train"),
+        on_progress=progress,
+    )
     result = trainer.run()
     bar.close()
     save_adapter(result.model, out, config.method, result.method_config, base.ref())
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    print(f"validation IoU {result.initial_val_iou:.3f} -> {result.best_val_iou:.3f} (best at step "
-          f"{result.best_step}); {result.trainable_params} trainable parameters; {result.train_s:.1f} s")
+    print(
+        f"validation IoU {result.initial_val_iou:.3f} -> {result.best_val_iou:.3f} (best at step "
+        f"{result.best_step}); {result.trainable_params} trainable parameters; {result.train_s:.1f} s"
+    )
     print(f"wrote adapter to {out}")
     return 0
 
@@ -247,7 +285,9 @@ def run_predict(args: argparse.Namespace) -> int:
             _write_png(out / f"{path.stem}.png", mask.astype(np.uint8) * 255)
     else:
         if not args.ref:
-            raise InvalidInput(f"method {cfg['method']!r} is prompted: give --ref IMAGE --ref-mask MASK")
+            raise InvalidInput(
+                f"method {cfg['method']!r} is prompted: give --ref IMAGE --ref-mask MASK"
+            )
         args.demo = args.demo or cfg["base"]["name"] == "sam_tiny"
         prompter = _visual_prompter(args, sam)
         prompter.set_references(_references(args))

@@ -9,12 +9,18 @@ from vplab.errors import InvalidInput
 
 def add_model_args(p: argparse.ArgumentParser, dino: bool = False) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--demo", action="store_true", help="use tiny seeded models (no checkpoint needed)")
-    g.add_argument("--sam", metavar="CHECKPOINT", help="official SAM checkpoint (path or object-store key)")
+    g.add_argument(
+        "--demo", action="store_true", help="use tiny seeded models (no checkpoint needed)"
+    )
+    g.add_argument(
+        "--sam", metavar="CHECKPOINT", help="official SAM checkpoint (path or object-store key)"
+    )
     g.add_argument("--sam-model", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     g.add_argument("--sam-sha256", help="expected sha256 of the SAM checkpoint")
     if dino:
-        g.add_argument("--dino", metavar="CHECKPOINT", help="DINOv2 checkpoint (Meta or timm format)")
+        g.add_argument(
+            "--dino", metavar="CHECKPOINT", help="DINOv2 checkpoint (Meta or timm format)"
+        )
         g.add_argument("--dino-model", default="vit_small_patch14_dinov2")
         g.add_argument("--dino-sha256")
 

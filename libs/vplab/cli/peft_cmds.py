@@ -15,16 +15,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_list)
     q = psub.add_parser("describe", help="build the architecture and count trainable parameters")
     q.add_argument("--method", required=True)
-    q.add_argument("--base", default="sam_vit_b", help="sam_vit_b | sam_vit_l | sam_vit_h | sam_tiny")
+    q.add_argument(
+        "--base", default="sam_vit_b", help="sam_vit_b | sam_vit_l | sam_vit_h | sam_tiny"
+    )
     q.add_argument("--config", default="{}", help="method config overrides as JSON")
     q.set_defaults(func=run_describe)
 
     p = sub.add_parser("export", help="export a tuned adapter")
     p.add_argument("--adapter", required=True, help="adapter directory")
-    p.add_argument("--merge", action="store_true",
-                   help="fold the adapter into a plain SAM checkpoint (weight-delta methods only)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="fold the adapter into a plain SAM checkpoint (weight-delta methods only)",
+    )
     p.add_argument("--out", required=True, help="output .pth (with --merge) or directory (copy)")
-    p.add_argument("--sam", metavar="CHECKPOINT", help="the base checkpoint (not needed for sam_tiny)")
+    p.add_argument(
+        "--sam", metavar="CHECKPOINT", help="the base checkpoint (not needed for sam_tiny)"
+    )
     p.add_argument("--sam-sha256")
     p.set_defaults(func=run_export)
 
@@ -82,6 +89,8 @@ def run_export(args: argparse.Namespace) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     torch.save(state, tmp)
     tmp.replace(out)
-    print(f"wrote merged {cfg['base']['name']} checkpoint to {out} "
-          f"(loads with segment_anything.sam_model_registry[...](checkpoint=...))")
+    print(
+        f"wrote merged {cfg['base']['name']} checkpoint to {out} "
+        f"(loads with segment_anything.sam_model_registry[...](checkpoint=...))"
+    )
     return 0

@@ -17,8 +17,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true", help="tiny seeded models (no checkpoints needed)")
     p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     p.add_argument("--port", type=int, default=GATEWAY_PORT, help="REST gateway port")
-    p.add_argument("--http-port", type=int, default=HTTP_PORT, help="Serve HTTP proxy port (health only)")
-    p.add_argument("--detach", action="store_true", help="run in the background (stop with `vplab down`)")
+    p.add_argument(
+        "--http-port", type=int, default=HTTP_PORT, help="Serve HTTP proxy port (health only)"
+    )
+    p.add_argument(
+        "--detach", action="store_true", help="run in the background (stop with `vplab down`)"
+    )
     p.set_defaults(func=run_up)
     p = sub.add_parser("down", help="stop the local stack")
     p.set_defaults(func=run_down)
@@ -38,10 +42,22 @@ def run_up(args: argparse.Namespace) -> int:
         return run_stack(settings, args.grpc_port, args.port, args.http_port)
     log = Path(settings.data_dir).parent / "stack.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "vplab.cli", "up", "--grpc-port", str(args.grpc_port), "--port", str(args.port),
-            "--http-port", str(args.http_port)] + (["--demo"] if args.demo else [])
+    argv = [
+        sys.executable,
+        "-m",
+        "vplab.cli",
+        "up",
+        "--grpc-port",
+        str(args.grpc_port),
+        "--port",
+        str(args.port),
+        "--http-port",
+        str(args.http_port),
+    ] + (["--demo"] if args.demo else [])
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ
+        )
     try:
         wait_healthy(f"http://127.0.0.1:{args.port}/healthz", timeout_s=300)
     except TimeoutError as e:
@@ -52,7 +68,13 @@ def run_up(args: argparse.Namespace) -> int:
         if any("API key" in line for line in lines[-10:]):
             break
         time.sleep(0.5)
-    print("\n".join(line for line in log.read_text().splitlines()[-8:] if line.startswith(("VP Lab", "  ", "Stop"))))
+    print(
+        "\n".join(
+            line
+            for line in log.read_text().splitlines()[-8:]
+            if line.startswith(("VP Lab", "  ", "Stop"))
+        )
+    )
     print(f"(pid {proc.pid}, log {log})")
     return 0
 

@@ -17,7 +17,7 @@ class VPLabAPIError(Exception):
         self.status, self.code, self.message, self.grpc_code = status, code, message, grpc_code
 
     @classmethod
-    def from_response(cls, response: Any) -> "VPLabAPIError":
+    def from_response(cls, response: Any) -> VPLabAPIError:
         """From an httpx response whose status is >= 400 (JSON error body, or anything)."""
         status = response.status_code
         try:
@@ -28,7 +28,7 @@ class VPLabAPIError(Exception):
             return cls(status, "http_error", text or f"HTTP {status}")
 
     @classmethod
-    def from_rpc_error(cls, e: Any) -> "VPLabAPIError":
+    def from_rpc_error(cls, e: Any) -> VPLabAPIError:
         import grpc
 
         code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
@@ -41,17 +41,35 @@ class VPLabAPIError(Exception):
                         status = int(value)
             except Exception:  # noqa: BLE001
                 pass
-        return cls(status, _CODES.get(status, "error"), details or (code.name if code else "error"),
-                   grpc_code=code.name if code else None)
+        return cls(
+            status,
+            _CODES.get(status, "error"),
+            details or (code.name if code else "error"),
+            grpc_code=code.name if code else None,
+        )
 
 
 _GRPC_TO_HTTP = {
-    "INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 404,
-    "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "FAILED_PRECONDITION": 409, "ABORTED": 409,
-    "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+    "INVALID_ARGUMENT": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 404,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 _CODES = {
-    400: "invalid_argument", 401: "unauthenticated", 404: "not_found", 409: "conflict",
-    413: "payload_too_large", 429: "quota_exceeded", 502: "bad_gateway", 503: "unavailable",
+    400: "invalid_argument",
+    401: "unauthenticated",
+    404: "not_found",
+    409: "conflict",
+    413: "payload_too_large",
+    429: "quota_exceeded",
+    502: "bad_gateway",
+    503: "unavailable",
     504: "deadline_exceeded",
 }

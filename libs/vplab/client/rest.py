@@ -1,22 +1,23 @@
 """``VPLabClient``: the REST gateway from Python (httpx), with numpy masks in and out.
 
-    from vplab.client import VPLabClient
+from vplab.client import VPLabClient
 
-    vp = VPLabClient("http://localhost:8080", api_key="vpl_...")
-    ds = vp.create_dataset("wafers")
-    image_id = vp.upload_image(ds["id"], "wafer-001.png")
-    seg = vp.segment(image_id, points=[[40, 52], [10, 10]], labels=[1, 0])
-    mask = seg.best_mask                       # (H, W) bool
-    version = vp.put_label(ds["id"], image_id, mask)
+vp = VPLabClient("http://localhost:8080", api_key="vpl_...")
+ds = vp.create_dataset("wafers")
+image_id = vp.upload_image(ds["id"], "wafer-001.png")
+seg = vp.segment(image_id, points=[[40, 52], [10, 10]], labels=[1, 0])
+mask = seg.best_mask                       # (H, W) bool
+version = vp.put_label(ds["id"], image_id, mask)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
@@ -109,19 +110,25 @@ class VPLabClient:
     """
 
     def __init__(
-        self, base_url: str, api_key: str, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, transport=transport,
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "vplab-python"},
         )
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "VPLabClient":
+    def __enter__(self) -> VPLabClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -147,7 +154,9 @@ class VPLabClient:
         headers = {"Accept": "text/event-stream", **kwargs.pop("headers", {})}
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, 60.0))
         try:
-            with self._http.stream(method, path, headers=headers, timeout=timeout, **kwargs) as response:
+            with self._http.stream(
+                method, path, headers=headers, timeout=timeout, **kwargs
+            ) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise VPLabAPIError.from_response(response)
@@ -155,13 +164,18 @@ class VPLabClient:
                     payload = json.loads(data)
                     if event == "error":
                         err = payload.get("error", {})
-                        raise VPLabAPIError(int(payload.get("status", 502)), str(err.get("code", "error")),
-                                            str(err.get("message", "stream failed")))
+                        raise VPLabAPIError(
+                            int(payload.get("status", 502)),
+                            str(err.get("code", "error")),
+                            str(err.get("message", "stream failed")),
+                        )
                     yield event, event_id, payload
         except httpx.TimeoutException as e:
             raise VPLabAPIError(504, "deadline_exceeded", f"stream timed out: {e}") from e
         except httpx.TransportError as e:
-            raise VPLabAPIError(503, "unavailable", f"stream from {self.base_url} broke: {e}") from e
+            raise VPLabAPIError(
+                503, "unavailable", f"stream from {self.base_url} broke: {e}"
+            ) from e
 
     # --- ops ---------------------------------------------------------------------------------
 
@@ -185,7 +199,9 @@ class VPLabClient:
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
 
-    def upload_image(self, dataset_id: str, image: str | Path | bytes | np.ndarray, filename: str | None = None) -> str:
+    def upload_image(
+        self, dataset_id: str, image: str | Path | bytes | np.ndarray, filename: str | None = None
+    ) -> str:
         """Upload a file path, encoded image bytes, or a uint8 (H, W[, 3|4]) array (sent as PNG).
 
         Returns the image id (sha256 of the bytes stored).
@@ -233,12 +249,15 @@ class VPLabClient:
         masks = [_rle_to_mask(m["rle"]) for m in r["masks"]]
         h, w = int(r["height"]), int(r["width"])
         stack = np.stack(masks) if masks else np.zeros((0, h, w), bool)
-        return SegmentResult(stack, np.asarray([m["score"] for m in r["masks"]], dtype=np.float32), h, w)
+        return SegmentResult(
+            stack, np.asarray([m["score"] for m in r["masks"]], dtype=np.float32), h, w
+        )
 
     def _vp_body(self, references, targets, model_id, matcher, seed) -> dict[str, Any]:
         body: dict[str, Any] = {
             "references": [{"image_id": i, "mask_rle": _mask_to_rle(m)} for i, m in references],
-            "matcher": matcher, "seed": int(seed),
+            "matcher": matcher,
+            "seed": int(seed),
         }
         if targets is not None:
             body["targets"] = list(targets)
@@ -249,7 +268,10 @@ class VPLabClient:
     @staticmethod
     def _vp_result(r: dict[str, Any]) -> VisualPromptResult:
         return VisualPromptResult(
-            index=int(r["index"]), image_id=r["image_id"], mask=_rle_to_mask(r["mask_rle"]), score=float(r["score"]),
+            index=int(r["index"]),
+            image_id=r["image_id"],
+            mask=_rle_to_mask(r["mask_rle"]),
+            score=float(r["score"]),
             points=np.asarray(r["points"], dtype=np.float32).reshape(-1, 2),
             point_labels=np.asarray(r["point_labels"], dtype=np.int64),
         )
@@ -265,8 +287,11 @@ class VPLabClient:
     ) -> list[VisualPromptResult]:
         """Segment ``targets`` (default: every other image of the dataset) like the
         ``references`` ([(image_id, (H, W) mask), ...]). Results in target order."""
-        r = self._json("POST", f"/v1/datasets/{dataset_id}/visual-prompt",
-                       json=self._vp_body(references, targets, model_id, matcher, seed))
+        r = self._json(
+            "POST",
+            f"/v1/datasets/{dataset_id}/visual-prompt",
+            json=self._vp_body(references, targets, model_id, matcher, seed),
+        )
         return [self._vp_result(x) for x in r["results"]]
 
     def iter_visual_prompt(
@@ -280,7 +305,9 @@ class VPLabClient:
     ) -> Iterator[VisualPromptResult]:
         """Like ``visual_prompt`` but yields each target as soon as it is done (SSE)."""
         body = self._vp_body(references, targets, model_id, matcher, seed)
-        for event, _, payload in self._sse("POST", f"/v1/datasets/{dataset_id}/visual-prompt", json=body):
+        for event, _, payload in self._sse(
+            "POST", f"/v1/datasets/{dataset_id}/visual-prompt", json=body
+        ):
             if event == "result":
                 yield self._vp_result(payload)
 
@@ -299,8 +326,12 @@ class VPLabClient:
             from vplab.masks import encode_binary_mask
 
             data = encode_binary_mask(np.asarray(mask))
-        r = self._json("PUT", f"/v1/datasets/{dataset_id}/labels/{image_id}", content=data,
-                       headers={"Content-Type": "image/png"})
+        r = self._json(
+            "PUT",
+            f"/v1/datasets/{dataset_id}/labels/{image_id}",
+            content=data,
+            headers={"Content-Type": "image/png"},
+        )
         return int(r["version"])
 
     def list_labels(self, dataset_id: str) -> dict[str, int]:
@@ -311,8 +342,11 @@ class VPLabClient:
         from vplab.masks import read_binary_mask
 
         params = {"version": version} if version is not None else None
-        return read_binary_mask(self._request("GET", f"/v1/datasets/{dataset_id}/labels/{image_id}",
-                                              params=params).content)
+        return read_binary_mask(
+            self._request(
+                "GET", f"/v1/datasets/{dataset_id}/labels/{image_id}", params=params
+            ).content
+        )
 
     # --- training ------------------------------------------------------------------------
 
@@ -327,8 +361,13 @@ class VPLabClient:
         lr: float | None = None,
     ) -> dict[str, Any]:
         """Queue a fine-tuning job on the dataset's labels -> the job (``job_id``, ``state``...)."""
-        body: dict[str, Any] = {"dataset_id": dataset_id, "method": method, "steps": int(steps), "seed": int(seed),
-                                "method_config": method_config or {}}
+        body: dict[str, Any] = {
+            "dataset_id": dataset_id,
+            "method": method,
+            "steps": int(steps),
+            "seed": int(seed),
+            "method_config": method_config or {},
+        }
         if base_model:
             body["base_model"] = base_model
         if lr is not None:
@@ -347,7 +386,9 @@ class VPLabClient:
     def iter_training_events(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         """Progress events (dicts with ``seq``, ``state``, ``phase``, ``step``, ``loss``...) until
         the job ends; one stream, no reconnect (see ``wait_for_training``)."""
-        for _, _, payload in self._sse("GET", f"/v1/trainings/{job_id}/events", params={"after_seq": after_seq}):
+        for _, _, payload in self._sse(
+            "GET", f"/v1/trainings/{job_id}/events", params={"after_seq": after_seq}
+        ):
             yield payload
 
     def wait_for_training(
@@ -383,7 +424,9 @@ class VPLabClient:
             if job["state"] in TERMINAL_STATES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise VPLabAPIError(504, "deadline_exceeded", f"job {job_id} did not end in {timeout} s")
+                raise VPLabAPIError(
+                    504, "deadline_exceeded", f"job {job_id} did not end in {timeout} s"
+                )
 
     def cancel_training(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/trainings/{job_id}")

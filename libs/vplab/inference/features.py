@@ -7,8 +7,8 @@ cache would let one tenant learn by timing whether another uploaded the same ima
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,8 +49,12 @@ class _Req:
 
 
 class FeatureEngine:
-    def __init__(self, runtime: ModelRuntime, lru_bytes: int = 512 * 1024**2,
-                 on_lookup: Callable[[str, bool], None] | None = None):
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        lru_bytes: int = 512 * 1024**2,
+        on_lookup: Callable[[str, bool], None] | None = None,
+    ):
         self.rt = runtime
         self.store = runtime.store
         self.lru: ByteLRU[object] = ByteLRU(lru_bytes)
@@ -75,13 +79,19 @@ class FeatureEngine:
         return decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
 
     # -- cached features --------------------------------------------------------------
-    def _request(self, tenant: str, image_id: str, encoder: str, encoder_id: str | None = None) -> _Req:
+    def _request(
+        self, tenant: str, image_id: str, encoder: str, encoder_id: str | None = None
+    ) -> _Req:
         encoder = encoder or "sam"
         if encoder not in ENCODERS:
             raise InvalidInput(f"unknown encoder {encoder!r}; expected one of {list(ENCODERS)}")
         keys.check_sha256(image_id, "image_id")
-        encoder_id = encoder_id or (self.rt.sam_encoder_id if encoder == "sam" else self.rt.dino_encoder_id)
-        return _Req(tenant, image_id, encoder, encoder_id, keys.embedding(tenant, encoder_id, image_id))
+        encoder_id = encoder_id or (
+            self.rt.sam_encoder_id if encoder == "sam" else self.rt.dino_encoder_id
+        )
+        return _Req(
+            tenant, image_id, encoder, encoder_id, keys.embedding(tenant, encoder_id, image_id)
+        )
 
     def _cached(self, req: _Req) -> object | None:
         value = self.lru.get(req.key)
@@ -90,7 +100,11 @@ class FeatureEngine:
                 data = self.store.get_bytes(req.key)
             except NotFound:
                 return None
-            value = ImageEmbedding.from_bytes(data) if req.encoder == "sam" else patch_features_from_bytes(data)
+            value = (
+                ImageEmbedding.from_bytes(data)
+                if req.encoder == "sam"
+                else patch_features_from_bytes(data)
+            )
             self.lru.put(req.key, value, _nbytes(value))
         return value
 
@@ -106,7 +120,9 @@ class FeatureEngine:
         misses: dict[str, list[tuple[int, _Req, np.ndarray]]] = {"sam": [], "dinov2": []}
         for i, (tenant, image_id, encoder) in enumerate(requests):
             try:
-                req = self._request(tenant, image_id, encoder, encoder_id if encoder == "sam" else None)
+                req = self._request(
+                    tenant, image_id, encoder, encoder_id if encoder == "sam" else None
+                )
                 value = self._cached(req)
                 if value is not None:
                     self.hits += 1
@@ -122,7 +138,9 @@ class FeatureEngine:
             self._store_misses(misses["sam"], values, [v.to_bytes() for v in values], results)
         if misses["dinov2"]:
             values = extract_patch_features_batch(self.rt.dino, [m[2] for m in misses["dinov2"]])
-            self._store_misses(misses["dinov2"], values, [patch_features_to_bytes(v) for v in values], results)
+            self._store_misses(
+                misses["dinov2"], values, [patch_features_to_bytes(v) for v in values], results
+            )
         return results  # type: ignore[return-value]
 
     def _store_misses(self, misses, values, blobs, results) -> None:
@@ -131,7 +149,11 @@ class FeatureEngine:
             self.on_lookup(req.encoder, False)
             self.store.put_bytes(req.key, blob)
             # Serve what was stored (bf16-rounded), so a hit and a miss give the same result.
-            value = ImageEmbedding.from_bytes(blob) if req.encoder == "sam" else patch_features_from_bytes(blob)
+            value = (
+                ImageEmbedding.from_bytes(blob)
+                if req.encoder == "sam"
+                else patch_features_from_bytes(blob)
+            )
             self.lru.put(req.key, value, _nbytes(value))
             results[i] = (value, self._info(req, value, False))
 
@@ -141,7 +163,9 @@ class FeatureEngine:
             raise result
         return result
 
-    def sam_embedding(self, tenant: str, image_id: str, sam=None, encoder_id: str | None = None) -> ImageEmbedding:
+    def sam_embedding(
+        self, tenant: str, image_id: str, sam=None, encoder_id: str | None = None
+    ) -> ImageEmbedding:
         return self._one(tenant, image_id, "sam", sam, encoder_id)[0]
 
     def dino_features(self, tenant: str, image_id: str) -> PatchFeatures:
@@ -153,8 +177,15 @@ class FeatureEngine:
     @staticmethod
     def _info(req: _Req, value, hit: bool) -> EmbedInfo:
         t = value.features
-        return EmbedInfo(req.image_id, req.encoder_id, req.key, hit, tuple(t.shape), "bfloat16",
-                         tuple(value.original_size))
+        return EmbedInfo(
+            req.image_id,
+            req.encoder_id,
+            req.key,
+            hit,
+            tuple(t.shape),
+            "bfloat16",
+            tuple(value.original_size),
+        )
 
 
 def _nbytes(value) -> int:
@@ -173,7 +204,10 @@ def patch_features_to_bytes(pf: PatchFeatures) -> bytes:
         "size": str(pf.size),
         "patch_size": str(pf.patch_size),
     }
-    tensors = {"features": pf.features.to(torch.bfloat16).contiguous(), "valid": pf.valid.to(torch.uint8)}
+    tensors = {
+        "features": pf.features.to(torch.bfloat16).contiguous(),
+        "valid": pf.valid.to(torch.uint8),
+    }
     return st_save(tensors, metadata=meta)
 
 
@@ -182,7 +216,9 @@ def patch_features_from_bytes(data: bytes) -> PatchFeatures:
     if meta.get("format") != _DINO_FORMAT:
         raise InvalidInput("cached DINOv2 features have an unknown format")
     t = st_load(data)
-    features = torch.nn.functional.normalize(t["features"].float(), dim=-1)  # renormalise after bf16
+    features = torch.nn.functional.normalize(
+        t["features"].float(), dim=-1
+    )  # renormalise after bf16
     return PatchFeatures(
         features=features,
         valid=t["valid"].bool(),

@@ -40,7 +40,9 @@ class ModelRuntime:
         if not s.sam_checkpoint:
             from vplab.errors import Unavailable
 
-            raise Unavailable("no SAM checkpoint configured: set VPLAB_SAM_CHECKPOINT (or run with --demo)")
+            raise Unavailable(
+                "no SAM checkpoint configured: set VPLAB_SAM_CHECKPOINT (or run with --demo)"
+            )
         return resolve_base_sam(s.sam_model, s.sam_checkpoint, s.sam_sha256, self.store)
 
     @cached_property
@@ -66,8 +68,12 @@ class ModelRuntime:
         if not s.dino_checkpoint:
             from vplab.errors import Unavailable
 
-            raise Unavailable("no DINOv2 checkpoint configured: set VPLAB_DINO_CHECKPOINT (or --demo)")
-        return build_dinov2(s.dino_model, s.dino_checkpoint, s.dino_sha256, self.store).to(self.device)
+            raise Unavailable(
+                "no DINOv2 checkpoint configured: set VPLAB_DINO_CHECKPOINT (or --demo)"
+            )
+        return build_dinov2(s.dino_model, s.dino_checkpoint, s.dino_sha256, self.store).to(
+            self.device
+        )
 
     @cached_property
     def dino_encoder_id(self) -> str:

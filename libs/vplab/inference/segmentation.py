@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,9 @@ class SegmentationEngine:
         encoder_tuned = spec.encoder_mode != "frozen"
         # Share the frozen base encoder; copy what the adapter changes.
         fresh = Sam(
-            image_encoder=copy.deepcopy(base.image_encoder) if encoder_tuned else base.image_encoder,
+            image_encoder=copy.deepcopy(base.image_encoder)
+            if encoder_tuned
+            else base.image_encoder,
             prompt_encoder=copy.deepcopy(base.prompt_encoder),
             mask_decoder=copy.deepcopy(base.mask_decoder),
             pixel_mean=base.pixel_mean.flatten().tolist(),
@@ -90,26 +93,43 @@ class SegmentationEngine:
         sam.eval()
         encoder_id = self.rt.sam_encoder_id
         if encoder_tuned:
-            digest = hashlib.sha256(self.store.get_bytes(keys.model_adapter(tenant, model_id))).hexdigest()
+            digest = hashlib.sha256(
+                self.store.get_bytes(keys.model_adapter(tenant, model_id))
+            ).hexdigest()
             encoder_id = adapter_encoder_id(encoder_id, digest)
-        return TunedModel(model_id, cfg["method"], sam, PromptSegmenter(sam, self.rt.device), encoder_id,
-                          encoder_tuned, spec.prompt_free)
+        return TunedModel(
+            model_id,
+            cfg["method"],
+            sam,
+            PromptSegmenter(sam, self.rt.device),
+            encoder_id,
+            encoder_tuned,
+            spec.prompt_free,
+        )
 
     def _embedding(self, tenant: str, image_id: str, model: TunedModel | None):
         if model is None or not model.encoder_tuned:
             return self.features.sam_embedding(tenant, image_id)
-        return self.features.sam_embedding(tenant, image_id, sam=model.sam, encoder_id=model.encoder_id)
+        return self.features.sam_embedding(
+            tenant, image_id, sam=model.sam, encoder_id=model.encoder_id
+        )
 
     # -- prompt segmentation -------------------------------------------------------------
-    def segment_prompt(self, tenant: str, image_id: str, prompt: Prompt, model: TunedModel | None = None):
+    def segment_prompt(
+        self, tenant: str, image_id: str, prompt: Prompt, model: TunedModel | None = None
+    ):
         """-> (list of (rle, score) best first, (H, W)). ``model``: from ``model()`` (None = base)."""
         s = self.settings
         if len(prompt.points) > s.max_points_per_request:
-            raise PayloadTooLarge(f"{len(prompt.points)} points in one request; the limit is {s.max_points_per_request}")
+            raise PayloadTooLarge(
+                f"{len(prompt.points)} points in one request; the limit is {s.max_points_per_request}"
+            )
         if not prompt.points and prompt.box is None and prompt.mask_input is None:
             raise InvalidInput("give at least one point, a box or a mask_input")
         if model is not None and model.prompt_free:
-            raise InvalidInput(f"model {model.model_id} ({model.method}) is prompt-free: use AutoSegment")
+            raise InvalidInput(
+                f"model {model.model_id} ({model.method}) is prompt-free: use AutoSegment"
+            )
         emb = self._embedding(tenant, image_id, model)
         segmenter = model.segmenter if model else self.features.segmenter
         H, W = emb.original_size
@@ -123,12 +143,20 @@ class SegmentationEngine:
         if prompt.mask_input is not None:
             prev = decode_rle(prompt.mask_input)
             if prev.shape != (H, W):
-                raise InvalidInput(f"mask_input is {prev.shape[1]}x{prev.shape[0]} but the image is {W}x{H}")
+                raise InvalidInput(
+                    f"mask_input is {prev.shape[1]}x{prev.shape[0]} but the image is {W}x{H}"
+                )
             low = segmenter.mask_input_size[0]
             mask_input = mask_to_mask_input(prev, segmenter.img_size, low).numpy()
         with torch.no_grad():
-            result = segmenter.decode(emb, coords, labels, boxes=boxes, mask_input=mask_input,
-                                      multimask_output=prompt.multimask)
+            result = segmenter.decode(
+                emb,
+                coords,
+                labels,
+                boxes=boxes,
+                mask_input=mask_input,
+                multimask_output=prompt.multimask,
+            )
         scores = result.iou_predictions[0].float().cpu()
         order = torch.argsort(scores, descending=True).tolist()
         masks = _column_major(result.masks[0])
@@ -140,11 +168,15 @@ class SegmentationEngine:
         if model is None:
             raise InvalidInput("AutoSegment needs the model_id of a prompt-free (PTSAM) model")
         if not model.prompt_free:
-            raise InvalidInput(f"model {model.model_id} ({model.method}) needs prompts: use SegmentPrompt")
+            raise InvalidInput(
+                f"model {model.model_id} ({model.method}) needs prompts: use SegmentPrompt"
+            )
         emb = self._embedding(tenant, image_id, model).to(self.rt.device)
         with torch.no_grad():
             logits = ptsam_decode(model.sam, emb.features)
-            logits = postprocess_masks(logits.float(), emb.input_size, emb.original_size, model.segmenter.img_size)
+            logits = postprocess_masks(
+                logits.float(), emb.input_size, emb.original_size, model.segmenter.img_size
+            )
         prob = torch.sigmoid(logits[0, 0]).cpu()
         mask = (logits[0, 0] > 0).cpu()
         score = float(prob[mask].mean()) if mask.any() else 0.0
@@ -167,7 +199,9 @@ class SegmentationEngine:
         if not targets:
             raise InvalidInput("give at least one target image")
         if len(targets) > s.max_targets_per_call:
-            raise PayloadTooLarge(f"{len(targets)} targets in one call; the limit is {s.max_targets_per_call}")
+            raise PayloadTooLarge(
+                f"{len(targets)} targets in one call; the limit is {s.max_targets_per_call}"
+            )
         if matcher not in ("soft", "prototype", ""):
             raise InvalidInput(f"matcher must be 'soft' or 'prototype', got {matcher!r}")
         for image_id in targets:
@@ -177,21 +211,27 @@ class SegmentationEngine:
 
                 raise NotFound(f"image {image_id} not found")
         if model is not None and model.prompt_free:
-            raise InvalidInput(f"model {model.model_id} ({model.method}) is prompt-free: use AutoSegment")
+            raise InvalidInput(
+                f"model {model.model_id} ({model.method}) is prompt-free: use AutoSegment"
+            )
         ref_pairs, ref_features = [], []
         for image_id, rle in references:
             feats = self.features.dino_features(tenant, image_id)
             mask = decode_rle(rle)
             if mask.shape != tuple(feats.original_size):
                 H, W = feats.original_size
-                raise InvalidInput(f"reference mask for {image_id} is {mask.shape[1]}x{mask.shape[0]} "
-                                   f"but the image is {W}x{H}")
+                raise InvalidInput(
+                    f"reference mask for {image_id} is {mask.shape[1]}x{mask.shape[0]} "
+                    f"but the image is {W}x{H}"
+                )
             if not mask.any():
                 raise InvalidInput(f"reference mask for {image_id} is empty")
             ref_pairs.append((None, mask))
             ref_features.append(feats)
         segmenter = model.segmenter if model else self.features.segmenter
-        prompter = VisualPrompter(segmenter, None, VisualPromptConfig(matcher=matcher or "soft", seed=seed))
+        prompter = VisualPrompter(
+            segmenter, None, VisualPromptConfig(matcher=matcher or "soft", seed=seed)
+        )
         prompter.set_references(ref_pairs, features=ref_features)
         for index, image_id in enumerate(targets):
             result = prompter.predict(
@@ -200,8 +240,13 @@ class SegmentationEngine:
             )
             pred = next(iter(result.classes.values()))
             score = float(pred.scores.max()) if len(pred.scores) else 0.0
-            points = [(float(x), float(y), int(l)) for (x, y), l in
-                      zip(pred.point_coords.reshape(-1, 2).tolist(), pred.point_labels.reshape(-1).tolist())]
+            points = [
+                (float(x), float(y), int(l))
+                for (x, y), l in zip(
+                    pred.point_coords.reshape(-1, 2).tolist(),
+                    pred.point_labels.reshape(-1).tolist(),
+                )
+            ]
             yield index, image_id, encode_rle(_column_major(pred.mask)), score, _unique(points)
 
 

@@ -39,9 +39,13 @@ class VisualPromptConfig:
         if self.matcher not in ("soft", "prototype"):
             raise InvalidInput(f"matcher must be 'soft' or 'prototype', got {self.matcher!r}")
         if self.point_mode not in ("deterministic", "probabilistic"):
-            raise InvalidInput(f"point_mode must be 'deterministic' or 'probabilistic', got {self.point_mode!r}")
+            raise InvalidInput(
+                f"point_mode must be 'deterministic' or 'probabilistic', got {self.point_mode!r}"
+            )
         if self.bidirectional_combine not in ("product", "sum"):
-            raise InvalidInput(f"bidirectional_combine must be 'product' or 'sum', got {self.bidirectional_combine!r}")
+            raise InvalidInput(
+                f"bidirectional_combine must be 'product' or 'sum', got {self.bidirectional_combine!r}"
+            )
         if self.temperature <= 0:
             raise InvalidInput("temperature must be > 0")
         if self.max_points < 1 or self.bin_grid < 1 or self.num_negatives < 0:
@@ -53,7 +57,7 @@ class VisualPromptConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "VisualPromptConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> VisualPromptConfig:
         """Build from a (partial) dict; unknown keys are an error, not silently ignored."""
         data = dict(data or {})
         known = {f.name for f in fields(cls)}

@@ -93,12 +93,21 @@ def decode_class(
     if p == 0:
         empty = torch.zeros(0, dtype=torch.float32)
         return ClassPrediction(
-            class_id, torch.zeros(h, w, dtype=torch.bool), points, coords, labels,
-            torch.zeros(0, h, w, dtype=torch.bool), empty, empty, torch.zeros(0, dtype=torch.long),
+            class_id,
+            torch.zeros(h, w, dtype=torch.bool),
+            points,
+            coords,
+            labels,
+            torch.zeros(0, h, w, dtype=torch.bool),
+            empty,
+            empty,
+            torch.zeros(0, dtype=torch.long),
         )
 
     out = segmenter.decode(embedding, coords.numpy(), labels.numpy(), multimask_output=True)
-    masks, iou, low_res = _best(out.masks, out.iou_predictions, out.low_res_logits)  # (P, H, W), (P,), (P, g, g)
+    masks, iou, low_res = _best(
+        out.masks, out.iou_predictions, out.low_res_logits
+    )  # (P, H, W), (P,), (P, g, g)
 
     if refine:
         # Second pass per prompt: same points, the first mask's box, and its low-res logits

@@ -40,12 +40,12 @@ class LetterboxGrid:
             raise InvalidInput(f"bad grid {self.grid_hw} / padded size {self.padded_size}")
 
     @classmethod
-    def for_patches(cls, image_hw: tuple[int, int], grid: int, patch: int) -> "LetterboxGrid":
+    def for_patches(cls, image_hw: tuple[int, int], grid: int, patch: int) -> LetterboxGrid:
         """Square grid of ``grid x grid`` patches of ``patch`` pixels (896 = 64 x 14)."""
         return cls((int(image_hw[0]), int(image_hw[1])), (grid, grid), grid * patch)
 
     @classmethod
-    def from_features(cls, pf: object) -> "LetterboxGrid":
+    def from_features(cls, pf: object) -> LetterboxGrid:
         """Geometry of a ``vplab.models.PatchFeatures`` (duck-typed: original_size,
         grid_size, size)."""
         return cls(tuple(pf.original_size), tuple(pf.grid_size), int(pf.size))  # type: ignore[attr-defined]
@@ -95,7 +95,9 @@ class LetterboxGrid:
         h, w = self.image_hw
         return torch.stack([x.clamp(0, w - 1), y.clamp(0, h - 1)], dim=1)
 
-    def upsample_to_image(self, grid_map: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def upsample_to_image(
+        self, grid_map: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(Gh, Gw) map -> (H, W) by bilinear interpolation between cell centres.
 
         Only the valid rectangle is sampled (``padding_mode="border"`` replicates its edge),
@@ -118,6 +120,10 @@ class LetterboxGrid:
         v = (torch.arange(h, device=src.device, dtype=torch.float32) + 0.5) * s / cy - 0.5
         gu = 2 * u / max(vw - 1, 1) - 1 if vw > 1 else torch.zeros_like(u)
         gv = 2 * v / max(vh - 1, 1) - 1 if vh > 1 else torch.zeros_like(v)
-        grid = torch.stack(torch.meshgrid(gv, gu, indexing="ij")[::-1], dim=-1)  # (H, W, 2) as (x, y)
-        out = F.grid_sample(src, grid[None], mode="bilinear", padding_mode="border", align_corners=True)
+        grid = torch.stack(
+            torch.meshgrid(gv, gu, indexing="ij")[::-1], dim=-1
+        )  # (H, W, 2) as (x, y)
+        out = F.grid_sample(
+            src, grid[None], mode="bilinear", padding_mode="border", align_corners=True
+        )
         return out[0, 0]  # (H, W)

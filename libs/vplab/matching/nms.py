@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def mask_scores(masks: torch.Tensor, iou_predictions: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+def mask_scores(
+    masks: torch.Tensor, iou_predictions: torch.Tensor, similarity: torch.Tensor
+) -> torch.Tensor:
     """Score = predicted IoU x mean(similarity inside the mask).
 
     masks: (K, H, W) bool; iou_predictions: (K,); similarity: (H, W) upsampled to the image.

@@ -56,7 +56,11 @@ def patch_mask(
     pad = (0, side - w, 0, side - h)
     both = torch.stack([m.to(torch.float32), torch.ones(h, w, device=m.device)])  # (2, H, W)
     both = F.interpolate(
-        F.pad(both, pad)[None], size=grid.grid_hw, mode="bilinear", align_corners=False, antialias=antialias
+        F.pad(both, pad)[None],
+        size=grid.grid_hw,
+        mode="bilinear",
+        align_corners=False,
+        antialias=antialias,
     )[0]  # (2, Gh, Gw): mask coverage, image coverage
     # Coverage relative to the part of the cell that is image: an edge cell only partly
     # inside the image counts as on when the mask fills most of that part.
@@ -70,5 +74,7 @@ def patch_mask(
 def masked_features(features: torch.Tensor, pmask: torch.Tensor) -> torch.Tensor:
     """(Gh, Gw, C) features and (Gh, Gw) bool patch mask -> (m, C) masked rows."""
     if features.shape[:2] != pmask.shape:
-        raise InvalidInput(f"patch mask {tuple(pmask.shape)} does not fit features {tuple(features.shape)}")
+        raise InvalidInput(
+            f"patch mask {tuple(pmask.shape)} does not fit features {tuple(features.shape)}"
+        )
     return features[pmask]

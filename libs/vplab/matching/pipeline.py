@@ -71,7 +71,9 @@ class VisualPrompter:
         passes precomputed ``PatchFeatures``.
     """
 
-    def __init__(self, segmenter: Any, dino_model: Any = None, config: VisualPromptConfig | None = None):
+    def __init__(
+        self, segmenter: Any, dino_model: Any = None, config: VisualPromptConfig | None = None
+    ):
         self.segmenter = segmenter
         self.dino = dino_model
         self.config = config or VisualPromptConfig()
@@ -116,7 +118,9 @@ class VisualPrompter:
         elif len(features) != len(references):
             raise InvalidInput("need one features entry per reference")
         cfg = self.config
-        refs = build_class_references(features, masks, classes, cfg.patch_mask_threshold, cfg.patch_mask_antialias)
+        refs = build_class_references(
+            features, masks, classes, cfg.patch_mask_threshold, cfg.patch_mask_antialias
+        )
         dev = self._match_device
         for r in refs:
             r.features, r.all_features = r.features.to(dev), r.all_features.to(dev)
@@ -138,8 +142,13 @@ class VisualPrompter:
             maps = prototype_match(ref.features, tf, valid)
         else:
             maps = soft_match(
-                ref.features, tf, valid, cfg.temperature, cfg.bidirectional,
-                ref.all_features if cfg.bidirectional else None, cfg.bidirectional_combine,
+                ref.features,
+                tf,
+                valid,
+                cfg.temperature,
+                cfg.bidirectional,
+                ref.all_features if cfg.bidirectional else None,
+                cfg.bidirectional_combine,
             )
         return MatchMaps(maps.scores.cpu(), maps.similarity.cpu())
 
@@ -180,7 +189,10 @@ class VisualPrompter:
             maps = self.match(ref, target_features)
             soft = cfg.matcher == "soft"
             points = select_points(
-                maps.scores, maps.similarity, valid, grid,
+                maps.scores,
+                maps.similarity,
+                valid,
+                grid,
                 threshold=cfg.score_threshold if soft else cfg.prototype_threshold,
                 normalise=soft,
                 max_points=cfg.max_points,
@@ -192,8 +204,14 @@ class VisualPrompter:
             )
             similarity_img = grid.upsample_to_image(maps.similarity, valid)  # (H, W)
             preds[ref.class_id] = decode_class(
-                self.segmenter, target_embedding, points, similarity_img, ref.class_id,
-                refine=cfg.refine, refine_multimask=cfg.refine_multimask,
-                score_threshold=cfg.mask_score_threshold, nms_threshold=cfg.nms_iom,
+                self.segmenter,
+                target_embedding,
+                points,
+                similarity_img,
+                ref.class_id,
+                refine=cfg.refine,
+                refine_multimask=cfg.refine_multimask,
+                score_threshold=cfg.mask_score_threshold,
+                nms_threshold=cfg.nms_iom,
             )
         return VisualPromptResult(preds, label_map_from(list(preds.values()), hw))  # type: ignore[arg-type]

@@ -73,7 +73,11 @@ def _local_maxima(s: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
 
 
 def _spread_and_cap(
-    cells: torch.Tensor, cell_scores: torch.Tensor, candidates: torch.Tensor, bin_grid: int, max_points: int
+    cells: torch.Tensor,
+    cell_scores: torch.Tensor,
+    candidates: torch.Tensor,
+    bin_grid: int,
+    max_points: int,
 ) -> torch.Tensor:
     """Keep the best cell per bin of a ``bin_grid`` x ``bin_grid`` grid laid over the
     candidates' bounding box, then the top ``max_points`` by score. Returns indices into
@@ -130,14 +134,20 @@ def select_points(
     if mode not in ("deterministic", "probabilistic"):
         raise InvalidInput(f"unknown point mode {mode!r}")
     valid = valid.bool()
-    s = normalise_scores(scores, valid) if normalise else torch.where(valid, scores, torch.zeros_like(scores))
+    s = (
+        normalise_scores(scores, valid)
+        if normalise
+        else torch.where(valid, scores, torch.zeros_like(scores))
+    )
     candidates = valid & (s >= threshold)
     device = s.device
     empty_cells = torch.zeros(0, 2, dtype=torch.long, device=device)
 
     if bool(candidates.any()):
         maxima = _local_maxima(s, candidates).nonzero()  # (n, 2)
-        keep = _spread_and_cap(maxima, s[maxima[:, 0], maxima[:, 1]], candidates, bin_grid, max_points)
+        keep = _spread_and_cap(
+            maxima, s[maxima[:, 0], maxima[:, 1]], candidates, bin_grid, max_points
+        )
         pos_cells = maxima[keep]
         if mode == "probabilistic":
             cand = candidates.nonzero()  # (n, 2)
@@ -148,7 +158,9 @@ def select_points(
             n = max(0, min(n, max_points, cand.shape[0]))
             idx = torch.multinomial(weights, n, replacement=False, generator=generator).to(device)
             pos_cells = cand[idx]
-            pos_cells = pos_cells[torch.sort(-s[pos_cells[:, 0], pos_cells[:, 1]], stable=True).indices]
+            pos_cells = pos_cells[
+                torch.sort(-s[pos_cells[:, 0], pos_cells[:, 1]], stable=True).indices
+            ]
     else:
         pos_cells = empty_cells
 

@@ -21,7 +21,9 @@ def prototype(ref_feats: torch.Tensor) -> torch.Tensor:
     return F.normalize(ref_feats.mean(dim=0), dim=0)
 
 
-def prototype_match(ref_feats: torch.Tensor, tgt_feats: torch.Tensor, tgt_valid: torch.Tensor) -> MatchMaps:
+def prototype_match(
+    ref_feats: torch.Tensor, tgt_feats: torch.Tensor, tgt_valid: torch.Tensor
+) -> MatchMaps:
     """Cosine of every valid target cell to the prototype; 0 in invalid cells.
 
     ref_feats (m, C), tgt_feats (Gh, Gw, C) normalised, tgt_valid (Gh, Gw) bool.
@@ -30,6 +32,8 @@ def prototype_match(ref_feats: torch.Tensor, tgt_feats: torch.Tensor, tgt_valid:
     _check(ref_feats, tgt_feats, tgt_valid)
     proto = prototype(ref_feats).to(tgt_feats.dtype)  # (C,)
     cos = tgt_feats @ proto  # (Gh, Gw)
-    mean_sim = tgt_feats @ ref_feats.mean(dim=0).to(tgt_feats.dtype)  # mean_i <f_i, t> = <mean_i f_i, t>
+    mean_sim = tgt_feats @ ref_feats.mean(dim=0).to(
+        tgt_feats.dtype
+    )  # mean_i <f_i, t> = <mean_i f_i, t>
     zero = torch.zeros_like(cos)
     return MatchMaps(torch.where(tgt_valid, cos, zero), torch.where(tgt_valid, mean_sim, zero))

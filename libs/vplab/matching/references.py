@@ -38,7 +38,9 @@ def _as_array(mask: Any, i: int) -> np.ndarray:
     if mask.ndim != 2:
         raise InvalidInput(f"references[{i}]: mask must be 2-D (H, W), got shape {mask.shape}")
     if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
-        raise InvalidInput(f"references[{i}]: mask must be bool (binary) or integer (label map), got {mask.dtype}")
+        raise InvalidInput(
+            f"references[{i}]: mask must be bool (binary) or integer (label map), got {mask.dtype}"
+        )
     return mask
 
 
@@ -66,7 +68,9 @@ def class_mask(mask: np.ndarray, class_id: int, classes: Sequence[int]) -> np.nd
     """Binary mask of ``class_id`` in one shot. A bool mask is the single class's mask."""
     if mask.dtype == bool:
         if len(classes) != 1:
-            raise InvalidInput("a binary reference mask can only be used with a single class; pass label maps")
+            raise InvalidInput(
+                "a binary reference mask can only be used with a single class; pass label maps"
+            )
         return mask
     return mask == class_id
 
@@ -98,12 +102,16 @@ def build_class_references(
             except InvalidInput as e:
                 raise InvalidInput(f"references[{i}], class {cid}: {e.message}") from e
             if not bool(pm.any()):
-                raise InvalidInput(f"references[{i}], class {cid}: reference mask is empty / too small for the patch grid")
+                raise InvalidInput(
+                    f"references[{i}], class {cid}: reference mask is empty / too small for the patch grid"
+                )
             fg.append(pf.features[pm])  # (m_i, C)
             bg.append(pf.features[pf.valid & ~pm])
             shots.append(i)
         if not fg:
-            raise InvalidInput(f"class {cid}: reference mask is empty / too small for the patch grid")
+            raise InvalidInput(
+                f"class {cid}: reference mask is empty / too small for the patch grid"
+            )
         f = torch.cat(fg)
         refs.append(ClassReference(cid, f, torch.cat([f, *bg]), shots))
     return refs

@@ -63,5 +63,7 @@ def resolve_base_sam(
     if expected is not None and digest != expected.lower():
         from vplab.errors import CheckpointError
 
-        raise CheckpointError(f"checkpoint {path}: sha256 mismatch, expected {expected} but the file has {digest}")
+        raise CheckpointError(
+            f"checkpoint {path}: sha256 mismatch, expected {expected} but the file has {digest}"
+        )
     return BaseSam(name, digest, str(checkpoint), local_path=str(path))

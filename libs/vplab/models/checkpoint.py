@@ -57,7 +57,9 @@ def file_sha256(path: str | Path) -> str:
 def _check_sha256(path: Path, expected: str) -> None:
     expected = expected.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise CheckpointError(f"checkpoint {path}: expected sha256 {expected!r} is not 64 hex digits")
+        raise CheckpointError(
+            f"checkpoint {path}: expected sha256 {expected!r} is not 64 hex digits"
+        )
     actual = file_sha256(path)
     if actual != expected:
         raise CheckpointError(
@@ -122,7 +124,9 @@ def resolve_checkpoint(
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"checkpoint {key}: download from the object store failed: {e}") from e
+        raise CheckpointError(
+            f"checkpoint {key}: download from the object store failed: {e}"
+        ) from e
     finally:
         tmp.unlink(missing_ok=True)
     return target, None  # verified (or unverifiable) already
@@ -172,7 +176,7 @@ def _as_state_dict(obj: object, path: Path) -> StateDict:
     state = dict(obj)
     # DistributedDataParallel saves every key under "module.".
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 

@@ -81,7 +81,9 @@ def build_dinov2(
     """
     if name not in DINOV2_NAMES:
         raise InvalidInput(f"unknown DINOv2 model {name!r}; expected one of {list(DINOV2_NAMES)}")
-    timm_name, extra = ("vit_small_patch14_dinov2", _TINY_ARGS) if name == "dinov2_tiny" else (name, {})
+    timm_name, extra = (
+        ("vit_small_patch14_dinov2", _TINY_ARGS) if name == "dinov2_tiny" else (name, {})
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = timm.create_model(

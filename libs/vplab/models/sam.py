@@ -61,9 +61,15 @@ class SamConfig:
 
 
 _CONFIGS = {
-    "vit_b": SamConfig("vit_b", 1024, 16, 768, 12, 12, (2, 5, 8, 11), 14, 256, 2048, "sam_vit_b_01ec64.pth"),
-    "vit_l": SamConfig("vit_l", 1024, 16, 1024, 24, 16, (5, 11, 17, 23), 14, 256, 2048, "sam_vit_l_0b3195.pth"),
-    "vit_h": SamConfig("vit_h", 1024, 16, 1280, 32, 16, (7, 15, 23, 31), 14, 256, 2048, "sam_vit_h_4b8939.pth"),
+    "vit_b": SamConfig(
+        "vit_b", 1024, 16, 768, 12, 12, (2, 5, 8, 11), 14, 256, 2048, "sam_vit_b_01ec64.pth"
+    ),
+    "vit_l": SamConfig(
+        "vit_l", 1024, 16, 1024, 24, 16, (5, 11, 17, 23), 14, 256, 2048, "sam_vit_l_0b3195.pth"
+    ),
+    "vit_h": SamConfig(
+        "vit_h", 1024, 16, 1280, 32, 16, (7, 15, 23, 31), 14, 256, 2048, "sam_vit_h_4b8939.pth"
+    ),
     # 16x16 grid with 5x5 windows: padded to 20x20, so windowed attention with padding
     # is exercised the way ViT-B's 64 -> 70 padding is.
     "sam_tiny": SamConfig("sam_tiny", 256, 16, 64, 4, 2, (1, 3), 5, 256, 2048, None),
@@ -78,7 +84,9 @@ def sam_config(name: str) -> SamConfig:
     try:
         return _CONFIGS[name]
     except KeyError:
-        raise InvalidInput(f"unknown SAM model {name!r}; expected one of {list(SAM_NAMES)}") from None
+        raise InvalidInput(
+            f"unknown SAM model {name!r}; expected one of {list(SAM_NAMES)}"
+        ) from None
 
 
 def _build_tiny(cfg: SamConfig) -> Sam:

@@ -3,13 +3,12 @@
 Importing this package registers every method (see ``registry.py``).
 """
 
+# Method families register themselves on import.
+from vplab.peft import encoder as _encoder  # noqa: F401
+from vplab.peft import epeft as _epeft  # noqa: F401
+from vplab.peft import ptsam as _ptsam  # noqa: F401
 from vplab.peft.core import apply_method, count_trainable, trainable_by_piece
 from vplab.peft.registry import MethodSpec, get_method, make_config, method_names, register
-
-# Method families register themselves on import.
-from vplab.peft import encoder as _encoder  # noqa: F401,E402
-from vplab.peft import epeft as _epeft  # noqa: F401,E402
-from vplab.peft import ptsam as _ptsam  # noqa: F401,E402
 
 __all__ = [
     "MethodSpec",

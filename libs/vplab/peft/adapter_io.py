@@ -72,8 +72,9 @@ def _to_plain(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous().clone()
 
 
-def save_adapter(sam: nn.Module, out_dir: str | os.PathLike, method: str, config: Any,
-                 base: dict[str, str]) -> Path:
+def save_adapter(
+    sam: nn.Module, out_dir: str | os.PathLike, method: str, config: Any, base: dict[str, str]
+) -> Path:
     """Write the adapter of ``sam`` (tuned with ``method``/``config``) to ``out_dir``."""
     from safetensors.torch import save_file
 
@@ -85,7 +86,9 @@ def save_adapter(sam: nn.Module, out_dir: str | os.PathLike, method: str, config
     elif isinstance(config, dict) or config is None:
         config_dict = dict(config or {})
     else:
-        raise InvalidInput(f"config must be the method's config dataclass or a dict, not {type(config).__name__}")
+        raise InvalidInput(
+            f"config must be the method's config dataclass or a dict, not {type(config).__name__}"
+        )
     tensors = {k: _to_plain(v) for k, v in adapter_tensors(sam).items()}
     meta = {
         "format": FORMAT,
@@ -135,8 +138,9 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_adapter(adapter_dir: str | os.PathLike, base_sam: nn.Module,
-                 base_sha256: str) -> tuple[nn.Module, Any]:
+def load_adapter(
+    adapter_dir: str | os.PathLike, base_sam: nn.Module, base_sha256: str
+) -> tuple[nn.Module, Any]:
     """Apply the adapter's method to ``base_sam`` (in place) and load its tensors.
 
     ``base_sha256`` is the digest of the checkpoint ``base_sam`` was loaded from; it must
@@ -172,7 +176,9 @@ def load_adapter(adapter_dir: str | os.PathLike, base_sam: nn.Module,
     # Registered parameters/buffers load; other state-dict entries are derived state some
     # layers serialise (e.g. bitsandbytes' quant_state), rebuilt deterministically by
     # apply_method from the (digest-checked) base weights: only require their presence.
-    loadable = {n for n, _ in base_sam.named_parameters()} | {n for n, _ in base_sam.named_buffers()}
+    loadable = {n for n, _ in base_sam.named_parameters()} | {
+        n for n, _ in base_sam.named_buffers()
+    }
     missing = sorted(expected_keys - set(tensors))
     unexpected = sorted(set(tensors) - expected_keys)
     if missing or unexpected:

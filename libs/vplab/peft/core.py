@@ -24,14 +24,14 @@ def apply_method(sam: nn.Module, name: str, config: Any = None) -> Any:
     return config
 
 
-def trainable_by_piece(model: nn.Module) -> "OrderedDict[str, int]":
+def trainable_by_piece(model: nn.Module) -> OrderedDict[str, int]:
     """Trainable parameter counts per piece.
 
     A parameter belongs to the nearest enclosing module that declares a class attribute
     ``peft_piece`` (e.g. "lora", "ia3", "prompt_tokens"); otherwise to the model's
     top-level child it lives in (e.g. "mask_decoder", "image_encoder").
     """
-    counts: "OrderedDict[str, int]" = OrderedDict()
+    counts: OrderedDict[str, int] = OrderedDict()
 
     def walk(module: nn.Module, piece: str) -> None:
         piece = getattr(module, "peft_piece", None) or piece

@@ -16,7 +16,7 @@ from vplab.peft.registry import get_method
 
 
 def _canonical_base(base: str) -> str:
-    return base[len("sam_"):] if base.startswith("sam_") else base
+    return base[len("sam_") :] if base.startswith("sam_") else base
 
 
 def build_architecture(base: str, meta: bool = True) -> nn.Module:
@@ -42,7 +42,9 @@ def build_architecture(base: str, meta: bool = True) -> nn.Module:
     return builder()
 
 
-def describe(method: str, base: str = "vit_b", config: dict | None = None) -> tuple[dict[str, int], int]:
+def describe(
+    method: str, base: str = "vit_b", config: dict | None = None
+) -> tuple[dict[str, int], int]:
     """(trainable parameters per piece, total) of ``method`` (with ``config`` overrides) on ``base``."""
     get_method(method)  # unknown method -> InvalidInput before building anything
     sam = build_architecture(base, meta=True)

@@ -12,8 +12,9 @@ Methods live in their own modules (one folder or file per method family, as in H
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from torch import nn
 

@@ -61,7 +61,9 @@ _IMPORT_RE = re.compile(
 
 # The module name protoc bakes into each message class (its __module__): pickling a
 # message (Ray Serve does, between proxy and replica) imports it by that name.
-_BUILDER_RE = re.compile(r"(_builder\.Build\w+\(DESCRIPTOR, ')" + re.escape(PROTO_MODULE) + r"\.(\w+_pb2)'")
+_BUILDER_RE = re.compile(
+    r"(_builder\.Build\w+\(DESCRIPTOR, ')" + re.escape(PROTO_MODULE) + r"\.(\w+_pb2)'"
+)
 
 
 def _rewrite(text: str) -> str:

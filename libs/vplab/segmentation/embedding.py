@@ -56,7 +56,12 @@ class ImageEmbedding:
             original = tuple(int(v) for v in json.loads(meta["original_size"]))
             input_size = tuple(int(v) for v in json.loads(meta["input_size"]))
             features = tensors["features"]
-            if features.ndim != 4 or features.shape[0] != 1 or len(original) != 2 or len(input_size) != 2:
+            if (
+                features.ndim != 4
+                or features.shape[0] != 1
+                or len(original) != 2
+                or len(input_size) != 2
+            ):
                 raise ValueError(
                     f"features {tuple(features.shape)}, original_size {original}, input_size {input_size}"
                 )

@@ -16,7 +16,9 @@ from vplab.errors import InvalidInput
 from vplab.segmentation.transforms import preprocess_shape
 
 
-def mask_to_mask_input(mask: np.ndarray, img_size: int, low_res: int, eps: float = 1e-3) -> torch.Tensor:
+def mask_to_mask_input(
+    mask: np.ndarray, img_size: int, low_res: int, eps: float = 1e-3
+) -> torch.Tensor:
     if mask.ndim != 2:
         raise InvalidInput(f"mask_input must be a 2-D mask, got shape {mask.shape}")
     h, w = preprocess_shape(mask.shape[0], mask.shape[1], img_size)

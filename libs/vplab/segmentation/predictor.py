@@ -104,7 +104,9 @@ class PromptSegmenter:
     # --- encoder -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def embed_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
+    def embed_batch(
+        self, images: Sequence[np.ndarray], batch_size: int = 4
+    ) -> list[ImageEmbedding]:
         """Embed several images, ``batch_size`` per encoder forward pass."""
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), batch_size):
@@ -165,7 +167,9 @@ class PromptSegmenter:
             if n is not None
         }
         if not sizes:
-            raise InvalidInput("no prompt given: pass point_coords/point_labels, boxes or mask_input")
+            raise InvalidInput(
+                "no prompt given: pass point_coords/point_labels, boxes or mask_input"
+            )
         if len(set(sizes.values())) > 1:
             raise InvalidInput(
                 f"prompt batch sizes differ: {sizes}; each prompt kind needs one entry per prompt set"
@@ -195,7 +199,9 @@ class PromptSegmenter:
 
     def _check_embedding(self, embedding: ImageEmbedding) -> ImageEmbedding:
         if not isinstance(embedding, ImageEmbedding):
-            raise InvalidInput(f"embedding must be an ImageEmbedding, got {type(embedding).__name__}")
+            raise InvalidInput(
+                f"embedding must be an ImageEmbedding, got {type(embedding).__name__}"
+            )
         shape = tuple(embedding.features.shape)
         if shape != (1, *self.embedding_shape):
             raise InvalidInput(
@@ -316,7 +322,9 @@ def _parse_boxes(boxes: np.ndarray | None, H: int, W: int) -> np.ndarray | None:
     inverted = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
     if np.any(inverted):
         i = int(np.argmax(inverted))
-        raise InvalidInput(f"boxes[{i}] = {arr[i].tolist()} is inverted: need x0 <= x1 and y0 <= y1")
+        raise InvalidInput(
+            f"boxes[{i}] = {arr[i].tolist()} is inverted: need x0 <= x1 and y0 <= y1"
+        )
     _check_in_image(arr.reshape(-1, 2, 2), H, W, "boxes")
     return arr
 

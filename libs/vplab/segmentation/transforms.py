@@ -69,7 +69,9 @@ def apply_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: 
 
 def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
     """(B, 4) xyxy in original pixels -> (B, 4) xyxy in the resized frame."""
-    return apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size, long_side).reshape(-1, 4)
+    return apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size, long_side).reshape(
+        -1, 4
+    )
 
 
 def apply_coords_torch(

@@ -56,9 +56,15 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vplab.serving.chart", description=__doc__.splitlines()[0])
-    parser.add_argument("--chart", type=Path, default=CHART_DIR, help="chart directory (default: %(default)s)")
-    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if the file is stale")
+    parser = argparse.ArgumentParser(
+        prog="python -m vplab.serving.chart", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--chart", type=Path, default=CHART_DIR, help="chart directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 if the file is stale"
+    )
     args = parser.parse_args(argv)
     target = args.chart / APPS_JSON
     text = render()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -34,26 +35,33 @@ class ServiceMetrics:
 
         self.service = service
         self.requests = metrics.Counter(
-            "vplab_rpc_requests", description="RPCs by service, method and code",
+            "vplab_rpc_requests",
+            description="RPCs by service, method and code",
             tag_keys=("service", "method", "code"),
         )
         self.latency = metrics.Histogram(
-            "vplab_rpc_latency_ms", description="RPC latency (ms)",
+            "vplab_rpc_latency_ms",
+            description="RPC latency (ms)",
             boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000, 60000],
             tag_keys=("service", "method"),
         )
 
         self.cache = metrics.Counter(
-            "vplab_embedding_cache", description="embedding cache lookups by encoder and result",
+            "vplab_embedding_cache",
+            description="embedding cache lookups by encoder and result",
             tag_keys=("service", "encoder", "result"),
         )
 
     def cache_lookup(self, encoder: str, hit: bool) -> None:
-        self.cache.inc(tags={"service": self.service, "encoder": encoder, "result": "hit" if hit else "miss"})
+        self.cache.inc(
+            tags={"service": self.service, "encoder": encoder, "result": "hit" if hit else "miss"}
+        )
 
     def observe(self, method: str, code: str, started: float) -> None:
         self.requests.inc(tags={"service": self.service, "method": method, "code": code})
-        self.latency.observe((time.perf_counter() - started) * 1000, tags={"service": self.service, "method": method})
+        self.latency.observe(
+            (time.perf_counter() - started) * 1000, tags={"service": self.service, "method": method}
+        )
 
 
 def tenant_of(authenticator, grpc_context) -> str:
@@ -62,7 +70,11 @@ def tenant_of(authenticator, grpc_context) -> str:
 
 
 async def unary(
-    grpc_context, metrics: ServiceMetrics | None, method: str, empty: Any, handler: Callable[[], Awaitable[Any]]
+    grpc_context,
+    metrics: ServiceMetrics | None,
+    method: str,
+    empty: Any,
+    handler: Callable[[], Awaitable[Any]],
 ) -> Any:
     started = time.perf_counter()
     code = "OK"
@@ -88,7 +100,10 @@ class StreamAborted(Exception):
 
 
 async def streaming(
-    grpc_context, metrics: ServiceMetrics | None, method: str, items: Callable[[], AsyncIterator[Any] | Iterator[Any]]
+    grpc_context,
+    metrics: ServiceMetrics | None,
+    method: str,
+    items: Callable[[], AsyncIterator[Any] | Iterator[Any]],
 ) -> AsyncIterator[Any]:
     started = time.perf_counter()
     code = "OK"

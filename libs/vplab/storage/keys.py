@@ -225,7 +225,7 @@ def active_job(tenant: str, job: str) -> str:
 
 
 def parse_active_job(key: str) -> tuple[str, str]:
-    rest = key[len(active_jobs_prefix()):] if key.startswith(active_jobs_prefix()) else ""
+    rest = key[len(active_jobs_prefix()) :] if key.startswith(active_jobs_prefix()) else ""
     parts = rest.split("/")
     if len(parts) != 2:
         raise InvalidInput(f"not an active-job key: {key!r}")

@@ -75,17 +75,32 @@ class Quotas:
     # --- request limits (413) --------------------------------------------------------------
 
     def check_points(self, n: int) -> None:
-        _limit(n, self.settings.max_points_per_request, "points in one request",
-               "max_points_per_request", PayloadTooLarge)
+        _limit(
+            n,
+            self.settings.max_points_per_request,
+            "points in one request",
+            "max_points_per_request",
+            PayloadTooLarge,
+        )
 
     def check_targets(self, n: int) -> None:
-        _limit(n, self.settings.max_targets_per_call, "target images in one call",
-               "max_targets_per_call", PayloadTooLarge)
+        _limit(
+            n,
+            self.settings.max_targets_per_call,
+            "target images in one call",
+            "max_targets_per_call",
+            PayloadTooLarge,
+        )
 
     def check_image_bytes(self, n: int) -> None:
         """Early check on a declared upload size (e.g. Content-Length), before reading it."""
-        _limit(n, self.settings.max_image_bytes, "bytes in one image", "max_image_bytes",
-               PayloadTooLarge)
+        _limit(
+            n,
+            self.settings.max_image_bytes,
+            "bytes in one image",
+            "max_image_bytes",
+            PayloadTooLarge,
+        )
 
     # --- storage quotas (429) --------------------------------------------------------------
 
@@ -167,7 +182,7 @@ class Quotas:
         prefix = keys.jobs_prefix(tenant)
         count = 0
         for key in self.store.list(prefix):
-            rest = key[len(prefix):].split("/")
+            rest = key[len(prefix) :].split("/")
             if len(rest) != 2 or rest[1] != "state.json":
                 continue
             try:

@@ -24,7 +24,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from vplab.errors import Conflict, InvalidInput, NotFound
 from vplab.storage import ArtifactStore, keys
@@ -55,7 +55,7 @@ class KeyInfo:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _pepper_bytes(pepper: str) -> bytes:
@@ -84,17 +84,18 @@ def _check_name(name: object) -> str:
         raise InvalidInput("tenant name must be a non-empty string")
     name = name.strip()
     if len(name) > _MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidInput(
-            f"tenant name must be at most {_MAX_NAME} printable characters"
-        )
+        raise InvalidInput(f"tenant name must be at most {_MAX_NAME} printable characters")
     return name
 
 
 def _tenant_from(data: object, tenant_id: str) -> Tenant:
     if not isinstance(data, dict):
         raise InvalidInput(f"tenant record {tenant_id!r} is corrupt")
-    return Tenant(id=tenant_id, name=str(data.get("name", tenant_id)),
-                  created_at=str(data.get("created_at", "")))
+    return Tenant(
+        id=tenant_id,
+        name=str(data.get("name", tenant_id)),
+        created_at=str(data.get("created_at", "")),
+    )
 
 
 # --- tenants -------------------------------------------------------------------------------
@@ -121,8 +122,9 @@ def create_tenant(
     if store.exists(record_key):
         raise Conflict(f"tenant {tenant_id!r} already exists; choose another name or id")
     tenant = Tenant(id=tenant_id, name=name, created_at=_now())
-    store.put_json(record_key, {"id": tenant.id, "name": tenant.name,
-                                "created_at": tenant.created_at})
+    store.put_json(
+        record_key, {"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at}
+    )
     return tenant, create_key(store, tenant.id, pepper)
 
 
@@ -138,8 +140,8 @@ def list_tenants(store: ArtifactStore) -> list[Tenant]:
     prefix = keys.tenant_records_prefix()
     tenants = []
     for key in store.list(prefix):
-        tenant_id = key[len(prefix):].removesuffix(".json")
-        if "/" in key[len(prefix):] or not key.endswith(".json"):
+        tenant_id = key[len(prefix) :].removesuffix(".json")
+        if "/" in key[len(prefix) :] or not key.endswith(".json"):
             continue
         try:
             tenants.append(get_tenant(store, tenant_id))
@@ -156,12 +158,15 @@ def create_key(store: ArtifactStore, tenant_id: str, pepper: str) -> str:
     get_tenant(store, tenant_id)
     api_key = KEY_PREFIX + secrets.token_urlsafe(_KEY_BYTES)
     key_hash = hash_api_key(api_key, pepper)
-    store.put_json(keys.api_key_record(key_hash), {
-        "tenant": tenant_id,
-        "key_id": key_hash[:_KEY_ID_LEN],
-        "key_hash": key_hash,
-        "created_at": _now(),
-    })
+    store.put_json(
+        keys.api_key_record(key_hash),
+        {
+            "tenant": tenant_id,
+            "key_id": key_hash[:_KEY_ID_LEN],
+            "key_hash": key_hash,
+            "created_at": _now(),
+        },
+    )
     return api_key
 
 
@@ -175,8 +180,13 @@ def list_keys(store: ArtifactStore, tenant_id: str) -> list[KeyInfo]:
         except (NotFound, InvalidInput):
             continue
         if isinstance(data, dict) and data.get("tenant") == tenant_id:
-            out.append(KeyInfo(key_id=str(data.get("key_id", "")), tenant=tenant_id,
-                               created_at=str(data.get("created_at", ""))))
+            out.append(
+                KeyInfo(
+                    key_id=str(data.get("key_id", "")),
+                    tenant=tenant_id,
+                    created_at=str(data.get("created_at", "")),
+                )
+            )
     return sorted(out, key=lambda k: (k.created_at, k.key_id))
 
 
@@ -188,7 +198,8 @@ def _find_key_record(store: ArtifactStore, tenant_id: str, key: str, pepper: str
         candidates = [record] if store.exists(record) else []
     elif isinstance(key, str) and _KEY_ID_RE.fullmatch(key):
         candidates = [
-            k for k in store.list(keys.api_key_records_prefix())
+            k
+            for k in store.list(keys.api_key_records_prefix())
             if k.rsplit("/", 1)[-1].startswith(key)
         ]
     else:

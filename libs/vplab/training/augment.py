@@ -25,7 +25,9 @@ class View:
             k = int(self.name[3:].split("-")[0]) // 90
             if self.name.endswith("-flip"):
                 image, label = image[:, ::-1], label[:, ::-1]
-            return np.ascontiguousarray(np.rot90(image, k)), np.ascontiguousarray(np.rot90(label, k))
+            return np.ascontiguousarray(np.rot90(image, k)), np.ascontiguousarray(
+                np.rot90(label, k)
+            )
         x = image.astype(np.float32) / 255.0
         if self.name.startswith("gamma"):
             x = x ** float(self.name[5:])

@@ -9,15 +9,21 @@ plus the low-res target and the view's label for prompt sampling.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from vplab.segmentation.transforms import image_to_tensor, normalize_pad, preprocess_shape, resize_longest_side
+from vplab.segmentation.transforms import (
+    image_to_tensor,
+    normalize_pad,
+    preprocess_shape,
+    resize_longest_side,
+)
 from vplab.training.augment import View
 from vplab.training.data import LabeledImage
 
@@ -65,7 +71,9 @@ def lowres_target(sam: Sam, label: np.ndarray, lowres: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encoder_input_to_feature(sam: Sam, x: torch.Tensor, mode: str, start_block: int) -> torch.Tensor:
+def encoder_input_to_feature(
+    sam: Sam, x: torch.Tensor, mode: str, start_block: int
+) -> torch.Tensor:
     enc = sam.image_encoder
     if mode == "full":
         return x

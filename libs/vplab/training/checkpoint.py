@@ -67,7 +67,9 @@ def decode_state(data: bytes) -> TrainerState:
         entry: dict[str, Any] = {}
         for key in keys:
             tkey = f"optim.{idx}.{key}"
-            entry[key] = tensors[tkey] if tkey in tensors else meta["optimizer_state_scalars"][idx][key]
+            entry[key] = (
+                tensors[tkey] if tkey in tensors else meta["optimizer_state_scalars"][idx][key]
+            )
         opt_state[int(idx)] = entry
     return TrainerState(
         step=meta["step"],

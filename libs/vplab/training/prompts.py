@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-
 # Candidate pixels drawn per rejection round. Regions covering more than ~0.1 % of the
 # image almost surely get their points from one round; smaller ones fall back to an exact
 # scan of their pixels.

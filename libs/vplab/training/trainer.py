@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from segment_anything.modeling import Sam
@@ -19,9 +20,9 @@ from segment_anything.modeling import Sam
 from vplab.errors import InvalidInput
 from vplab.masks import iou as mask_iou
 from vplab.peft import apply_method, count_trainable, get_method
-from vplab.training.augment import views as bank_views
 from vplab.segmentation.predictor import decode_torch
 from vplab.segmentation.transforms import apply_coords_torch, postprocess_masks
+from vplab.training.augment import views as bank_views
 from vplab.training.bank import BankItem, FeatureCache, build_bank
 from vplab.training.checkpoint import TrainerState, decode_state, encode_state
 from vplab.training.checkpoints import CheckpointStore
@@ -125,7 +126,9 @@ class Trainer:
 
         def bank_progress(i: int, n: int) -> None:
             if i == n or i % max(1, n // 4) == 0:  # a few events, not one per view
-                self.on_progress(ProgressEvent("bank", 0, cfg.steps, elapsed_s=time.monotonic() - self.t0))
+                self.on_progress(
+                    ProgressEvent("bank", 0, cfg.steps, elapsed_s=time.monotonic() - self.t0)
+                )
 
         self.bank = build_bank(
             self.sam,
@@ -140,7 +143,9 @@ class Trainer:
             self.sam, self.val, bank_views(1, 0), mode, self.start_block, self.feature_cache
         )
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=cfg.lr or self.spec.default_lr, weight_decay=cfg.weight_decay
+            list(self.params.values()),
+            lr=cfg.lr or self.spec.default_lr,
+            weight_decay=cfg.weight_decay,
         )
         total = cfg.steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -161,7 +166,9 @@ class Trainer:
             x = blk(x)
         return enc.neck(x.permute(0, 3, 1, 2))
 
-    def _decode(self, item: BankItem, embedding: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _decode(
+        self, item: BankItem, embedding: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """Low-res logits (1, 1, L, L) for one item."""
         if self.spec.prompt_free:
             from vplab.peft.ptsam import ptsam_decode
@@ -172,13 +179,20 @@ class Trainer:
         )
         coords = apply_coords_torch(coords, item.original_size, self.sam.image_encoder.img_size)
         logits, _ = decode_torch(
-            self.sam, embedding, coords[None].to(self.device), labels[None].to(self.device), multimask_output=False
+            self.sam,
+            embedding,
+            coords[None].to(self.device),
+            labels[None].to(self.device),
+            multimask_output=False,
         )
         return logits
 
     def _valid_lowres(self, item: BankItem, lowres: int) -> tuple[int, int]:
         size = self.sam.image_encoder.img_size
-        return (math.ceil(item.input_size[0] * lowres / size), math.ceil(item.input_size[1] * lowres / size))
+        return (
+            math.ceil(item.input_size[0] * lowres / size),
+            math.ceil(item.input_size[1] * lowres / size),
+        )
 
     def _loss(self, items: list[BankItem]) -> torch.Tensor:
         losses = []
@@ -200,8 +214,9 @@ class Trainer:
         for item in self.val_bank:
             with self._autocast():
                 logits = self._decode(item, self._embedding(item), generator)
-            masks = postprocess_masks(logits.float(), item.input_size, item.original_size,
-                                      self.sam.image_encoder.img_size)
+            masks = postprocess_masks(
+                logits.float(), item.input_size, item.original_size, self.sam.image_encoder.img_size
+            )
             ious.append(mask_iou((masks[0, 0] > 0).cpu().numpy(), item.label.numpy()))
         self.sam.train(was_training)
         return float(sum(ious) / len(ious))
@@ -280,8 +295,14 @@ class Trainer:
             rate = (step - start) / max(time.monotonic() - t_loop, 1e-9)
             self.on_progress(
                 ProgressEvent(
-                    "train", step, cfg.steps, loss_value, val_iou, info["best_val_iou"],
-                    time.monotonic() - self.t0, (cfg.steps - step) / rate if rate > 0 else None,
+                    "train",
+                    step,
+                    cfg.steps,
+                    loss_value,
+                    val_iou,
+                    info["best_val_iou"],
+                    time.monotonic() - self.t0,
+                    (cfg.steps - step) / rate if rate > 0 else None,
                 )
             )
         if cancelled and self.checkpoints:
@@ -292,8 +313,16 @@ class Trainer:
         self.sam.eval()
         elapsed = time.monotonic() - self.t0
         self.on_progress(
-            ProgressEvent("cancelled" if cancelled else "done", step, cfg.steps, loss_value,
-                          None, info["best_val_iou"], elapsed, 0.0)
+            ProgressEvent(
+                "cancelled" if cancelled else "done",
+                step,
+                cfg.steps,
+                loss_value,
+                None,
+                info["best_val_iou"],
+                elapsed,
+                0.0,
+            )
         )
         return TrainResult(
             model=self.sam,

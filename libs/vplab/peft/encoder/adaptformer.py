@@ -21,8 +21,15 @@ from vplab.peft.registry import MethodSpec, register
 class AdaptFormerMLP(nn.Module):
     peft_piece = "adaptformer"
 
-    def __init__(self, base: nn.Module, dim: int, bottleneck: int, dropout: float,
-                 scale_init: float, learnable_scale: bool):
+    def __init__(
+        self,
+        base: nn.Module,
+        dim: int,
+        bottleneck: int,
+        dropout: float,
+        scale_init: float,
+        learnable_scale: bool,
+    ):
         super().__init__()
         self.base = base
         self.down = nn.Linear(dim, bottleneck)
@@ -54,13 +61,24 @@ class AdaptFormerConfig(EncoderPeftConfig):
 def inject_adaptformer(sam: nn.Module, config: AdaptFormerConfig) -> None:
     for block in encoder_blocks(sam):
         dim = block.mlp.lin1.in_features
-        block.mlp = AdaptFormerMLP(block.mlp, dim, config.bottleneck, config.dropout,
-                                   config.scale_init, config.learnable_scale)
+        block.mlp = AdaptFormerMLP(
+            block.mlp,
+            dim,
+            config.bottleneck,
+            config.dropout,
+            config.scale_init,
+            config.learnable_scale,
+        )
     train_heads(sam, config)
 
 
-register(MethodSpec(
-    name="adaptformer", config_cls=AdaptFormerConfig, inject=inject_adaptformer,
-    encoder_mode="full", mergeable=False,
-    description="Parallel bottleneck-64 adapter on every encoder MLP + decoder + prompt encoder.",
-))
+register(
+    MethodSpec(
+        name="adaptformer",
+        config_cls=AdaptFormerConfig,
+        inject=inject_adaptformer,
+        encoder_mode="full",
+        mergeable=False,
+        description="Parallel bottleneck-64 adapter on every encoder MLP + decoder + prompt encoder.",
+    )
+)

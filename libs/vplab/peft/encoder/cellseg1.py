@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch import nn
@@ -21,8 +21,9 @@ from vplab.peft.encoder.lora import lora_linear, lora_qkv
 from vplab.peft.registry import MethodSpec, register
 
 
-def lora_decoder_attentions(sam: nn.Module, r: int, alpha: float | None, dropout: float,
-                            targets: Sequence[str] = ("q", "v")) -> None:
+def lora_decoder_attentions(
+    sam: nn.Module, r: int, alpha: float | None, dropout: float, targets: Sequence[str] = ("q", "v")
+) -> None:
     """LoRA on ``{t}_proj`` of every Attention in the mask decoder's two-way transformer."""
     for module in list(sam.mask_decoder.modules()):
         if isinstance(module, DecoderAttention):
@@ -69,18 +70,33 @@ def inject_samed(sam: nn.Module, config: SamedConfig) -> None:
     train_heads(sam, config)
 
 
-register(MethodSpec(
-    name="cellseg1", config_cls=CellSeg1Config, inject=inject_cellseg1, encoder_mode="full",
-    mergeable=True,
-    description="LoRA r4 on q, v of the encoder and of every decoder attention; rest frozen.",
-))
-register(MethodSpec(
-    name="cellseg1-md", config_cls=CellSeg1MdConfig, inject=inject_cellseg1_md,
-    encoder_mode="frozen", mergeable=True,
-    description="LoRA r4 on q, v of every mask-decoder attention only.",
-))
-register(MethodSpec(
-    name="samed", config_cls=SamedConfig, inject=inject_samed, encoder_mode="full",
-    mergeable=True,
-    description="LoRA r4 on q, v of the encoder + full decoder + prompt encoder (SAMed).",
-))
+register(
+    MethodSpec(
+        name="cellseg1",
+        config_cls=CellSeg1Config,
+        inject=inject_cellseg1,
+        encoder_mode="full",
+        mergeable=True,
+        description="LoRA r4 on q, v of the encoder and of every decoder attention; rest frozen.",
+    )
+)
+register(
+    MethodSpec(
+        name="cellseg1-md",
+        config_cls=CellSeg1MdConfig,
+        inject=inject_cellseg1_md,
+        encoder_mode="frozen",
+        mergeable=True,
+        description="LoRA r4 on q, v of every mask-decoder attention only.",
+    )
+)
+register(
+    MethodSpec(
+        name="samed",
+        config_cls=SamedConfig,
+        inject=inject_samed,
+        encoder_mode="full",
+        mergeable=True,
+        description="LoRA r4 on q, v of the encoder + full decoder + prompt encoder (SAMed).",
+    )
+)

@@ -7,8 +7,8 @@ always updates them ("prompt encoder and mask decoder are always updated").
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from torch import nn
 
@@ -53,7 +53,9 @@ def qkv_slices(dim: int, targets: Sequence[str]) -> list[tuple[int, int]]:
     """Output row ranges of the fused qkv for the requested projections, in q, k, v order."""
     unknown = sorted(set(targets) - set(_QKV_INDEX))
     if unknown or not targets:
-        raise InvalidInput(f"qkv targets must be a non-empty subset of q, k, v; got {list(targets)}")
+        raise InvalidInput(
+            f"qkv targets must be a non-empty subset of q, k, v; got {list(targets)}"
+        )
     idx = sorted({_QKV_INDEX[t] for t in targets})
     return [(i * dim, (i + 1) * dim) for i in idx]
 

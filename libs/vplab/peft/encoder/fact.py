@@ -61,7 +61,13 @@ def inject_fact(sam: nn.Module, config: FactConfig) -> None:
     train_heads(sam, config)
 
 
-register(MethodSpec(
-    name="fact", config_cls=FactConfig, inject=inject_fact, encoder_mode="full", mergeable=False,
-    description="FacT-TT r16 on q, v of every encoder block + decoder + prompt encoder.",
-))
+register(
+    MethodSpec(
+        name="fact",
+        config_cls=FactConfig,
+        inject=inject_fact,
+        encoder_mode="full",
+        mergeable=False,
+        description="FacT-TT r16 on q, v of every encoder block + decoder + prompt encoder.",
+    )
+)

@@ -7,8 +7,8 @@ like separate q/v Linears would get. Scale alpha / r = 1 by default (alpha = r).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import nn
 
@@ -17,18 +17,22 @@ from vplab.peft.layers.lora import LoRALinear
 from vplab.peft.registry import MethodSpec, register
 
 
-def lora_qkv(block: nn.Module, targets: Sequence[str], r: int, alpha: float | None,
-             dropout: float) -> LoRALinear:
+def lora_qkv(
+    block: nn.Module, targets: Sequence[str], r: int, alpha: float | None, dropout: float
+) -> LoRALinear:
     """Replace ``block.attn.qkv`` by a LoRA wrapper on the given projections."""
     qkv = block.attn.qkv
     dim = qkv.in_features
-    wrapped = LoRALinear(qkv, r=r, alpha=alpha, dropout=dropout, out_slices=qkv_slices(dim, targets))
+    wrapped = LoRALinear(
+        qkv, r=r, alpha=alpha, dropout=dropout, out_slices=qkv_slices(dim, targets)
+    )
     block.attn.qkv = wrapped
     return wrapped
 
 
-def lora_linear(parent: nn.Module, name: str, r: int, alpha: float | None,
-                dropout: float) -> LoRALinear:
+def lora_linear(
+    parent: nn.Module, name: str, r: int, alpha: float | None, dropout: float
+) -> LoRALinear:
     wrapped = LoRALinear(getattr(parent, name), r=r, alpha=alpha, dropout=dropout)
     setattr(parent, name, wrapped)
     return wrapped
@@ -68,12 +72,23 @@ def inject_late_lora(sam: nn.Module, config: LateLoraConfig) -> None:
     train_heads(sam, config)
 
 
-register(MethodSpec(
-    name="lora", config_cls=LoraConfig, inject=inject_lora, encoder_mode="full", mergeable=True,
-    description="LoRA r32 on q and v of every encoder block + decoder + prompt encoder.",
-))
-register(MethodSpec(
-    name="late-lora", config_cls=LateLoraConfig, inject=inject_late_lora, encoder_mode="late",
-    mergeable=True,
-    description="LoRA r32 on q, k, v and MLP lin1/lin2 of blocks >= start_block + decoder.",
-))
+register(
+    MethodSpec(
+        name="lora",
+        config_cls=LoraConfig,
+        inject=inject_lora,
+        encoder_mode="full",
+        mergeable=True,
+        description="LoRA r32 on q and v of every encoder block + decoder + prompt encoder.",
+    )
+)
+register(
+    MethodSpec(
+        name="late-lora",
+        config_cls=LateLoraConfig,
+        inject=inject_late_lora,
+        encoder_mode="late",
+        mergeable=True,
+        description="LoRA r32 on q, k, v and MLP lin1/lin2 of blocks >= start_block + decoder.",
+    )
+)

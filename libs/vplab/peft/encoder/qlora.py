@@ -11,8 +11,8 @@ applies the learned LoRA to full-precision weights - load the LoRA tensors as ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -34,12 +34,16 @@ class QLoraConfig(EncoderPeftConfig):
 
 def _quantise(linear: nn.Linear, bnb, quant_type: str, device: torch.device) -> nn.Module:
     q = bnb.nn.Linear4bit(
-        linear.in_features, linear.out_features, bias=linear.bias is not None,
-        compute_dtype=linear.weight.dtype, quant_type=quant_type,
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=linear.weight.dtype,
+        quant_type=quant_type,
     )
     # Params4bit quantises when moved to the GPU.
-    q.weight = bnb.nn.Params4bit(linear.weight.data.detach().cpu(), requires_grad=False,
-                                 quant_type=quant_type)
+    q.weight = bnb.nn.Params4bit(
+        linear.weight.data.detach().cpu(), requires_grad=False, quant_type=quant_type
+    )
     if linear.bias is not None:
         q.bias = nn.Parameter(linear.bias.data.detach().cpu().clone(), requires_grad=False)
     q = q.to(device)
@@ -69,8 +73,12 @@ def inject_qlora(sam: nn.Module, config: QLoraConfig) -> None:
     device = torch.device("cuda", torch.cuda.current_device())
     sam.to(device)  # the quantised layers live on the GPU; keep the whole model with them
     for block in encoder_blocks(sam):
-        for parent, name in ((block.attn, "qkv"), (block.attn, "proj"),
-                             (block.mlp, "lin1"), (block.mlp, "lin2")):
+        for parent, name in (
+            (block.attn, "qkv"),
+            (block.attn, "proj"),
+            (block.mlp, "lin1"),
+            (block.mlp, "lin2"),
+        ):
             setattr(parent, name, _quantise(getattr(parent, name), bnb, config.quant_type, device))
         wrapped = lora_qkv(block, config.targets, config.r, config.alpha, config.dropout)
         wrapped.lora_A.to(device)
@@ -78,8 +86,13 @@ def inject_qlora(sam: nn.Module, config: QLoraConfig) -> None:
     train_heads(sam, config)
 
 
-register(MethodSpec(
-    name="qlora", config_cls=QLoraConfig, inject=inject_qlora, encoder_mode="full",
-    mergeable=False,
-    description="LoRA r32 on q, v over 4-bit frozen encoder weights (bitsandbytes, CUDA only).",
-))
+register(
+    MethodSpec(
+        name="qlora",
+        config_cls=QLoraConfig,
+        inject=inject_qlora,
+        encoder_mode="full",
+        mergeable=False,
+        description="LoRA r32 on q, v over 4-bit frozen encoder weights (bitsandbytes, CUDA only).",
+    )
+)

@@ -89,33 +89,63 @@ def inject_full_ft(sam: nn.Module, config: FullFtConfig) -> None:
     train_heads(sam, config)
 
 
-register(MethodSpec(
-    name="freeze-encoder", config_cls=FreezeEncoderConfig, inject=inject_freeze_encoder,
-    encoder_mode="frozen", mergeable=True,
-    description="Image encoder frozen; mask decoder and prompt encoder train.",
-))
-register(MethodSpec(
-    name="attn-tune", config_cls=AttnTuneConfig, inject=inject_attn_tune,
-    encoder_mode="full", mergeable=True,
-    description="Attention weights of every encoder block (qkv, proj, rel-pos) + decoder.",
-))
-register(MethodSpec(
-    name="bias-tune", config_cls=BiasTuneConfig, inject=inject_bias_tune,
-    encoder_mode="full", mergeable=True,
-    description="Every bias in the encoder blocks + decoder + prompt encoder.",
-))
-register(MethodSpec(
-    name="ln-tune", config_cls=LnTuneConfig, inject=inject_ln_tune,
-    encoder_mode="full", mergeable=True,
-    description="LayerNorms (norm1, norm2) of the encoder blocks + decoder + prompt encoder.",
-))
-register(MethodSpec(
-    name="late-ft", config_cls=LateFtConfig, inject=inject_late_ft,
-    encoder_mode="late", mergeable=True,
-    description="Encoder blocks >= start_block fully trainable + decoder + prompt encoder.",
-))
-register(MethodSpec(
-    name="full-ft", config_cls=FullFtConfig, inject=inject_full_ft,
-    encoder_mode="full", mergeable=True,
-    description="Every parameter trains.",
-))
+register(
+    MethodSpec(
+        name="freeze-encoder",
+        config_cls=FreezeEncoderConfig,
+        inject=inject_freeze_encoder,
+        encoder_mode="frozen",
+        mergeable=True,
+        description="Image encoder frozen; mask decoder and prompt encoder train.",
+    )
+)
+register(
+    MethodSpec(
+        name="attn-tune",
+        config_cls=AttnTuneConfig,
+        inject=inject_attn_tune,
+        encoder_mode="full",
+        mergeable=True,
+        description="Attention weights of every encoder block (qkv, proj, rel-pos) + decoder.",
+    )
+)
+register(
+    MethodSpec(
+        name="bias-tune",
+        config_cls=BiasTuneConfig,
+        inject=inject_bias_tune,
+        encoder_mode="full",
+        mergeable=True,
+        description="Every bias in the encoder blocks + decoder + prompt encoder.",
+    )
+)
+register(
+    MethodSpec(
+        name="ln-tune",
+        config_cls=LnTuneConfig,
+        inject=inject_ln_tune,
+        encoder_mode="full",
+        mergeable=True,
+        description="LayerNorms (norm1, norm2) of the encoder blocks + decoder + prompt encoder.",
+    )
+)
+register(
+    MethodSpec(
+        name="late-ft",
+        config_cls=LateFtConfig,
+        inject=inject_late_ft,
+        encoder_mode="late",
+        mergeable=True,
+        description="Encoder blocks >= start_block fully trainable + decoder + prompt encoder.",
+    )
+)
+register(
+    MethodSpec(
+        name="full-ft",
+        config_cls=FullFtConfig,
+        inject=inject_full_ft,
+        encoder_mode="full",
+        mergeable=True,
+        description="Every parameter trains.",
+    )
+)

@@ -78,7 +78,13 @@ def inject_ssf(sam: nn.Module, config: SsfConfig) -> None:
     train_heads(sam, config)
 
 
-register(MethodSpec(
-    name="ssf", config_cls=SsfConfig, inject=inject_ssf, encoder_mode="full", mergeable=True,
-    description="Scale/shift after qkv, proj, lin1, lin2, norm1, norm2 of every encoder block.",
-))
+register(
+    MethodSpec(
+        name="ssf",
+        config_cls=SsfConfig,
+        inject=inject_ssf,
+        encoder_mode="full",
+        mergeable=True,
+        description="Scale/shift after qkv, proj, lin1, lin2, norm1, norm2 of every encoder block.",
+    )
+)

@@ -38,7 +38,9 @@ class EPEFTConfig:
         from vplab.errors import InvalidInput
 
         if not (self.lora or self.ia3 or self.prompt_tokens or self.adapter):
-            raise InvalidInput("E-PEFT: at least one piece (lora, ia3, prompt_tokens, adapter) must be on")
+            raise InvalidInput(
+                "E-PEFT: at least one piece (lora, ia3, prompt_tokens, adapter) must be on"
+            )
         if self.lora and (self.lora_r_attn <= 0 or self.lora_r_mlp <= 0):
             raise InvalidInput("E-PEFT: LoRA ranks must be positive")
         if self.n_prompt_tokens < 0 or self.n_image_prompt_tokens < 0:

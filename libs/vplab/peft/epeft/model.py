@@ -43,8 +43,6 @@ Design choices the paper leaves open (kept visible here):
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import torch
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention as DecoderAttention
@@ -129,7 +127,9 @@ class EPEFTMaskDecoder(MaskDecoder):
         n_img = config.n_image_prompt_tokens if config.prompt_tokens else 0
         self.token_memory = MemoryTokens(n_tok, dim, config.prompt_init_std) if n_tok else None
         self.image_memory = MemoryTokens(n_img, dim, config.prompt_init_std) if n_img else None
-        self.context_adapter = ImageContextAdapter(dim, config.adapter_hidden) if config.adapter else None
+        self.context_adapter = (
+            ImageContextAdapter(dim, config.adapter_hidden) if config.adapter else None
+        )
         self.to(device=ref.device, dtype=ref.dtype)
         self.train(base.training)
 
@@ -147,7 +147,7 @@ class EPEFTMaskDecoder(MaskDecoder):
         image_pe: torch.Tensor,  # (1, C, h, w)
         sparse_prompt_embeddings: torch.Tensor,  # (T, S, C)
         dense_prompt_embeddings: torch.Tensor,  # (T or 1, C, h, w)
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n_tok, n_img = self.n_token_memory, self.n_image_memory
         t = sparse_prompt_embeddings.size(0)
         bi = image_embeddings.size(0)
@@ -206,7 +206,7 @@ class EPEFTMaskDecoder(MaskDecoder):
 
         # From here on the stock decoder's operations.
         upscaled_embedding = self.output_upscaling(src)  # (R, c, 4h, 4w), channels-last
-        hyper_in_list: List[torch.Tensor] = []
+        hyper_in_list: list[torch.Tensor] = []
         for i in range(self.num_mask_tokens):
             hyper_in_list.append(self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]))
         hyper_in = torch.stack(hyper_in_list, dim=1)  # (R, M, c)
@@ -222,7 +222,7 @@ class EPEFTMaskDecoder(MaskDecoder):
 
     def _run_transformer(
         self, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``TwoWayTransformer.forward`` on already-flattened sequences (so memory tokens
         can be prepended to the image stream); same operations, same order."""
         tr = self.transformer

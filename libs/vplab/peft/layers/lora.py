@@ -68,7 +68,9 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merged(self) -> nn.Linear:
         """A plain Linear with the update folded into the weight (for export)."""
-        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        out = nn.Linear(
+            self.base.in_features, self.base.out_features, bias=self.base.bias is not None
+        )
         out = out.to(self.base.weight.device, self.base.weight.dtype)
         out.weight.copy_(self.base.weight + self.delta_weight())
         if self.base.bias is not None:

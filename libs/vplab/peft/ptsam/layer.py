@@ -21,6 +21,8 @@ import math
 import torch
 from segment_anything.modeling.image_encoder import (
     Attention as ViTAttention,
+)
+from segment_anything.modeling.image_encoder import (
     Block,
     add_decomposed_rel_pos,
     window_partition,

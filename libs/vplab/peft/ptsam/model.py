@@ -43,7 +43,9 @@ class PTSAMMaskDecoder(MaskDecoder):
         self.num_multimask_outputs = base.num_multimask_outputs
         self.num_mask_tokens = base.num_mask_tokens
         ref = base.iou_token.weight
-        self.prompts = DecoderPrompts(n_md, base.transformer_dim, init_std).to(ref.device, ref.dtype)
+        self.prompts = DecoderPrompts(n_md, base.transformer_dim, init_std).to(
+            ref.device, ref.dtype
+        )
         self.train(base.training)
 
     def predict_masks(
@@ -64,13 +66,18 @@ def inject_encoder_prompts(image_encoder: ImageEncoderViT, n_ie: int) -> None:
     patch = tuple(image_encoder.patch_embed.proj.kernel_size)
     for i, blk in enumerate(image_encoder.blocks):
         if isinstance(blk, PromptedBlock) or type(blk).forward is not Block.forward:
-            raise InvalidInput(f"PTSAM: image_encoder.blocks[{i}] is already modified ({type(blk).__name__})")
+            raise InvalidInput(
+                f"PTSAM: image_encoder.blocks[{i}] is already modified ({type(blk).__name__})"
+            )
         image_encoder.blocks[i] = PromptedBlock(blk, n_ie, patch)
 
 
 def _inject_decoder(sam: nn.Module, config: PTSAMDecoderConfig) -> None:
     decoder = sam.mask_decoder
-    if not isinstance(decoder, MaskDecoder) or type(decoder).predict_masks is not MaskDecoder.predict_masks:
+    if (
+        not isinstance(decoder, MaskDecoder)
+        or type(decoder).predict_masks is not MaskDecoder.predict_masks
+    ):
         raise InvalidInput(
             f"PTSAM needs segment_anything's stock MaskDecoder, got {type(decoder).__name__}"
         )
@@ -99,7 +106,9 @@ def ptsam_decode(sam: nn.Module, image_embeddings: torch.Tensor) -> torch.Tensor
     With a stock decoder this is SAM's own no-prompt output (a 0-shot baseline).
     """
     if image_embeddings.dim() != 4:
-        raise InvalidInput(f"image embeddings must be (B, C, h, w), got {tuple(image_embeddings.shape)}")
+        raise InvalidInput(
+            f"image embeddings must be (B, C, h, w), got {tuple(image_embeddings.shape)}"
+        )
     pe = sam.prompt_encoder
     h, w = pe.image_embedding_size
     b, c = image_embeddings.shape[:2]
@@ -123,7 +132,6 @@ def ptsam_decode(sam: nn.Module, image_embeddings: torch.Tensor) -> torch.Tensor
     return torch.cat(out, dim=0)  # (B, 1, 4h, 4w)
 
 
-
 @torch.no_grad()
 def ptsam_segment(sam: nn.Module, image: np.ndarray) -> np.ndarray:
     """One HxWx3 uint8 image -> HxW bool mask, prompt-free (for ``vplab predict``).
@@ -144,7 +152,9 @@ def ptsam_segment(sam: nn.Module, image: np.ndarray) -> np.ndarray:
     size = sam.image_encoder.img_size
     device = sam.pixel_mean.device
     resized = resize_longest_side(image, size)
-    x = normalize_pad(image_to_tensor(resized, device), sam.pixel_mean.flatten(), sam.pixel_std.flatten(), size)
+    x = normalize_pad(
+        image_to_tensor(resized, device), sam.pixel_mean.flatten(), sam.pixel_std.flatten(), size
+    )
     x = x.to(next(sam.image_encoder.parameters()).dtype)
     logits = ptsam_decode(sam, sam.image_encoder(x))  # (1, 1, 4g, 4g)
     logits = postprocess_masks(logits.float(), resized.shape[:2], image.shape[:2], size)
