@@ -198,7 +198,7 @@ def test_concurrent_uploads_lose_nothing(store):
                 with lock:
                     ids.append(image_id)
             replica.add_image(A, d, png(100))  # everyone also uploads one shared image
-        except BaseException as e:  # pragma: no cover - reported below
+        except BaseException as e:  # noqa: BLE001 - pragma: no cover - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
@@ -285,7 +285,7 @@ def test_label_versions(ds, store):
         ds.get_label(A, d, i1, 0)
     samples = ds.labeled_samples(A, d)
     assert [s[0] for s in samples] == sorted([i1, i2])
-    for image_id, image, label in samples:
+    for _image_id, image, label in samples:
         assert image.shape == (H, W, 3) and image.dtype == np.uint8
         assert label.shape == (H, W) and label.dtype == bool
     by_id = {s[0]: s for s in samples}

@@ -237,9 +237,9 @@ def test_image_context_builds_a_wheel_with_services_and_stubs(tmp_path):
     excluded = [ln[3:] for ln in lines if ln.startswith("**/")]
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    ignore = lambda _dir, names: [
+    ignore = lambda _dir, names: [  # noqa: E731
         n for n in names if any(fnmatch.fnmatch(n, pat) for pat in excluded)
-    ]  # noqa: E731
+    ]
     for entry in allowed:
         src = ROOT / entry
         if src.is_dir():
@@ -320,7 +320,7 @@ def test_builtin_manifests_validate_strictly(rendered):
 
 
 def test_expected_resources_are_rendered(rendered):
-    label, overrides, documents = rendered
+    label, _overrides, documents = rendered
     kinds = {d["kind"] for d in documents}
     assert {
         "RayService",
@@ -366,7 +366,7 @@ def test_every_container_has_requests_and_limits(rendered):
 
 
 def test_rayservice_matches_kuberay_crd_schema(rendered, crd_validator):
-    label, _, documents = rendered
+    _label, _, documents = rendered
     rs = one(documents, "RayService")
     errors = sorted(crd_validator.iter_errors(rs), key=lambda e: list(e.absolute_path))
     assert not errors, [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
@@ -516,7 +516,7 @@ def test_imports_named_in_rendered_chart_resolve():
         module, attr = target.split(":")
         try:
             obj = getattr(importlib.import_module(module), attr)
-        except Exception as exc:  # noqa: BLE001 - report every broken path at once
+        except Exception as exc:  # noqa: BLE001
             failures.append(f"{target}: {type(exc).__name__}: {exc}")
             continue
         assert obj is not None
@@ -525,7 +525,7 @@ def test_imports_named_in_rendered_chart_resolve():
         module, attr = app["import_path"].split(":")
         try:
             bound = getattr(importlib.import_module(module), attr)
-        except Exception:  # noqa: BLE001 - already reported above
+        except Exception:  # noqa: BLE001
             continue
         name = getattr(getattr(bound, "_bound_deployment", None), "name", None)
         if name is not None and name != app["deployments"][0]["name"]:

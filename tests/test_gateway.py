@@ -516,7 +516,7 @@ def test_quotas_and_limits(tmp_path):
 def test_segment_forwards_metadata_and_formats(local_stack):
     st = local_stack
     with client(st) as c:
-        ds, ids = setup_data(c, 1)
+        _ds, ids = setup_data(c, 1)
         r = c.post(
             f"/v1/images/{ids[0]}/segment", json={"points": [[10, 8], [0, 0]], "labels": [1, 0]}
         )
@@ -961,17 +961,19 @@ def test_grpc_channel_factory(tmp_path):
         made.append(target)
         return grpc.aio.insecure_channel(target)
 
-    with running_stack(
-        LocalStore(tmp_path / "store"), tmp_path, app_kwargs={"grpc_channel": factory}
-    ) as st:
-        with client(st) as c:
-            _, ids = setup_data(c, 1)
-            assert (
-                c.post(
-                    f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}
-                ).status_code
-                == 200
-            )
+    with (
+        running_stack(
+            LocalStore(tmp_path / "store"), tmp_path, app_kwargs={"grpc_channel": factory}
+        ) as st,
+        client(st) as c,
+    ):
+        _, ids = setup_data(c, 1)
+        assert (
+            c.post(
+                f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}
+            ).status_code
+            == 200
+        )
     assert made == [st.settings.grpc_target]
 
 
@@ -998,17 +1000,19 @@ def test_healthz(local_stack, tmp_path):
     s.bind(("127.0.0.1", 0))
     dead = f"127.0.0.1:{s.getsockname()[1]}"
     s.close()
-    with running_stack(LocalStore(tmp_path / "store2"), tmp_path / "two", grpc_target=dead) as st2:
-        with httpx.Client(base_url=st2.url) as c:
-            r = c.get("/healthz")
-            assert r.status_code == 503
-            assert all(a["status"] == "down" for a in r.json()["apps"].values())
-            assert r.json()["store"]["status"] == "ok"
-            # A gRPC route with the services down: 503, JSON.
-            a = client(st2)
-            ds, ids = setup_data(a, 1)
-            assert_error(
-                a.post(f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}),
-                503,
-            )
-            a.close()
+    with (
+        running_stack(LocalStore(tmp_path / "store2"), tmp_path / "two", grpc_target=dead) as st2,
+        httpx.Client(base_url=st2.url) as c,
+    ):
+        r = c.get("/healthz")
+        assert r.status_code == 503
+        assert all(a["status"] == "down" for a in r.json()["apps"].values())
+        assert r.json()["store"]["status"] == "ok"
+        # A gRPC route with the services down: 503, JSON.
+        a = client(st2)
+        _ds, ids = setup_data(a, 1)
+        assert_error(
+            a.post(f"/v1/images/{ids[0]}/segment", json={"points": [[1, 1]], "labels": [1]}),
+            503,
+        )
+        a.close()

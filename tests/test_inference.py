@@ -52,7 +52,7 @@ def env(tmp_path_factory):
 
 
 def test_embedding_cache_miss_then_hit_per_tenant(env):
-    settings, store, features, _, ids, _ = env
+    _settings, store, features, _, ids, _ = env
     features.lru = type(features.lru)(features.lru.max_bytes)  # cold in-process cache
     image = ids["t1"][1][0]
     miss = features.embed("t1", image)

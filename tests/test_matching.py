@@ -165,7 +165,7 @@ def test_patch_mask_errors():
 
 def test_soft_match_excludes_padding(feats):
     _, _, pm, rf = _reference(feats, "obj")
-    grid, tf, valid = _target(feats)
+    _grid, tf, valid = _target(feats)
     maps = soft_match(masked_features(rf, pm), tf, valid)
     assert maps.scores.shape == (GRID, GRID) and maps.similarity.shape == (GRID, GRID)
     assert float(maps.scores[~valid].abs().max()) == 0.0

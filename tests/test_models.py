@@ -99,7 +99,7 @@ def test_wrong_model_names_file_and_model(vit_b_file):
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.pth"
-    with pytest.raises(CheckpointError, match="nope.pth: file not found"):
+    with pytest.raises(CheckpointError, match=r"nope\.pth: file not found"):
         build_sam("sam_tiny", checkpoint=missing)
     with pytest.raises(CheckpointError, match="file not found"):
         load_state_dict_file(missing)
@@ -114,7 +114,7 @@ def test_truncated_and_corrupt_file(tiny_file, tmp_path):
     assert "truncated.pth" in e.value.message and "truncated" in e.value.message
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(CheckpointError, match="garbage.pth: cannot be read"):
+    with pytest.raises(CheckpointError, match=r"garbage\.pth: cannot be read"):
         load_state_dict_file(garbage)
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
@@ -125,11 +125,11 @@ def test_truncated_and_corrupt_file(tiny_file, tmp_path):
 def test_not_a_state_dict(tmp_path):
     a_list = tmp_path / "list.pth"
     torch.save([1, 2, 3], a_list)
-    with pytest.raises(CheckpointError, match="list.pth: not a state dict"):
+    with pytest.raises(CheckpointError, match=r"list\.pth: not a state dict"):
         load_state_dict_file(a_list)
     mixed = tmp_path / "mixed.pth"
     torch.save({"w": torch.zeros(2), "epoch": 3}, mixed)
-    with pytest.raises(CheckpointError, match="mixed.pth: not a state dict"):
+    with pytest.raises(CheckpointError, match=r"mixed\.pth: not a state dict"):
         load_state_dict_file(mixed)
 
 

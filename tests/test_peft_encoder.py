@@ -395,7 +395,7 @@ def test_adapter_missing_or_corrupt_files(fresh_tiny, tmp_path):
         load_adapter(out, fresh_tiny(), BASE["sha256"])
     (out / "adapter.safetensors").write_bytes(weights)
     (out / "config.json").write_text("{not json")
-    with pytest.raises(InvalidInput, match="config.json"):
+    with pytest.raises(InvalidInput, match=r"config\.json"):
         load_adapter(out, fresh_tiny(), BASE["sha256"])
     with pytest.raises(InvalidInput, match="missing"):
         load_adapter(tmp_path / "nowhere", fresh_tiny(), BASE["sha256"])

@@ -40,8 +40,8 @@ def test_sample_points_positive_inside_negative_outside():
     for _ in range(50):
         pts, labels = sample_points(label, g, max_pos=3, max_neg=2)
         assert 1 <= int((labels == 1).sum()) <= 3 and int((labels == 0).sum()) <= 2
-        for (x, y), l in zip(pts.tolist(), labels.tolist()):
-            assert bool(label[int(y), int(x)]) == (l == 1)
+        for (x, y), lab in zip(pts.tolist(), labels.tolist()):
+            assert bool(label[int(y), int(x)]) == (lab == 1)
 
 
 def test_sample_points_are_distinct_and_uniform_over_the_region():
@@ -71,11 +71,11 @@ def test_sample_points_tiny_empty_and_full_regions():
     assert sorted(map(tuple, _distinct_cells(big, 3, g).tolist())) == [(10, 990), (500, 500)]
     assert _distinct_cells(torch.zeros(8, 8, dtype=torch.bool), 2, g).shape == (0, 2)
     empty = torch.zeros(30, 30, dtype=torch.bool)
-    pts, labels = sample_points(empty, g)
+    _pts, labels = sample_points(empty, g)
     assert labels.tolist() and set(labels.tolist()) == {0}  # no object: background points only
     full = torch.ones(30, 30, dtype=torch.bool)
     for _ in range(20):
-        pts, labels = sample_points(full, g)
+        _pts, labels = sample_points(full, g)
         assert set(labels.tolist()) == {1} and 1 <= len(labels) <= 3
 
 

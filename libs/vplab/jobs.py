@@ -268,7 +268,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
             job.model_id, job.state = model_id, SUCCEEDED
     except VPLabError as e:
         job.state, job.error = FAILED, e.message
-    except Exception as e:  # a bug: record it for the user, keep the trace in the worker log
+    except Exception as e:  # noqa: BLE001 - a bug: record it for the user, keep the trace in the worker log
         traceback.print_exc()
         job.state, job.error = FAILED, f"internal error: {type(e).__name__}: {e}"
     log.add(

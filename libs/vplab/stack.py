@@ -99,7 +99,7 @@ def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
                     return
-        except Exception as e:  # not up yet
+        except Exception as e:  # noqa: BLE001 - any failure means not up yet
             last = str(e)
         time.sleep(1.0)
     raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s: {last}")

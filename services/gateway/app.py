@@ -1038,7 +1038,7 @@ def create_app(
     def probe_store() -> dict[str, Any]:
         try:
             store.exists("system/healthz")
-        except Exception as e:  # noqa: BLE001 - any failure means down
+        except Exception as e:  # noqa: BLE001
             return {"status": "down", "detail": f"{type(e).__name__}"}
         return {"status": "ok"}
 

@@ -80,7 +80,7 @@ def _exhausted_status(e: grpc.RpcError, details: str) -> int:
     """
     try:
         trailers = e.trailing_metadata() or ()
-    except Exception:  # noqa: BLE001 - no trailers on some transport failures
+    except Exception:  # noqa: BLE001
         trailers = ()
     for key, value in trailers:
         if key == HTTP_STATUS_TRAILER and str(value) in ("413", "429"):

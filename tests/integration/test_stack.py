@@ -143,7 +143,7 @@ def test_health_and_metrics(stack):
 
 
 def test_full_loop_for_two_tenants(stack, loops):
-    for name, run in loops.items():
+    for _name, run in loops.items():
         assert run.seg.masks.shape == (3, 128, 128) and len(run.seg.scores) == 3
         assert run.refined.masks.shape[1:] == (128, 128)
         assert sorted(r.image_id for r in run.vp) == sorted(

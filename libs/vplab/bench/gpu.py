@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         enc = build_sam(name).image_encoder.to(dev).eval()
         x = torch.randn(batch, 3, 1024, 1024, device=dev)
         with torch.inference_mode():
-            fp32 = _throughput(lambda: enc(x), batch, iters)
+            fp32 = _throughput(lambda enc=enc, x=x: enc(x), batch, iters)
             with sdpa_attention(not args.no_sdpa), torch.autocast("cuda", dtype=torch.bfloat16):
-                bf16 = _throughput(lambda: enc(x), batch, iters)
+                bf16 = _throughput(lambda enc=enc, x=x: enc(x), batch, iters)
         figures[f"sam_{name}_fp32_img_s"] = fp32
         figures[f"sam_{name}_bf16_img_s"] = bf16
         log(
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         model = build_dinov2(name).to(dev).eval()
         x = torch.randn(batch, 3, args.dino_size, args.dino_size, device=dev)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-            rate = _throughput(lambda: model.forward_features(x), batch, iters)
+            rate = _throughput(lambda model=model, x=x: model.forward_features(x), batch, iters)
         figures[f"dinov2_{short}_bf16_img_s"] = rate
         log(f"DINOv2 {short} at {args.dino_size}: bf16 {rate:.1f} img/s")
         del model, x

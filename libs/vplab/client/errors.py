@@ -23,7 +23,7 @@ class VPLabAPIError(Exception):
         try:
             err = response.json()["error"]
             return cls(status, str(err["code"]), str(err["message"]))
-        except Exception:  # noqa: BLE001 - not our JSON (a proxy's HTML page...)
+        except Exception:  # noqa: BLE001
             text = response.text[:500] if hasattr(response, "text") else ""
             return cls(status, "http_error", text or f"HTTP {status}")
 

@@ -133,7 +133,7 @@ class SegmentationEngine:
         emb = self._embedding(tenant, image_id, model)
         segmenter = model.segmenter if model else self.features.segmenter
         H, W = emb.original_size
-        for x, y, label in prompt.points:
+        for _x, _y, label in prompt.points:
             if label not in (0, 1):
                 raise InvalidInput(f"point label {label} must be 1 (object) or 0 (background)")
         coords = np.array([[p[:2] for p in prompt.points]], np.float32) if prompt.points else None
@@ -241,8 +241,8 @@ class SegmentationEngine:
             pred = next(iter(result.classes.values()))
             score = float(pred.scores.max()) if len(pred.scores) else 0.0
             points = [
-                (float(x), float(y), int(l))
-                for (x, y), l in zip(
+                (float(x), float(y), int(lab))
+                for (x, y), lab in zip(
                     pred.point_coords.reshape(-1, 2).tolist(),
                     pred.point_labels.reshape(-1).tolist(),
                 )

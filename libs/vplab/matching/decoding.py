@@ -56,7 +56,7 @@ def _best(masks: torch.Tensor, iou: torch.Tensor, low_res: torch.Tensor):
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(B, H, W) bool -> (B, 4) float xyxy boxes around each mask (pixel edges: x1 = last
     column + 1). Empty masks get a zero box."""
-    b, h, w = masks.shape
+    _b, h, w = masks.shape
     cols = masks.any(dim=1)  # (B, W)
     rows = masks.any(dim=2)  # (B, H)
     xs = torch.arange(w, device=masks.device)

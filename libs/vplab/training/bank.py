@@ -98,7 +98,6 @@ def build_bank(
 ) -> list[BankItem]:
     """Compute the bank, reading and filling ``cache`` for encoder outputs ("full" mode
     stores only the preprocessed input, which is cheap to recompute)."""
-    device = sam.pixel_mean.device
     grid = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.kernel_size[0]
     lowres = 4 * grid  # SAM's decoder upscales the embedding 4x
     items, total = [], len(samples) * len(views)

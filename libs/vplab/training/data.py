@@ -66,7 +66,7 @@ def split_train_val(
 ) -> tuple[list[LabeledImage], list[LabeledImage]]:
     """Hold out ``round(n * val_fraction)`` images (at least 1 when n >= 2 and fraction > 0)."""
     n = len(samples)
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     if val_fraction > 0 and n >= 2:
         n_val = max(1, n_val)
     n_val = min(n_val, n - 1)
