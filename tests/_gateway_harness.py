@@ -385,7 +385,7 @@ def running_stack(
     store, tmp_path, grpc_target: str | None = None, app_kwargs: dict | None = None, **overrides
 ):
     """Fake services + gateway (real uvicorn) on ``store``; tenants "alpha" and "beta"."""
-    from services.gateway.app import create_app
+    from services.gateway.main import create_app
 
     base = dict(data_dir=tmp_path / "data", api_key_pepper=PEPPER, s3_endpoint=None)
     settings = Settings(**{**base, **overrides})

@@ -161,7 +161,7 @@ def test_grpc_client(local_stack):
         assert md["application"] == "segmentation" and md["multiplexed_model_id"] == "m-tuned"
         assert md["authorization"] == f"Bearer {st.keys['alpha']}"
 
-        results = list(g.visual_prompt([(ids[0], seg.best_mask)], targets=ids[1:]))
+        results = list(g.visual_prompt(ds["id"], [(ids[0], seg.best_mask)], targets=ids[1:]))
         assert sorted(r.index for r in results) == [0, 1]
         assert {r.image_id for r in results} == set(ids[1:])
 

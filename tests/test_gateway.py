@@ -162,8 +162,10 @@ def contract_routes(app) -> list[tuple[str, str]]:
         "job_id": "j-000000000000",
         "model_id": "m-000000000000",
     }
+    from services.gateway.errors import app_routes
+
     out = []
-    for route in app.routes:
+    for route in app_routes(app):
         path = getattr(route, "path", "")
         if not path.startswith("/v1/"):
             continue
@@ -908,7 +910,7 @@ def test_metrics_count_requests_by_route_template(local_stack):
     )
     assert not any(ids[0] in name or ids[0] in str(labels) for name, labels in samples)
     # Each app has its own registry.
-    from services.gateway.app import create_app
+    from services.gateway.main import create_app
 
     other = create_app(st.settings, store=st.store)
     assert other.state.metrics.registry is not st.app.state.metrics.registry

@@ -22,6 +22,7 @@ from vplab.masks import (
     per_class_iou,
     read_binary_mask,
     read_label_map,
+    read_label_png,
     rle_area,
 )
 
@@ -214,11 +215,26 @@ def test_encode_label_map_rejects(bad, msg):
         encode_label_map(bad)
 
 
-def test_rgb_label_png_rejected():
+def _rgb_png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, "PNG")
-    with pytest.raises(InvalidInput, match="single-channel"):
-        read_label_map(buf.getvalue())
+    Image.fromarray(arr.astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_one_acceptance_policy_for_masks_and_label_maps():
+    # Both readers are read_label_png: what one accepts, the other does too.
+    grey = np.zeros((4, 4, 3), np.uint8)
+    grey[1, 1] = 3  # grey RGB: the grey value is the id
+    np.testing.assert_array_equal(read_label_map(_rgb_png(grey))[1, 1], 3)
+    assert read_binary_mask(_rgb_png(grey)).sum() == 1
+    two = np.zeros((4, 4, 3), np.uint8)
+    two[:2] = (200, 10, 0)  # a drawing tool's mask: black + one colour -> 0/1
+    np.testing.assert_array_equal(read_label_map(_rgb_png(two)), (two.any(2)).astype(np.int32))
+    several = two.copy()
+    several[3, 3] = (0, 0, 255)
+    for reader in (read_label_map, read_binary_mask, read_label_png):
+        with pytest.raises(InvalidInput, match="several colours"):
+            reader(_rgb_png(several))
 
 
 def test_corrupt_or_non_png_rejected(tmp_path):

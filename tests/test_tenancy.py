@@ -17,6 +17,7 @@ from vplab.storage import ArtifactStore, LocalStore, keys
 from vplab.tenancy import (
     Authenticator,
     Quotas,
+    RequestLimits,
     Tenant,
     create_key,
     create_tenant,
@@ -232,9 +233,8 @@ def test_parse_bearer_and_deleted_tenant(tmp_path):
 
 
 def test_request_limits():
-    q = Quotas(
-        LocalStore.__new__(LocalStore),
-        Settings(max_points_per_request=3, max_targets_per_call=2, max_image_bytes=10),
+    q = RequestLimits(
+        Settings(max_points_per_request=3, max_targets_per_call=2, max_image_bytes=10)
     )
     q.check_points(3)
     with pytest.raises(PayloadTooLarge, match=r"4.*limit is 3.*max_points_per_request"):
@@ -242,6 +242,9 @@ def test_request_limits():
     q.check_targets(2)
     with pytest.raises(PayloadTooLarge, match=r"3.*limit is 2.*max_targets_per_call"):
         q.check_targets(3)
+    q.check_references(2)
+    with pytest.raises(PayloadTooLarge, match=r"references.*limit is 2"):
+        q.check_references(3)
     with pytest.raises(PayloadTooLarge, match="max_image_bytes"):
         q.check_image_bytes(11)
     with pytest.raises(InvalidInput):

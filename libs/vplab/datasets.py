@@ -35,16 +35,16 @@ from datetime import UTC, datetime
 import numpy as np
 
 from vplab.errors import Conflict, InvalidInput, NotFound
-from vplab.images import decode_image, image_sha256, load_image, open_image
-from vplab.masks import encode_label_map
+from vplab.images import decode_image, image_sha256
+from vplab.masks import encode_label_map, read_label_png
 from vplab.settings import Settings
 from vplab.storage import ArtifactStore, keys
+from vplab.tenancy.limits import RequestLimits
 from vplab.tenancy.quotas import Quotas
 
 _MAX_NAME = 200
 _MAX_FILENAME = 255
 _GC_BATCH = 32
-_SINGLE_CHANNEL = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Label:
 
     def label_map(self) -> np.ndarray:
         """(H, W) int32 class ids."""
-        return _decode_label_png(self.png, None, None)
+        return read_label_png(self.png, what="label")
 
     def mask(self) -> np.ndarray:
         """(H, W) bool foreground (any nonzero class)."""
@@ -106,38 +106,12 @@ def _check_filename(filename: object) -> str | None:
     return _check_text(base, "filename", _MAX_FILENAME)
 
 
-def _decode_label_png(data: bytes, max_bytes: int | None, max_pixels: int | None) -> np.ndarray:
-    """PNG -> (H, W) int32 ids. Binary masks (0/1, 0/255, mode '1'), grey or palette label
-    maps, 16-bit label maps, and grey-valued RGB(A) are accepted; colour images are not."""
-    what = "label PNG"
-    img = load_image(open_image(data, max_bytes, max_pixels, what, formats=("PNG",)), what)
-    if img.mode in _SINGLE_CHANNEL:
-        arr = np.asarray(img)
-    elif img.mode in ("LA", "PA"):
-        arr = np.asarray(img)[..., 0]  # alpha ignored
-    elif img.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(img)[..., :3]
-        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            raise InvalidInput(
-                "label PNG must be a binary mask or a label map (single channel, or grey "
-                "RGB); got a colour RGB image"
-            )
-        arr = rgb[..., 0]
-    else:
-        raise InvalidInput(
-            f"label PNG must be a binary mask or a label map (single channel); got mode {img.mode}"
-        )
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() > 65535):
-        raise InvalidInput("label ids must be in 0..65535")
-    return arr.astype(np.int32)
-
-
 class DatasetStore:
     def __init__(self, store: ArtifactStore, settings: Settings, quotas: Quotas | None = None):
         self.store = store
         self.settings = settings
         self.quotas = quotas if quotas is not None else Quotas(store, settings)
+        self.limits = RequestLimits(settings)
 
     # --- datasets ----------------------------------------------------------------------------
 
@@ -281,6 +255,45 @@ class DatasetStore:
         self.store.delete(keys.dataset_image(t, dataset_id, sha))
         self._collect_images(t, [sha])
 
+    def visual_prompt_targets(
+        self,
+        tenant: str,
+        dataset_id: str,
+        reference_ids: list[str],
+        targets: list[str] | None = None,
+    ) -> list[str]:
+        """The images a visual-prompt call segments, checked against the dataset.
+
+        References and explicit targets must be images of the dataset (``NotFound``
+        otherwise, like any unknown id); ``targets`` None or empty means every image of
+        the dataset that is not a reference. The request limits apply to the references
+        and to the resolved targets (the whole-dataset default too: pass batches).
+        """
+        t = _tid(tenant)
+        self.limits.check_references(len(reference_ids))
+        if not reference_ids:
+            raise InvalidInput("give at least one reference")
+        for i, ref in enumerate(reference_ids):
+            keys.check_sha256(ref, f"references[{i}].image_id")
+        if targets:
+            self.limits.check_targets(len(targets))
+            for i, target in enumerate(targets):
+                keys.check_sha256(target, f"targets[{i}]")
+        members = self.list_images(t, dataset_id)
+        member_set = set(members)
+        for image_id in [*reference_ids, *(targets or ())]:
+            if image_id not in member_set:
+                raise NotFound(f"image {image_id} not found in dataset {dataset_id}")
+        if targets:
+            resolved = list(targets)
+        else:
+            refs = set(reference_ids)
+            resolved = [i for i in members if i not in refs]
+        self.limits.check_targets(len(resolved))
+        if not resolved:
+            raise InvalidInput("no target images: the dataset has no images besides the references")
+        return resolved
+
     # --- labels ------------------------------------------------------------------------------
 
     def put_label(self, tenant: str, dataset_id: str, image_id: str, png_bytes: bytes) -> int:
@@ -291,7 +304,7 @@ class DatasetStore:
         """
         t = _tid(tenant)
         sha = self._require_member(t, dataset_id, image_id)
-        arr = _decode_label_png(
+        arr = read_label_png(
             png_bytes, self.settings.max_image_bytes, self.settings.max_image_pixels
         )
         height, width = self.get_image(t, sha).shape[:2]
@@ -338,14 +351,11 @@ class DatasetStore:
         prefix = keys.dataset_labels_prefix(t, dataset_id)
         latest: dict[str, int] = {}
         for key in self.store.list(prefix):
-            parts = key[len(prefix) :].split("/")
-            if len(parts) != 2 or parts[0] not in members:
+            parsed = keys.parse_label(key, t)
+            if parsed is None or parsed[0] != dataset_id or parsed[1] not in members:
                 continue
-            try:
-                v = keys.parse_label_version(key)
-            except InvalidInput:
-                continue
-            latest[parts[0]] = max(v, latest.get(parts[0], 0))
+            _, sha, v = parsed
+            latest[sha] = max(v, latest.get(sha, 0))
         return dict(sorted(latest.items()))
 
     def labeled_samples(

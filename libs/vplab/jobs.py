@@ -16,20 +16,26 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vplab.errors import Conflict, InvalidInput, NotFound, VPLabError
+from vplab.method_names import DEFAULT_METHOD
+from vplab.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 from vplab.storage import ArtifactStore, keys
 
+if TYPE_CHECKING:
+    from vplab.datasets import DatasetStore
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "QUEUED",
-    "RUNNING",
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
+    JobState.QUEUED,
+    JobState.RUNNING,
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.CANCELLED,
 )
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-ACTIVE = (QUEUED, RUNNING)
+TERMINAL = TERMINAL_STATES
+ACTIVE = ACTIVE_STATES
+DEFAULT_STEPS = 200  # TrainConfig's default; "0 steps" on the wire means this
 
 
 def now() -> str:
@@ -96,13 +102,8 @@ class JobStore:
 
     def list(self, tenant: str, state: str | None = None, limit: int = 100) -> list[Job]:
         prefix = keys.jobs_prefix(tenant)
-        ids = sorted(
-            {
-                k[len(prefix) :].split("/", 1)[0]
-                for k in self.store.list(prefix)
-                if k.endswith("/state.json")
-            }
-        )
+        parsed = (keys.parse_job_state(k, tenant) for k in self.store.list(prefix))
+        ids = sorted({job_id for job_id in parsed if job_id is not None})
         jobs = []
         for job_id in ids:
             try:
@@ -151,6 +152,57 @@ class JobStore:
             if ended:
                 return
             time.sleep(poll_s)
+
+
+def submit_job(
+    datasets: DatasetStore,
+    jobs: JobStore,
+    tenant: str,
+    dataset_id: str,
+    method: str = "",
+    base_model: str = "",
+    steps: int = 0,
+    method_config: dict[str, Any] | None = None,
+    seed: int = 0,
+    lr: float | None = None,
+) -> Job:
+    """Validate a training request and record it as a QUEUED job (the caller launches it).
+
+    The rules every transport shares: a known method (default E-PEFT), ``steps`` > 0 or 0
+    for the default, a JSON-object config, a positive finite ``lr`` if given, a dataset of
+    the tenant that has labels, and room in the tenant's concurrent-job quota. Nothing is
+    written unless all of them hold.
+    """
+    import math
+
+    from vplab.peft import make_config
+
+    method = method or DEFAULT_METHOD
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InvalidInput(f"steps must be > 0 (or 0 for the default), got {steps!r}")
+    if method_config is not None and not isinstance(method_config, dict):
+        raise InvalidInput("method_config must be a JSON object")
+    make_config(method, method_config)  # InvalidInput: unknown method, unknown or bad fields
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InvalidInput(f"lr must be a positive number, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
+    datasets.get_dataset(tenant, dataset_id)  # NotFound for unknown or foreign ids
+    if not datasets.list_labels(tenant, dataset_id):
+        raise InvalidInput(f"dataset {dataset_id} has no labels: upload corrected masks first")
+    datasets.quotas.check_concurrent_jobs(tenant)
+    job = Job(
+        job_id=jobs.new_id(),
+        tenant=tenant,
+        dataset_id=dataset_id,
+        method=method,
+        base_model=base_model,
+        steps=steps or DEFAULT_STEPS,
+        method_config=dict(method_config or {}),
+        seed=seed,
+        lr=lr,
+    )
+    return jobs.create(job)
 
 
 class _EventLog:

@@ -105,23 +105,24 @@ def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s: {last}")
 
 
+def start_gateway_process(
+    settings: Settings, port: int, grpc_target: str, quiet: bool = False
+) -> subprocess.Popen:
+    """The REST gateway as its own process (``vplab gateway``), as in production."""
+    env = {**os.environ, **settings_env(settings), "VPLAB_GRPC_TARGET": grpc_target}
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(
+        [sys.executable, "-m", "vplab.cli", "gateway", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=out,
+        stderr=out,
+    )
+
+
 def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: int) -> int:
     """Foreground: start everything, print how to use it, run until interrupted."""
     start_serve(settings, grpc_port, http_port)
-    env = {**os.environ, **settings_env(settings), "VPLAB_GRPC_TARGET": f"127.0.0.1:{grpc_port}"}
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vplab.cli",
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(gateway_port),
-        ],
-        env=env,
-    )
+    gateway = start_gateway_process(settings, gateway_port, f"127.0.0.1:{grpc_port}")
     stopping = []
 
     def stop(*_):

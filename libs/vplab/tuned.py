@@ -15,8 +15,7 @@ from vplab.storage import ArtifactStore, keys
 if TYPE_CHECKING:  # the gateway lists and exports models without importing torch
     from segment_anything.modeling import Sam
 
-ADAPTER_FILE = "adapter.safetensors"
-CONFIG_FILE = "config.json"
+ADAPTER_FILE, CONFIG_FILE = keys.ADAPTER_WEIGHTS_FILE, keys.ADAPTER_CONFIG_FILE
 
 
 def save_tuned_model(
@@ -70,9 +69,8 @@ def export_archive(store: ArtifactStore, tenant: str, model_id: str) -> bytes:
 
 def list_tuned_models(store: ArtifactStore, tenant: str) -> list[str]:
     prefix = keys.models_prefix(tenant)
-    return sorted(
-        {k[len(prefix) :].split("/", 1)[0] for k in store.list(prefix) if k.endswith(CONFIG_FILE)}
-    )
+    parsed = (keys.parse_model_config(k, tenant) for k in store.list(prefix))
+    return sorted(model_id for model_id in parsed if model_id is not None)
 
 
 def delete_tuned_model(store: ArtifactStore, tenant: str, model_id: str) -> None:

@@ -62,7 +62,7 @@ class FeaturesDeployment:
     ) -> pb.EmbedBatchResponse:
         async def handle():
             tenant = tenant_of(self.replica.auth, grpc_context)
-            self.replica.quotas.check_targets(len(request.image_ids))
+            self.replica.datasets.limits.check_targets(len(request.image_ids))
             results = await asyncio.gather(
                 *[self._one(tenant, i, request.encoder) for i in request.image_ids]
             )

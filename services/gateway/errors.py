@@ -1,56 +1,27 @@
 """Every error the gateway returns is JSON ``{"error": {"code", "message"}}``.
 
 Library errors (``VPLabError``) carry their HTTP status; gRPC errors from the services are
-mapped by status code (RESOURCE_EXHAUSTED is 413 or 429: the services say which in the
-``vplab-http-status`` trailer); anything else is a 5xx with a generic message.
+mapped by ``vplab.rpc.status`` (the one table); anything else is a 5xx with a generic
+message. A 405 names every method the path allows.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from vplab.errors import VPLabError
-from vplab.serving.grpc_glue import HTTP_STATUS_TRAILER
+from vplab.rpc.status import error_code, rpc_error_parts
 
 log = logging.getLogger("vplab.gateway")
-
-CODES = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "quota_exceeded",
-    500: "internal",
-    502: "bad_gateway",
-    503: "unavailable",
-    504: "deadline_exceeded",
-}
-
-# gRPC status -> HTTP status, for codes a service returns on purpose.
-GRPC_TO_HTTP = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 404,  # never reveal that another tenant's object exists
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
 
 class ApiError(Exception):
@@ -58,51 +29,22 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code or CODES.get(status, "error")
+        self.status, self.message, self.code = status, message, code or error_code(status)
 
 
 def error_json(
-    status: int, message: str, code: str | None = None, headers: dict | None = None
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"error": {"code": code or CODES.get(status, "error"), "message": message}}
+    body = {"error": {"code": code or error_code(status), "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-_TOO_LARGE_HINTS = ("too many", "too large", "over the limit", "limit is", "exceeds the")
-
-
-def _exhausted_status(e: grpc.RpcError, details: str) -> int:
-    """413 (request over a size limit) or 429 (tenant quota) for RESOURCE_EXHAUSTED.
-
-    The services say which in the ``vplab-http-status`` trailer (grpc_glue). Without it
-    (an older service, or a proxy that drops trailers) the library's messages decide:
-    quota errors mention "quota"; limit errors say "too many"/"too large"/"limit".
-    """
-    try:
-        trailers = e.trailing_metadata() or ()
-    except Exception:  # noqa: BLE001
-        trailers = ()
-    for key, value in trailers:
-        if key == HTTP_STATUS_TRAILER and str(value) in ("413", "429"):
-            return int(value)
-    text = details.lower()
-    if "quota" in text:
-        return 429
-    if any(h in text for h in _TOO_LARGE_HINTS):
-        return 413
-    return 429
-
-
 def status_of_rpc_error(e: grpc.RpcError) -> tuple[int, str]:
-    """(HTTP status, message) for a failed RPC."""
-    code = e.code() if hasattr(e, "code") else None
-    details = (e.details() if hasattr(e, "details") else None) or ""
-    status = GRPC_TO_HTTP.get(code)
-    if status is None:  # INTERNAL, UNKNOWN, UNIMPLEMENTED, CANCELLED, DATA_LOSS...
+    """(HTTP status, message safe for the caller) for a failed RPC."""
+    code, details, status = rpc_error_parts(e)
+    if status >= 500 and status not in (503, 504):  # INTERNAL, UNKNOWN, UNIMPLEMENTED...
         log.warning("upstream error %s: %s", code, details)
-        return 502, "the service failed to handle the request"
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        status = _exhausted_status(e, details)
+        return status, "the service failed to handle the request"
     if status in (503, 504):
         # Transport details (addresses, reasons) are not for the caller.
         log.warning("upstream %s: %s", code, details)
@@ -112,11 +54,43 @@ def status_of_rpc_error(e: grpc.RpcError) -> tuple[int, str]:
             else "the service timed out"
         )
         return status, message
-    if code == grpc.StatusCode.NOT_FOUND and "pplication" in details and "not" in details:
+    if code == "NOT_FOUND" and "pplication" in details and "not" in details:
         # Serve's proxy: "Application 'x' not found" / "Application metadata not set".
         log.warning("upstream routing error: %s", details)
         return 503, "the service is unavailable, try again later"
-    return status, details or CODES.get(status, "error")
+    return status, details or error_code(status)
+
+
+def rpc_error_body(e: grpc.RpcError) -> dict[str, Any]:
+    """The ``error`` event of an SSE stream that failed after its status was sent."""
+    status, message = status_of_rpc_error(e)
+    return {"error": {"code": error_code(status), "message": message}, "status": status}
+
+
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The app's routes, through FastAPI's included routers."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts for this path (the router's own 405 names at most
+    the first route's when several routes share a path)."""
+    methods: set[str] = set()
+    for route in _routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def app_routes(app: FastAPI) -> list[Any]:
+    """Every route of ``app`` (``APIRoute``s with their full path templates)."""
+    return list(_routes(app.router.routes))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -151,10 +125,15 @@ def install_error_handlers(app: FastAPI) -> None:
         cause = e.__cause__
         if isinstance(cause, VPLabError):
             return error_json(cause.http_status, cause.message)
-        message = e.detail if isinstance(e.detail, str) else CODES.get(e.status_code, "error")
+        message = e.detail if isinstance(e.detail, str) else error_code(e.status_code)
+        headers = dict(getattr(e, "headers", None) or {})
         if e.status_code == 404 and message == "Not Found":
             message = "no such route"
-        return error_json(e.status_code, message, headers=getattr(e, "headers", None))
+        if e.status_code == 405:
+            allow = allowed_methods(request)
+            headers["Allow"] = ", ".join(allow)
+            message = f"{request.method} is not allowed here; allowed: {', '.join(allow)}"
+        return error_json(e.status_code, message, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, e: Exception):
@@ -162,4 +141,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_json(500, "internal error")
 
 
-__all__ = ["ApiError", "error_json", "install_error_handlers", "status_of_rpc_error"]
+__all__ = [
+    "ApiError",
+    "allowed_methods",
+    "app_routes",
+    "error_json",
+    "install_error_handlers",
+    "rpc_error_body",
+    "status_of_rpc_error",
+]

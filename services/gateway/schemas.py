@@ -7,23 +7,50 @@ checks that need settings (point / target counts -> 413) or the store are in the
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from vplab.method_names import DEFAULT_METHOD, METHOD_NAMES
+from vplab.states import JobState
+from vplab.storage.keys import ID_PATTERN, SHA256_PATTERN
 
 INT32_MAX = 2**31 - 1
+Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # an enum in the OpenAPI document
+
+# Ids as the server enforces them (vplab.storage.keys), declared so that generated clients
+# and fuzzers agree with the server.
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+ImageId = Annotated[
+    str, StringConstraints(pattern=SHA256_PATTERN), Field(description="sha256 of the image bytes")
+]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+RleSide = Annotated[int, Field(ge=1, le=65536)]
+
+
 class Rle(BaseModel):
     """A binary mask in COCO compressed RLE (column-major), as produced by pycocotools."""
 
     model_config = ConfigDict(extra="forbid")
-    size: tuple[int, int] = Field(description="[height, width] in pixels")
-    counts: str = Field(max_length=64 * 1024 * 1024, description="COCO compressed RLE string")
+    size: tuple[RleSide, RleSide] = Field(description="[height, width] in pixels")
+    counts: str = Field(
+        max_length=64 * 1024 * 1024,
+        pattern=r"^[0-~]*$",  # pycocotools' alphabet: characters '0' (48) to '~' (126)
+        description="COCO compressed RLE string; its runs must cover height x width pixels",
+    )
 
     def wire(self) -> dict[str, Any]:
         return {"size": [int(self.size[0]), int(self.size[1])], "counts": self.counts}
@@ -41,8 +68,14 @@ class ErrorResponse(BaseModel):
 # --- datasets ----------------------------------------------------------------------------
 
 
+# Printable, not blank: no control characters anywhere.
+_NAME_PATTERN = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
+
+
 class DatasetCreate(_Body):
-    name: str = Field(min_length=1, max_length=200, description="A display name")
+    name: str = Field(
+        min_length=1, max_length=200, pattern=_NAME_PATTERN, description="A display name"
+    )
 
 
 class DatasetOut(BaseModel):
@@ -93,7 +126,7 @@ class SegmentRequest(_Body):
         default=None, description="Previous mask (image size) as RLE"
     )
     multimask: bool = Field(default=False, description="Return SAM's 3 candidate masks")
-    model_id: str | None = Field(default=None, description="A tuned model of the tenant")
+    model_id: Id | None = Field(default=None, description="A tuned model of the tenant")
 
     @field_validator("points")
     @classmethod
@@ -134,19 +167,19 @@ class SegmentResponse(BaseModel):
 
 
 class ReferenceIn(_Body):
-    image_id: str
+    image_id: ImageId
     mask_rle: Rle
 
 
 class VisualPromptRequest(_Body):
     references: list[ReferenceIn] = Field(min_length=1, description="Annotated reference images")
-    targets: list[str] | None = Field(
+    targets: list[ImageId] | None = Field(
         default=None,
         description="Images to segment; default: every image of the dataset that is not a reference",
     )
-    model_id: str | None = None
+    model_id: Id | None = None
     matcher: Literal["soft", "prototype"] = "soft"
-    seed: int = Field(default=0, ge=0, le=INT32_MAX)
+    seed: StrictInt = Field(default=0, ge=0, le=INT32_MAX)
 
 
 class VisualPromptResult(BaseModel):
@@ -163,7 +196,7 @@ class VisualPromptResponse(BaseModel):
 
 
 class AutoSegmentRequest(_Body):
-    model_id: str = Field(description="A PTSAM model of the tenant")
+    model_id: Id = Field(description="A PTSAM model of the tenant")
 
 
 class AutoSegmentResponse(BaseModel):
@@ -175,12 +208,15 @@ class AutoSegmentResponse(BaseModel):
 
 
 class TrainingCreate(_Body):
-    dataset_id: str
-    method: str = Field(default="epeft", min_length=1, max_length=64)
-    base_model: str = Field(default="", max_length=64)
-    steps: int = Field(default=0, ge=0, le=1_000_000, description="0 = the method's default")
-    method_config: dict[str, Any] = Field(default_factory=dict)
-    seed: int = Field(default=0, ge=0, le=INT32_MAX)
+    dataset_id: Id
+    method: Method = Field(default=DEFAULT_METHOD, description="A PEFT method (`vplab peft list`)")
+    base_model: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9_-]{0,63})?$")
+    steps: StrictInt = Field(default=0, ge=0, le=1_000_000, description="0 = the method's default")
+    method_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the method's config fields (`vplab peft describe --method M`)",
+    )
+    seed: StrictInt = Field(default=0, ge=0, le=INT32_MAX)
     lr: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="default: the method's"
     )
@@ -191,7 +227,7 @@ class JobOut(BaseModel):
     dataset_id: str
     method: str
     base_model: str
-    state: str
+    state: JobState
     step: int
     total_steps: int
     best_val_iou: float

@@ -1,11 +1,17 @@
-"""Server-sent events: framing, and a keep-alive wrapper for slow async streams."""
+"""Server-sent events: framing, keep-alives, and the one helper that turns a streaming
+RPC into an SSE response (visual prompting and training events both use it)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import grpc
+from fastapi.responses import StreamingResponse
+
+from services.gateway.errors import rpc_error_body
 
 KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -59,3 +65,75 @@ async def with_keepalive(source: AsyncIterator[Any], interval_s: float) -> Async
     finally:
         if task is not None and not task.done():
             task.cancel()
+
+
+# (event name, data, event id) of one streamed message and its 1-based ordinal
+EventOf = Callable[[Any, int], tuple[str, Any, int | str | None]]
+
+
+async def rpc_to_sse(
+    call: Any,
+    count: Callable[[grpc.RpcError | None], None],
+    event_of: EventOf,
+    keepalive_s: float,
+    *,
+    wait_first: bool = False,
+    last: Callable[[Any], bool] = lambda _msg: False,
+    closing: Callable[[int], tuple[str, Any]] | None = None,
+) -> StreamingResponse:
+    """An SSE response that relays a server-streaming call.
+
+    ``wait_first``: read the first message before answering, so an error before it keeps
+    its HTTP status (the RpcError propagates to the error handlers). Later errors become
+    an ``error`` event (the status is already sent). ``last(msg)`` ends the stream after
+    ``msg``; ``closing(n)`` adds one final event after ``n`` relayed messages. The call is
+    cancelled when the client goes away. ``count`` records the outcome once.
+    """
+    iterator = call.__aiter__()
+    first: list[Any] = []
+    if wait_first:
+        try:
+            first.append(await iterator.__anext__())
+        except StopAsyncIteration:
+            pass
+        except grpc.RpcError as e:
+            count(e)
+            raise
+
+    async def rest() -> AsyncIterator[Any]:
+        async for msg in iterator:
+            yield msg
+
+    async def events() -> AsyncIterator[bytes]:
+        n = 0
+        try:
+            if wait_first and not first:
+                pass  # the stream ended before its first message
+            else:
+                for msg in first:
+                    n += 1
+                    name, data, event_id = event_of(msg, n)
+                    yield sse_event(data, event=name, event_id=event_id)
+                    if last(msg):
+                        break
+                else:
+                    async for msg in with_keepalive(rest(), keepalive_s):
+                        if msg is None:
+                            yield KEEPALIVE
+                            continue
+                        n += 1
+                        name, data, event_id = event_of(msg, n)
+                        yield sse_event(data, event=name, event_id=event_id)
+                        if last(msg):
+                            break
+            count(None)
+            if closing is not None:
+                name, data = closing(n)
+                yield sse_event(data, event=name)
+        except grpc.RpcError as e:
+            count(e)
+            yield sse_event(rpc_error_body(e), event="error")
+        finally:
+            call.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

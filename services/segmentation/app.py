@@ -1,8 +1,9 @@
 """Ray Serve app ``segmentation``: SegmentPrompt, VisualPrompt (streamed), AutoSegment.
 
-Tuned adapters are loaded per (tenant, model_id) through ``@serve.multiplexed`` (LRU per
-replica); clients route with the ``multiplexed_model_id`` metadata, but the model itself is
-always looked up under the authenticated tenant, so another tenant's id is NOT_FOUND.
+Tuned adapters are loaded per (tenant, model_id) through ``@serve.multiplexed``, the one
+tuned-model cache (``max_models_per_replica`` models per replica, LRU); clients route with
+the ``multiplexed_model_id`` metadata, but the model itself is always looked up under the
+authenticated tenant, so another tenant's id is NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -14,24 +15,15 @@ from ray import serve
 from services.common import Replica
 from vplab.inference.features import FeatureEngine
 from vplab.inference.runtime import ModelRuntime
-from vplab.inference.segmentation import Prompt, SegmentationEngine
-from vplab.rpc.v1 import common_pb2
+from vplab.inference.segmentation import Prompt, SegmentationEngine, TunedModel
+from vplab.rpc import convert
 from vplab.rpc.v1 import segmentation_pb2 as pb
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
+from vplab.settings import get_settings
 from vplab.storage import keys
 
-
-def _rle_pb(rle: dict) -> common_pb2.RleMask:
-    h, w = rle["size"]
-    return common_pb2.RleMask(height=h, width=w, counts=rle["counts"])
-
-
-def _rle_dict(m: common_pb2.RleMask) -> dict:
-    return {"size": [m.height, m.width], "counts": m.counts}
-
-
-def _points_pb(points) -> list[common_pb2.Point]:
-    return [common_pb2.Point(x=x, y=y, label=label) for x, y, label in points]
+# Read where the replica imports this module (its settings arrive in its environment).
+MAX_MODELS_PER_REPLICA = get_settings().max_models_per_replica
 
 
 @serve.deployment(name="SegmentationDeployment")
@@ -43,18 +35,17 @@ class SegmentationDeployment:
         features = FeatureEngine(
             ModelRuntime(s, self.replica.store), s.embedding_lru_bytes, self.metrics.cache_lookup
         )
-        self.engine = SegmentationEngine(features, s.max_models_per_replica)
+        self.engine = SegmentationEngine(features)
 
-    @serve.multiplexed(max_num_models_per_replica=4)
-    async def get_model(self, tenant_model: str):
-        tenant, model_id = tenant_model.split("/", 1)
+    @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
+    async def get_model(self, tenant_model: str) -> TunedModel:
+        tenant, model_id = keys.parse_multiplexed_model(tenant_model)
         return await asyncio.to_thread(self.engine.load_model, tenant, model_id)
 
-    async def _model(self, tenant: str, model_id: str):
+    async def _model(self, tenant: str, model_id: str) -> TunedModel | None:
         if not model_id:
             return None
-        keys.check_id(model_id, "model_id")
-        return await self.get_model(f"{tenant}/{model_id}")
+        return await self.get_model(keys.multiplexed_model(tenant, model_id))
 
     async def SegmentPrompt(
         self, request: pb.SegmentPromptRequest, grpc_context
@@ -62,23 +53,13 @@ class SegmentationDeployment:
         async def handle():
             tenant = tenant_of(self.replica.auth, grpc_context)
             model = await self._model(tenant, request.model_id)
-            prompt = Prompt(
-                points=[(p.x, p.y, p.label) for p in request.points],
-                box=(request.box.x0, request.box.y0, request.box.x1, request.box.y1)
-                if request.HasField("box")
-                else None,
-                mask_input=_rle_dict(request.mask_input)
-                if request.HasField("mask_input")
-                else None,
-                multimask=request.multimask_output,
-            )
+            points, box, mask_input, multimask = convert.segment_request_from_pb(request)
+            prompt = Prompt(points=points, box=box, mask_input=mask_input, multimask=multimask)
             masks, (h, w) = await asyncio.to_thread(
                 self.engine.segment_prompt, tenant, request.image_id, prompt, model
             )
             return pb.SegmentPromptResponse(
-                masks=[common_pb2.MaskResult(mask=_rle_pb(r), score=s) for r, s in masks],
-                height=h,
-                width=w,
+                masks=convert.mask_results_to_pb(masks), height=h, width=w
             )
 
         return await unary(
@@ -88,23 +69,23 @@ class SegmentationDeployment:
     async def VisualPrompt(self, request: pb.VisualPromptRequest, grpc_context):
         async def results():
             tenant = tenant_of(self.replica.auth, grpc_context)
+            refs = [(r.image_id, convert.rle_from_pb(r.mask)) for r in request.references]
+            targets = await asyncio.to_thread(
+                self.replica.datasets.visual_prompt_targets,
+                tenant,
+                request.dataset_id,
+                [image_id for image_id, _ in refs],
+                list(request.target_image_ids),
+            )
             model = await self._model(tenant, request.model_id)
-            refs = [(r.image_id, _rle_dict(r.mask)) for r in request.references]
             it = self.engine.visual_prompt(
-                tenant, refs, list(request.target_image_ids), model, request.matcher, request.seed
+                tenant, refs, targets, model, request.matcher, request.seed
             )
             while True:
                 item = await asyncio.to_thread(next, it, None)
                 if item is None:
                     return
-                index, image_id, rle, score, points = item
-                yield pb.VisualPromptResponse(
-                    index=index,
-                    image_id=image_id,
-                    mask=_rle_pb(rle),
-                    score=score,
-                    points=_points_pb(points),
-                )
+                yield convert.visual_prompt_result_to_pb(*item)
 
         async for item in streaming(grpc_context, self.metrics, "VisualPrompt", results):
             yield item
@@ -118,7 +99,7 @@ class SegmentationDeployment:
             rle, score = await asyncio.to_thread(
                 self.engine.auto_segment, tenant, request.image_id, model
             )
-            return pb.AutoSegmentResponse(mask=_rle_pb(rle), score=score)
+            return pb.AutoSegmentResponse(mask=convert.rle_to_pb(rle), score=score)
 
         return await unary(
             grpc_context, self.metrics, "AutoSegment", pb.AutoSegmentResponse(), handle

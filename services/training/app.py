@@ -8,59 +8,19 @@ deployment re-launches jobs left unfinished by a previous replica.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import ray
 from ray import serve
 
 from services.common import Replica
-from vplab.errors import InvalidInput
-from vplab.jobs import Job, JobStore, run_job
-from vplab.peft import get_method
-from vplab.rpc.v1 import common_pb2
+from vplab.jobs import JobStore, run_job, submit_job
+from vplab.rpc import convert
 from vplab.rpc.v1 import training_pb2 as pb
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
 
 
 def _run_job_task(settings, tenant: str, job_id: str) -> str:
     return run_job(settings, tenant, job_id)
-
-
-def _job_pb(job: Job) -> pb.Job:
-    return pb.Job(
-        job_id=job.job_id,
-        dataset_id=job.dataset_id,
-        method=job.method,
-        base_model=job.base_model,
-        state=common_pb2.JobState.Value(job.state),
-        step=job.step,
-        total_steps=job.steps,
-        best_val_iou=job.best_val_iou,
-        initial_val_iou=job.initial_val_iou,
-        model_id=job.model_id,
-        error=job.error,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        attempts=job.attempts,
-    )
-
-
-def _event_pb(e: dict) -> pb.JobEvent:
-    return pb.JobEvent(
-        seq=e["seq"],
-        job_id=e["job_id"],
-        state=common_pb2.JobState.Value(e.get("state", "RUNNING")),
-        phase=e.get("phase", ""),
-        step=e.get("step", 0),
-        total_steps=e.get("total_steps", 0),
-        loss=e.get("loss") or 0.0,
-        val_iou=e.get("val_iou") or 0.0,
-        best_val_iou=e.get("best_val_iou") or 0.0,
-        eta_s=e.get("eta_s") or 0.0,
-        message=e.get("message", ""),
-        model_id=e.get("model_id", ""),
-        time=e.get("time", ""),
-    )
 
 
 @serve.deployment(name="TrainingDeployment")
@@ -89,40 +49,23 @@ class TrainingDeployment:
         self, request: pb.StartTrainingRequest, grpc_context
     ) -> pb.StartTrainingResponse:
         async def handle():
-            from vplab.datasets import DatasetStore
-
             tenant = tenant_of(self.replica.auth, grpc_context)
-            get_method(request.method or "epeft")
-            if request.steps <= 0:
-                raise InvalidInput(f"steps must be > 0, got {request.steps}")
-            try:
-                method_config = json.loads(request.method_config_json or "{}")
-            except json.JSONDecodeError as e:
-                raise InvalidInput(f"method_config_json is not valid JSON: {e}") from None
-            if not isinstance(method_config, dict):
-                raise InvalidInput("method_config_json must be a JSON object")
-            datasets = DatasetStore(self.replica.store, self.replica.settings)
-            datasets.get_dataset(tenant, request.dataset_id)  # NotFound for foreign ids
-            if not datasets.list_labels(tenant, request.dataset_id):
-                raise InvalidInput(
-                    f"dataset {request.dataset_id} has no labels: upload corrected masks first"
-                )
-            self.replica.quotas.check_concurrent_jobs(tenant)
-            job = Job(
-                job_id=self.jobs.new_id(),
-                tenant=tenant,
-                dataset_id=request.dataset_id,
-                method=request.method or "epeft",
+            job = await asyncio.to_thread(
+                submit_job,
+                self.replica.datasets,
+                self.jobs,
+                tenant,
+                request.dataset_id,
+                method=request.method,
                 base_model=request.base_model,
                 steps=request.steps,
-                method_config=method_config,
+                method_config=convert.method_config_from_json(request.method_config_json),
                 seed=request.seed,
                 lr=request.lr or None,
             )
-            self.jobs.create(job)
             self._launch(tenant, job.job_id)
             self.job_states.inc(tags={"state": "QUEUED"})
-            return pb.StartTrainingResponse(job=_job_pb(job))
+            return pb.StartTrainingResponse(job=convert.job_to_pb(job))
 
         return await unary(
             grpc_context, self.metrics, "StartTraining", pb.StartTrainingResponse(), handle
@@ -132,7 +75,9 @@ class TrainingDeployment:
         async def handle():
             tenant = tenant_of(self.replica.auth, grpc_context)
             return pb.GetJobResponse(
-                job=_job_pb(await asyncio.to_thread(self.jobs.get, tenant, request.job_id))
+                job=convert.job_to_pb(
+                    await asyncio.to_thread(self.jobs.get, tenant, request.job_id)
+                )
             )
 
         return await unary(grpc_context, self.metrics, "GetJob", pb.GetJobResponse(), handle)
@@ -145,7 +90,7 @@ class TrainingDeployment:
                 event = await asyncio.to_thread(next, watch, None)
                 if event is None:
                     return
-                yield _event_pb(event)
+                yield convert.event_to_pb(event)
 
         async for item in streaming(grpc_context, self.metrics, "WatchJob", events):
             yield item
@@ -155,16 +100,16 @@ class TrainingDeployment:
             tenant = tenant_of(self.replica.auth, grpc_context)
             job = await asyncio.to_thread(self.jobs.request_cancel, tenant, request.job_id)
             self.job_states.inc(tags={"state": "CANCEL_REQUESTED"})
-            return pb.CancelJobResponse(job=_job_pb(job))
+            return pb.CancelJobResponse(job=convert.job_to_pb(job))
 
         return await unary(grpc_context, self.metrics, "CancelJob", pb.CancelJobResponse(), handle)
 
     async def ListJobs(self, request: pb.ListJobsRequest, grpc_context) -> pb.ListJobsResponse:
         async def handle():
             tenant = tenant_of(self.replica.auth, grpc_context)
-            state = common_pb2.JobState.Name(request.state) if request.state else None
+            state = convert.job_state_from_pb(request.state)
             jobs = await asyncio.to_thread(self.jobs.list, tenant, state, request.limit or 100)
-            return pb.ListJobsResponse(jobs=[_job_pb(j) for j in jobs])
+            return pb.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in jobs])
 
         return await unary(grpc_context, self.metrics, "ListJobs", pb.ListJobsResponse(), handle)
 

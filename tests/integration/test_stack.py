@@ -53,7 +53,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stack(s3_server, tmp_path_factory):
-    from services.gateway.app import create_app
+    from services.gateway.main import create_app
     from vplab.stack import start_serve, stop_serve
 
     grpc_port, http_port = _free_port(), _free_port()
@@ -240,6 +240,7 @@ def test_cross_tenant_grpc_is_not_found(stack, loops):
         lambda: list(
             segmentation_pb2_grpc.SegmentationStub(stack.channel).VisualPrompt(
                 segmentation_pb2.VisualPromptRequest(
+                    dataset_id=a.dataset,
                     target_image_ids=[a.ids[1]],
                     references=[
                         segmentation_pb2.Reference(
@@ -275,6 +276,46 @@ def test_cross_tenant_grpc_is_not_found(stack, loops):
         training_pb2.ListJobsRequest(), metadata=_md(stack, "globex", "training")
     )
     assert a.job["job_id"] not in {j.job_id for j in listed.jobs}
+
+
+def test_grpc_visual_prompt_applies_the_dataset_rules(stack, loops):
+    """The membership and default-target rules hold for direct gRPC callers too."""
+    a = loops["acme"]
+    c = _client(stack, "acme")
+    other = c.create_dataset("acme-other")["id"]
+    outsider = c.upload_image(other, encode_png(load_demo_samples(1, 64, seed=99)[0][0]))
+    ref_mask = c.get_label(a.dataset, a.ids[1])  # any mask of the reference's size
+    ref = segmentation_pb2.Reference(
+        image_id=a.ids[1],
+        mask=common_pb2.RleMask(
+            height=ref_mask.shape[0], width=ref_mask.shape[1], counts=encode_rle(ref_mask)["counts"]
+        ),
+    )
+    seg = segmentation_pb2_grpc.SegmentationStub(stack.channel)
+    md = _md(stack, "acme", "segmentation")
+
+    def call(**fields):
+        return list(seg.VisualPrompt(segmentation_pb2.VisualPromptRequest(**fields), metadata=md))
+
+    for fields in (
+        dict(dataset_id=a.dataset, references=[ref], target_image_ids=[outsider]),  # target outside
+        dict(  # reference outside
+            dataset_id=a.dataset,
+            references=[segmentation_pb2.Reference(image_id=outsider, mask=ref.mask)],
+            target_image_ids=[a.ids[2]],
+        ),
+        dict(dataset_id="d-nonexistent", references=[ref], target_image_ids=[a.ids[2]]),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call(**fields)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        call(references=[ref], target_image_ids=[a.ids[2]])  # no dataset id
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # No targets: every image of the dataset except the reference, as over REST.
+    results = call(dataset_id=a.dataset, references=[ref])
+    assert sorted(r.image_id for r in results) == sorted(i for i in a.ids if i != a.ids[1])
+    assert outsider not in {r.image_id for r in results}
 
 
 def test_grpc_auth_and_bad_arguments(stack, loops):
@@ -387,7 +428,13 @@ def test_bad_rest_inputs_are_4xx_and_write_nothing(stack, loops):
         (
             "POST",
             "/v1/trainings",
-            dict(json={"dataset_id": a.dataset, "method": "epeft", "steps": 0}),
+            dict(json={"dataset_id": a.dataset, "method": "epeft", "steps": -1}),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/trainings",
+            dict(json={"dataset_id": a.dataset, "method_config": {"nope": 1}, "steps": 2}),
             400,
         ),
         ("GET", "/v1/trainings/j-000000000000", {}, 404),

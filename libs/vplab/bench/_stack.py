@@ -1,19 +1,19 @@
-"""A local stack for the benchmarks: Ray + the three Serve apps (``vplab.stack.start_serve``,
-the wiring ``vplab up`` runs) and the REST gateway (``create_app``) under uvicorn in a
-thread, on free ports, with a throwaway local store."""
+"""A local stack for the benchmarks: Ray + the three Serve apps (``vplab.stack.start_serve``)
+and the REST gateway in its own process (``vplab gateway``) - the wiring ``vplab up`` runs -
+on free ports, with a throwaway local store. The library never imports ``services``."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 from vplab.bench._common import log
-from vplab.serving.background import BackgroundServer
 from vplab.settings import Settings
 
 PEPPER = "vplab-bench-pepper"
@@ -46,7 +46,7 @@ def local_stack(
 ) -> Iterator[SimpleNamespace]:
     """Start Ray + Serve (+ the gateway); yield ``settings``, ``grpc_target`` and ``url``.
     Replicas use ``settings.torch_threads`` (0: every core, as in-process torch does)."""
-    from vplab.stack import start_serve, stop_serve
+    from vplab.stack import start_gateway_process, start_serve, stop_serve, wait_healthy
 
     grpc_port, http_port = free_port(), free_port()
     settings = settings.model_copy(update={"grpc_target": f"127.0.0.1:{grpc_port}"})
@@ -55,16 +55,20 @@ def local_stack(
         t0 = time.perf_counter()
         start_serve(settings, grpc_port=grpc_port, http_port=http_port, num_cpus=num_cpus)
         log(f"Ray + Serve apps up in {time.perf_counter() - t0:.1f}s (gRPC {settings.grpc_target})")
+        url = None
         if gateway:
-            from services.gateway.app import create_app
-
-            server = BackgroundServer(create_app(settings)).start()
-        yield SimpleNamespace(
-            settings=settings, grpc_target=settings.grpc_target, url=server.url if server else None
-        )
+            port = free_port()
+            server = start_gateway_process(settings, port, settings.grpc_target, quiet=True)
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(f"{url}/healthz")
+        yield SimpleNamespace(settings=settings, grpc_target=settings.grpc_target, url=url)
     finally:
         if server is not None:
-            server.stop()
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
         stop_serve()
 
 

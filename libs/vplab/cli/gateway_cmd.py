@@ -34,6 +34,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vplab.errors import InvalidInput
+    from vplab.serving.apps import GATEWAY_FACTORY
 
     if not 0 < args.port < 65536:
         raise InvalidInput(f"--port must be 1..65535, got {args.port}")
@@ -42,7 +43,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     if args.grpc_target:
         os.environ["VPLAB_GRPC_TARGET"] = args.grpc_target  # read by Settings() in each worker
     uvicorn.run(
-        "services.gateway.app:create_app",
+        GATEWAY_FACTORY,
         factory=True,
         host=args.host,
         port=args.port,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vplab.rpc.status import error_code, rpc_error_parts
+
 
 class VPLabAPIError(Exception):
     """An error answer: ``status`` (HTTP status), ``code`` (e.g. "not_found"), ``message``.
@@ -29,47 +31,7 @@ class VPLabAPIError(Exception):
 
     @classmethod
     def from_rpc_error(cls, e: Any) -> VPLabAPIError:
-        import grpc
-
-        code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-        details = (e.details() if hasattr(e, "details") else None) or ""
-        status = _GRPC_TO_HTTP.get(code.name if code else "UNKNOWN", 502)
-        if status == 429:
-            try:
-                for key, value in e.trailing_metadata() or ():
-                    if key == "vplab-http-status" and str(value) in ("413", "429"):
-                        status = int(value)
-            except Exception:  # noqa: BLE001
-                pass
+        grpc_code, details, status = rpc_error_parts(e)
         return cls(
-            status,
-            _CODES.get(status, "error"),
-            details or (code.name if code else "error"),
-            grpc_code=code.name if code else None,
+            status, error_code(status), details or (grpc_code or "error"), grpc_code=grpc_code
         )
-
-
-_GRPC_TO_HTTP = {
-    "INVALID_ARGUMENT": 400,
-    "OUT_OF_RANGE": 400,
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 404,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "FAILED_PRECONDITION": 409,
-    "ABORTED": 409,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-}
-_CODES = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    404: "not_found",
-    409: "conflict",
-    413: "payload_too_large",
-    429: "quota_exceeded",
-    502: "bad_gateway",
-    503: "unavailable",
-    504: "deadline_exceeded",
-}

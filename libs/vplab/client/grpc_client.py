@@ -17,7 +17,6 @@ Every call carries the metadata the Ray Serve gRPC proxy and the services need:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -26,70 +25,16 @@ import grpc
 import numpy as np
 
 from vplab.client.errors import VPLabAPIError
-from vplab.client.rest import (
-    TERMINAL_STATES,
-    SegmentResult,
-    VisualPromptResult,
-    _mask_to_rle,
-    _rle_to_mask,
-)
-from vplab.rpc.v1 import (
-    common_pb2,
-    segmentation_pb2,
-    segmentation_pb2_grpc,
-    training_pb2,
-    training_pb2_grpc,
-)
-
-SEGMENTATION_APP, TRAINING_APP = "segmentation", "training"
+from vplab.client.rest import SegmentResult, VisualPromptResult, _mask_to_rle, _rle_to_mask
+from vplab.rpc import convert
+from vplab.rpc.convert import SEGMENTATION as SEGMENTATION_APP
+from vplab.rpc.convert import TRAINING as TRAINING_APP
+from vplab.rpc.v1 import segmentation_pb2, segmentation_pb2_grpc, training_pb2, training_pb2_grpc
+from vplab.states import is_terminal
 
 
-def _rle_pb(mask: Any) -> common_pb2.RleMask:
-    rle = _mask_to_rle(mask)
-    return common_pb2.RleMask(
-        height=int(rle["size"][0]), width=int(rle["size"][1]), counts=rle["counts"]
-    )
-
-
-def _mask(m: common_pb2.RleMask) -> np.ndarray:
-    return _rle_to_mask({"size": [m.height, m.width], "counts": m.counts})
-
-
-def _job(job: training_pb2.Job) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id,
-        "dataset_id": job.dataset_id,
-        "method": job.method,
-        "base_model": job.base_model,
-        "state": common_pb2.JobState.Name(job.state),
-        "step": job.step,
-        "total_steps": job.total_steps,
-        "best_val_iou": job.best_val_iou,
-        "initial_val_iou": job.initial_val_iou,
-        "model_id": job.model_id,
-        "error": job.error,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "attempts": job.attempts,
-    }
-
-
-def _event(e: training_pb2.JobEvent) -> dict[str, Any]:
-    return {
-        "seq": e.seq,
-        "job_id": e.job_id,
-        "state": common_pb2.JobState.Name(e.state),
-        "phase": e.phase,
-        "step": e.step,
-        "total_steps": e.total_steps,
-        "loss": e.loss,
-        "val_iou": e.val_iou,
-        "best_val_iou": e.best_val_iou,
-        "eta_s": e.eta_s,
-        "message": e.message,
-        "model_id": e.model_id,
-        "time": e.time,
-    }
+def _mask(rle: dict[str, Any]) -> np.ndarray:
+    return _rle_to_mask(rle)
 
 
 class VPLabGrpcClient:
@@ -108,13 +53,13 @@ class VPLabGrpcClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ):
-        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        opts = [*convert.CHANNEL_OPTIONS, *options]
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
             else grpc.insecure_channel(target, options=opts)
         )
-        self._auth = f"Bearer {api_key}"
+        self._auth = convert.bearer(api_key)
         self.timeout = timeout
         self._seg = segmentation_pb2_grpc.SegmentationStub(self._channel)
         self._train = training_pb2_grpc.TrainingStub(self._channel)
@@ -129,10 +74,7 @@ class VPLabGrpcClient:
         self.close()
 
     def _md(self, app: str, model_id: str | None = None) -> list[tuple[str, str]]:
-        md = [("application", app), ("authorization", self._auth)]
-        if model_id:
-            md.append(("multiplexed_model_id", model_id))
-        return md
+        return convert.call_metadata(app, self._auth, model_id)
 
     def _unary(self, fn, request, app: str, model_id: str | None = None):
         try:
@@ -157,22 +99,16 @@ class VPLabGrpcClient:
         labs = list(labels) if labels is not None else [1] * len(pts)
         if len(labs) != len(pts):
             raise ValueError("points and labels must have the same length")
-        request = segmentation_pb2.SegmentPromptRequest(
-            image_id=image_id,
-            multimask_output=multimask,
-            model_id=model_id or "",
-            points=[
-                common_pb2.Point(x=float(x), y=float(y), label=int(lab))
-                for (x, y), lab in zip(pts, labs)
-            ],
+        request = convert.segment_request_to_pb(
+            image_id,
+            [(x, y, lab) for (x, y), lab in zip(pts, labs)],
+            box=box,
+            mask_input=_mask_to_rle(mask_input) if mask_input is not None else None,
+            multimask=multimask,
+            model_id=model_id,
         )
-        if box is not None:
-            x0, y0, x1, y1 = (float(v) for v in box)
-            request.box.CopyFrom(common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1))
-        if mask_input is not None:
-            request.mask_input.CopyFrom(_rle_pb(mask_input))
         r = self._unary(self._seg.SegmentPrompt, request, SEGMENTATION_APP, model_id)
-        masks = [_mask(m.mask) for m in r.masks]
+        masks = [_mask(convert.rle_from_pb(m.mask)) for m in r.masks]
         stack = np.stack(masks) if masks else np.zeros((0, r.height, r.width), bool)
         return SegmentResult(
             stack, np.asarray([m.score for m in r.masks], np.float32), r.height, r.width
@@ -180,32 +116,34 @@ class VPLabGrpcClient:
 
     def visual_prompt(
         self,
+        dataset_id: str,
         references: Sequence[tuple[str, np.ndarray | dict]],
-        targets: Sequence[str],
+        targets: Sequence[str] | None = None,
         model_id: str | None = None,
         matcher: str = "soft",
         seed: int = 0,
     ) -> Iterator[VisualPromptResult]:
-        """Yields one result per target as it finishes (not in order: see ``.index``)."""
-        request = segmentation_pb2.VisualPromptRequest(
-            references=[
-                segmentation_pb2.Reference(image_id=i, mask=_rle_pb(m)) for i, m in references
-            ],
-            target_image_ids=list(targets),
-            model_id=model_id or "",
-            matcher=matcher,
-            seed=seed,
+        """Yields one result per target as it finishes (not in order: see ``.index``).
+        ``targets`` default: every image of the dataset that is not a reference."""
+        request = convert.visual_prompt_request_to_pb(
+            dataset_id,
+            [(i, _mask_to_rle(m)) for i, m in references],
+            targets,
+            model_id,
+            matcher,
+            seed,
         )
         call = self._seg.VisualPrompt(request, metadata=self._md(SEGMENTATION_APP, model_id))
         try:
             for r in call:
+                d = convert.visual_prompt_result_from_pb(r)
                 yield VisualPromptResult(
-                    index=r.index,
-                    image_id=r.image_id,
-                    mask=_mask(r.mask),
-                    score=float(r.score),
-                    points=np.asarray([[p.x, p.y] for p in r.points], np.float32).reshape(-1, 2),
-                    point_labels=np.asarray([p.label for p in r.points], np.int64),
+                    index=d["index"],
+                    image_id=d["image_id"],
+                    mask=_mask(d["mask_rle"]),
+                    score=d["score"],
+                    points=np.asarray(d["points"], np.float32).reshape(-1, 2),
+                    point_labels=np.asarray(d["point_labels"], np.int64),
                 )
         except grpc.RpcError as e:
             raise VPLabAPIError.from_rpc_error(e) from None
@@ -219,7 +157,7 @@ class VPLabGrpcClient:
             SEGMENTATION_APP,
             model_id,
         )
-        return _mask(r.mask), float(r.score)
+        return _mask(convert.rle_from_pb(r.mask)), convert.wire_float(r.score)
 
     # --- training ------------------------------------------------------------------------
 
@@ -233,32 +171,29 @@ class VPLabGrpcClient:
         seed: int = 0,
         lr: float | None = None,
     ) -> dict[str, Any]:
-        request = training_pb2.StartTrainingRequest(
-            dataset_id=dataset_id,
-            method=method,
-            base_model=base_model or "",
-            steps=steps,
-            method_config_json=json.dumps(method_config) if method_config else "",
-            seed=seed,
-            lr=lr or 0.0,
+        request = convert.start_training_to_pb(
+            dataset_id, method, base_model or "", steps, method_config, seed, lr
         )
-        return _job(self._unary(self._train.StartTraining, request, TRAINING_APP).job)
+        return convert.job_from_pb(
+            self._unary(self._train.StartTraining, request, TRAINING_APP).job
+        )
 
     def get_training(self, job_id: str) -> dict[str, Any]:
-        return _job(
+        return convert.job_from_pb(
             self._unary(
                 self._train.GetJob, training_pb2.GetJobRequest(job_id=job_id), TRAINING_APP
             ).job
         )
 
     def list_trainings(self, state: str | None = None, limit: int = 0) -> list[dict[str, Any]]:
-        request = training_pb2.ListJobsRequest(
-            limit=limit, state=common_pb2.JobState.Value(state) if state else 0
-        )
-        return [_job(j) for j in self._unary(self._train.ListJobs, request, TRAINING_APP).jobs]
+        request = training_pb2.ListJobsRequest(limit=limit, state=convert.job_state_to_pb(state))
+        return [
+            convert.job_from_pb(j)
+            for j in self._unary(self._train.ListJobs, request, TRAINING_APP).jobs
+        ]
 
     def cancel_training(self, job_id: str) -> dict[str, Any]:
-        return _job(
+        return convert.job_from_pb(
             self._unary(
                 self._train.CancelJob, training_pb2.CancelJobRequest(job_id=job_id), TRAINING_APP
             ).job
@@ -271,7 +206,7 @@ class VPLabGrpcClient:
         )
         try:
             for e in call:
-                yield _event(e)
+                yield convert.event_from_pb(e)
         except grpc.RpcError as e:
             raise VPLabAPIError.from_rpc_error(e) from None
         finally:
@@ -292,7 +227,7 @@ class VPLabGrpcClient:
                     last_seq = max(last_seq, event["seq"])
                     if on_event is not None:
                         on_event(event)
-                    if event["state"] in TERMINAL_STATES:
+                    if is_terminal(event["state"]):
                         break
             except VPLabAPIError as e:
                 if e.status not in (502, 503, 504):
@@ -301,6 +236,6 @@ class VPLabGrpcClient:
                 if failures > max_reconnects:
                     raise
             job = self.get_training(job_id)
-            if job["state"] in TERMINAL_STATES:
+            if is_terminal(job["state"]):
                 return job
             time.sleep(0.2)  # the stream ended early (service restart...): resume shortly

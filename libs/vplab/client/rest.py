@@ -23,8 +23,7 @@ import httpx
 import numpy as np
 
 from vplab.client.errors import VPLabAPIError
-
-TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+from vplab.states import is_terminal
 
 
 @dataclass
@@ -421,7 +420,7 @@ class VPLabClient:
                     raise
                 time.sleep(min(0.1 * 2.0**failures, 5.0))
             job = self.get_training(job_id)
-            if job["state"] in TERMINAL_STATES:
+            if is_terminal(job["state"]):
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise VPLabAPIError(

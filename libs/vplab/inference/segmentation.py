@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from vplab.errors import InvalidInput, PayloadTooLarge
+from vplab.errors import InvalidInput
 from vplab.inference.features import FeatureEngine
-from vplab.inference.lru import ByteLRU
 from vplab.inference.runtime import adapter_encoder_id
 from vplab.masks import decode_rle, encode_rle
 from vplab.matching import VisualPromptConfig, VisualPrompter
@@ -30,6 +29,7 @@ from vplab.segmentation import PromptSegmenter
 from vplab.segmentation.mask_input import mask_to_mask_input
 from vplab.segmentation.transforms import postprocess_masks
 from vplab.storage import keys
+from vplab.tenancy.limits import RequestLimits
 from vplab.tuned import load_tuned_model
 
 
@@ -53,24 +53,22 @@ class Prompt:
 
 
 class SegmentationEngine:
-    def __init__(self, features: FeatureEngine, max_models: int = 4):
+    """The ML side of the segmentation service. It keeps no tuned models: whoever serves
+    it caches them (Ray Serve's multiplexer, sized by ``max_models_per_replica``)."""
+
+    def __init__(self, features: FeatureEngine):
         self.features = features
         self.rt = features.rt
         self.store = features.store
         self.settings = self.rt.settings
-        self._models: ByteLRU[TunedModel] = ByteLRU(max_models)  # counted in models, not bytes
+        self.limits = RequestLimits(self.settings)
 
     # -- models ------------------------------------------------------------------------
     def model(self, tenant: str, model_id: str | None) -> TunedModel | None:
-        """None for the base model; NotFound for unknown or another tenant's model."""
+        """None for the base model (empty id); NotFound for unknown or another tenant's."""
         if not model_id:
             return None
-        keys.check_id(model_id, "model_id")
-        cached = self._models.get((tenant, model_id))
-        if cached is None:
-            cached = self.load_model(tenant, model_id)
-            self._models.put((tenant, model_id), cached, 1)
-        return cached
+        return self.load_model(tenant, keys.check_id(model_id, "model_id"))
 
     def load_model(self, tenant: str, model_id: str) -> TunedModel:
         from vplab.tuned import read_tuned_config
@@ -119,11 +117,7 @@ class SegmentationEngine:
         self, tenant: str, image_id: str, prompt: Prompt, model: TunedModel | None = None
     ):
         """-> (list of (rle, score) best first, (H, W)). ``model``: from ``model()`` (None = base)."""
-        s = self.settings
-        if len(prompt.points) > s.max_points_per_request:
-            raise PayloadTooLarge(
-                f"{len(prompt.points)} points in one request; the limit is {s.max_points_per_request}"
-            )
+        self.limits.check_points(len(prompt.points))
         if not prompt.points and prompt.box is None and prompt.mask_input is None:
             raise InvalidInput("give at least one point, a box or a mask_input")
         if model is not None and model.prompt_free:
@@ -193,15 +187,12 @@ class SegmentationEngine:
         seed: int = 0,
     ) -> Iterator[tuple[int, str, dict[str, Any], float, list[tuple[float, float, int]]]]:
         """Validate everything first (errors before any result), then yield one result per target."""
-        s = self.settings
         if not references:
             raise InvalidInput("give at least one reference image with its mask")
         if not targets:
             raise InvalidInput("give at least one target image")
-        if len(targets) > s.max_targets_per_call:
-            raise PayloadTooLarge(
-                f"{len(targets)} targets in one call; the limit is {s.max_targets_per_call}"
-            )
+        self.limits.check_references(len(references))
+        self.limits.check_targets(len(targets))
         if matcher not in ("soft", "prototype", ""):
             raise InvalidInput(f"matcher must be 'soft' or 'prototype', got {matcher!r}")
         for image_id in targets:

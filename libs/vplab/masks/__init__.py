@@ -6,6 +6,7 @@ from vplab.masks.png import (
     encode_label_map,
     read_binary_mask,
     read_label_map,
+    read_label_png,
 )
 from vplab.masks.rle import decode_rle, encode_rle, rle_area
 
@@ -21,5 +22,6 @@ __all__ = [
     "per_class_iou",
     "read_binary_mask",
     "read_label_map",
+    "read_label_png",
     "rle_area",
 ]

@@ -27,11 +27,8 @@ def encode_binary_mask(mask: np.ndarray) -> bytes:
 def read_binary_mask(
     src: bytes | str | Path, max_bytes: int | None = None, max_pixels: int | None = None
 ) -> np.ndarray:
-    """PNG -> (H, W) bool; any value > 0 is foreground (0/1, 0/255 and palette masks)."""
-    arr = _read(src, "mask", max_bytes, max_pixels)
-    if arr.ndim == 3:  # RGB(A) masks from drawing tools: colour = foreground, alpha ignored
-        arr = arr[..., :3].max(axis=2)
-    return arr > 0
+    """PNG -> (H, W) bool; any nonzero id is foreground (``read_label_png``'s policy)."""
+    return read_label_png(src, max_bytes, max_pixels, "mask") > 0
 
 
 def encode_label_map(labels: np.ndarray) -> bytes:
@@ -48,10 +45,53 @@ def encode_label_map(labels: np.ndarray) -> bytes:
 def read_label_map(
     src: bytes | str | Path, max_bytes: int | None = None, max_pixels: int | None = None
 ) -> np.ndarray:
-    """PNG -> (H, W) int32 class ids. Palette PNGs give palette indices (VOC style)."""
-    arr = _read(src, "label map", max_bytes, max_pixels)
-    if arr.ndim != 2:
-        raise InvalidInput(f"label map PNG must be single-channel, got shape {arr.shape}")
+    """PNG -> (H, W) int32 class ids (``read_label_png``'s policy)."""
+    return read_label_png(src, max_bytes, max_pixels, "label map")
+
+
+_SINGLE_CHANNEL = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def read_label_png(
+    src: bytes | str | Path,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
+    what: str = "label",
+) -> np.ndarray:
+    """The one reader of mask and label PNGs: -> (H, W) int32 ids, 0 = background.
+
+    Accepted: single-channel PNGs (binary 0/1 or 0/255, mode '1', grey or 16-bit label
+    maps, palette PNGs as their palette indices, VOC style), the same with an alpha
+    channel (ignored), RGB(A) whose three channels are equal, and a drawing tool's binary
+    mask: black plus one colour (-> 0/1). Any other colour image is rejected: which colour
+    is which class would be a guess (save label maps as grey or palette PNGs).
+    """
+    if isinstance(src, (str, Path)):
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise InvalidInput(f"{what} file {str(src)!r} cannot be read: {e.strerror}") from e
+    else:
+        data = src
+    label = f"{what} PNG"
+    img = load_image(open_image(data, max_bytes, max_pixels, label, formats=("PNG",)), label)
+    if img.mode in _SINGLE_CHANNEL:
+        arr = np.asarray(img)
+    elif img.mode in ("LA", "PA"):
+        arr = np.asarray(img)[..., 0]  # alpha ignored: grey value / palette index
+    elif img.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(img)[..., :3]
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            arr = rgb[..., 0]
+        else:
+            arr = _two_colour_mask(rgb, label)
+    else:
+        raise InvalidInput(
+            f"{label} must be a binary mask or a label map (single channel); got mode {img.mode}"
+        )
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise InvalidInput(f"{what} ids must be in 0..65535")
     return arr.astype(np.int32)
 
 
@@ -68,20 +108,13 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _read(
-    src: bytes | str | Path, what: str, max_bytes: int | None, max_pixels: int | None
-) -> np.ndarray:
-    if isinstance(src, (str, Path)):
-        try:
-            data = Path(src).read_bytes()
-        except OSError as e:
-            raise InvalidInput(f"{what} file {str(src)!r} cannot be read: {e.strerror}") from e
-    else:
-        data = src
-    label = f"{what} PNG"
-    img = load_image(open_image(data, max_bytes, max_pixels, label, formats=("PNG",)), label)
-    if img.mode in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "RGB", "RGBA"):
-        return np.asarray(img)
-    if img.mode in ("LA", "PA"):
-        return np.asarray(img)[..., 0]  # drop alpha, keep grey value / palette index
-    return np.asarray(img.convert("RGB"))
+def _two_colour_mask(rgb: np.ndarray, label: str) -> np.ndarray:
+    fg = rgb.any(axis=2)
+    if fg.any():
+        first = rgb[fg][0]
+        if not (rgb[fg] == first).all():
+            raise InvalidInput(
+                f"{label} must be a binary mask or a label map (single channel, palette, grey "
+                "RGB, or black plus one colour); got a colour image with several colours"
+            )
+    return fg.astype(np.uint8)

@@ -30,10 +30,10 @@ from torch import nn
 from vplab.errors import CheckpointError, InvalidInput
 from vplab.peft.core import apply_method, count_trainable, trainable_by_piece
 from vplab.peft.registry import get_method
+from vplab.storage import keys
 
 FORMAT = "vplab-adapter/1"
-WEIGHTS = "adapter.safetensors"
-CONFIG = "config.json"
+WEIGHTS, CONFIG = keys.ADAPTER_WEIGHTS_FILE, keys.ADAPTER_CONFIG_FILE
 
 
 def _created(sam: nn.Module) -> tuple[set[str], list[str]]:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from torch import nn
 
 from vplab.errors import InvalidInput
+from vplab.method_names import METHOD_NAMES
 
 # What the trainer has to run per step:
 #   "frozen": nothing of the image encoder (train from cached embeddings)
@@ -45,6 +46,8 @@ _REGISTRY: dict[str, MethodSpec] = {}
 def register(spec: MethodSpec) -> MethodSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"PEFT method {spec.name!r} registered twice")
+    if spec.name not in METHOD_NAMES:
+        raise ValueError(f"PEFT method {spec.name!r} is not listed in vplab.method_names")
     if not dataclasses.is_dataclass(spec.config_cls):
         raise TypeError(f"{spec.name}: config_cls must be a dataclass")
     _REGISTRY[spec.name] = spec

@@ -13,6 +13,9 @@ from typing import Any
 GRPC_PORT = 9000  # Serve's gRPC proxy: every app behind one port, routed by "application" metadata
 HTTP_PORT = 8000  # Serve's HTTP proxy: only /-/healthz is used (KubeRay probes it)
 GATEWAY_PORT = 8080  # the REST gateway (its own process / Deployment)
+# The gateway's app factory, for uvicorn (``vplab gateway``) and the chart's command. The
+# library names service modules only here, as import strings: it never imports them.
+GATEWAY_FACTORY = "services.gateway.main:create_app"
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,13 @@ from typing import Any
 import grpc
 
 from vplab.errors import VPLabError
+from vplab.rpc.status import HTTP_STATUS_TRAILER
 
 log = logging.getLogger("vplab.services")
 
 
-HTTP_STATUS_TRAILER = "vplab-http-status"  # 413 and 429 share RESOURCE_EXHAUSTED: say which
-
-
 def _set_error(grpc_context, code: str, message: str, http_status: int = 500) -> None:
+    # 413 and 429 share RESOURCE_EXHAUSTED: the trailer says which (vplab.rpc.status).
     grpc_context.set_code(getattr(grpc.StatusCode, code))
     grpc_context.set_details(message)
     grpc_context.set_trailing_metadata([(HTTP_STATUS_TRAILER, str(http_status))])

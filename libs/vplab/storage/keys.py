@@ -11,8 +11,11 @@ import re
 
 from vplab.errors import InvalidInput
 
-_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+# The id patterns, also declared in the REST API's OpenAPI document (same strings).
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+_ID = re.compile(ID_PATTERN.strip("^$"))
+_SHA256 = re.compile(SHA256_PATTERN.strip("^$"))
 # Encoder ids name weights and adapters, e.g. "sam-vit_b.lora-r4"; '.' is allowed but
 # must not start the id nor repeat (so "." and ".." are impossible).
 _ENCODER_ID = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*")
@@ -23,6 +26,9 @@ _LABEL_VERSION = re.compile(r"/v(0|[1-9][0-9]*)\.png")
 _CKPT_STEP = re.compile(r"/ckpt/step-(0|[1-9][0-9]*)\.safetensors")
 
 BASE_MODELS = "base-models/"
+# The files of an adapter folder: the same names in the store, on disk and in the export zip.
+ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
+ADAPTER_CONFIG_FILE = "config.json"
 TENANTS = "tenants/"
 SYSTEM = "system/"
 
@@ -241,14 +247,61 @@ def model_prefix(tenant: str, model: str) -> str:
 
 
 def model_adapter(tenant: str, model: str) -> str:
-    return f"{model_prefix(tenant, model)}adapter.safetensors"
+    return f"{model_prefix(tenant, model)}{ADAPTER_WEIGHTS_FILE}"
 
 
 def model_config(tenant: str, model: str) -> str:
-    return f"{model_prefix(tenant, model)}config.json"
+    return f"{model_prefix(tenant, model)}{ADAPTER_CONFIG_FILE}"
+
+
+def multiplexed_model(tenant: str, model: str) -> str:
+    """The Serve multiplexing key of a tuned model: built after authentication, so the
+    tenant part always is the caller's."""
+    return f"{check_id(tenant, 'tenant')}/{check_id(model, 'model_id')}"
+
+
+def parse_multiplexed_model(value: str) -> tuple[str, str]:
+    tenant, sep, model = value.partition("/") if isinstance(value, str) else ("", "", "")
+    if not sep:
+        raise InvalidInput(f"not a multiplexed model key: {value!r}")
+    return check_id(tenant, "tenant"), check_id(model, "model_id")
 
 
 # --- parsing -----------------------------------------------------------------------------
+
+
+def _under(key: object, prefix: str) -> list[str] | None:
+    """The '/'-separated parts of ``key`` below ``prefix``; None if it is not below it."""
+    if not isinstance(key, str) or not key.startswith(prefix):
+        return None
+    return key[len(prefix) :].split("/")
+
+
+def parse_label(key: str, tenant: str) -> tuple[str, str, int] | None:
+    """``tenants/{t}/labels/{d}/{sha256}/v{n}.png`` -> (d, sha256, n); None otherwise."""
+    parts = _under(key, f"{tenant_prefix(tenant)}labels/")
+    if parts is None or len(parts) != 3:
+        return None
+    if not _ID.fullmatch(parts[0]) or not _SHA256.fullmatch(parts[1]):
+        return None
+    m = _LABEL_VERSION.fullmatch("/" + parts[2])
+    return (parts[0], parts[1], int(m.group(1))) if m else None
+
+
+def parse_job_state(key: str, tenant: str) -> str | None:
+    """``tenants/{t}/jobs/{job}/state.json`` -> job; None for the job's other objects."""
+    parts = _under(key, jobs_prefix(tenant))
+    if parts is None or len(parts) != 2 or parts[1] != "state.json":
+        return None
+    return parts[0] if _ID.fullmatch(parts[0]) else None
+
+
+def parse_model_config(key: str, tenant: str) -> str | None:
+    """``tenants/{t}/models/{model}/config.json`` -> model; None for other objects."""
+    parts = _under(key, models_prefix(tenant))
+    if parts is None or len(parts) != 2 or parts[1] != ADAPTER_CONFIG_FILE:
+        return None
+    return parts[0] if _ID.fullmatch(parts[0]) else None
 
 
 def parse_label_version(key: str) -> int:

@@ -5,7 +5,8 @@ See ARCHITECTURE.md, "Tenancy and security". A tenant id always comes from
 """
 
 from vplab.tenancy.auth import AUTH_METADATA_KEY, Authenticator, parse_bearer
-from vplab.tenancy.quotas import ACTIVE_JOB_STATES, Quotas, Usage, object_sizes
+from vplab.tenancy.limits import RequestLimits
+from vplab.tenancy.quotas import Quotas, Usage, object_sizes
 from vplab.tenancy.tenants import (
     KeyInfo,
     Tenant,
@@ -22,11 +23,11 @@ from vplab.tenancy.tenants import (
 )
 
 __all__ = [
-    "ACTIVE_JOB_STATES",
     "AUTH_METADATA_KEY",
     "Authenticator",
     "KeyInfo",
     "Quotas",
+    "RequestLimits",
     "Tenant",
     "Usage",
     "create_key",

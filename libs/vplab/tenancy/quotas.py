@@ -1,4 +1,4 @@
-"""Per-tenant quotas (429 ``QuotaExceeded``) and per-request limits (413 ``PayloadTooLarge``).
+"""Per-tenant quotas (429 ``QuotaExceeded``); per-request limits are ``limits.RequestLimits``.
 
 Usage is computed from the store, never from a counter that could drift:
 
@@ -20,11 +20,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vplab.errors import InvalidInput, NotFound, PayloadTooLarge, QuotaExceeded
+from vplab.errors import InvalidInput, NotFound, QuotaExceeded
 from vplab.settings import Settings
+from vplab.states import ACTIVE_STATES
 from vplab.storage import ArtifactStore, check_prefix, keys
-
-ACTIVE_JOB_STATES = ("QUEUED", "RUNNING")
 
 
 @dataclass(frozen=True)
@@ -71,36 +70,6 @@ class Quotas:
         self._usage: dict[str, tuple[Usage, float]] = {}
         # tenant -> uploads checked but not yet written (held under the lock)
         self._pending: dict[str, Usage] = {}
-
-    # --- request limits (413) --------------------------------------------------------------
-
-    def check_points(self, n: int) -> None:
-        _limit(
-            n,
-            self.settings.max_points_per_request,
-            "points in one request",
-            "max_points_per_request",
-            PayloadTooLarge,
-        )
-
-    def check_targets(self, n: int) -> None:
-        _limit(
-            n,
-            self.settings.max_targets_per_call,
-            "target images in one call",
-            "max_targets_per_call",
-            PayloadTooLarge,
-        )
-
-    def check_image_bytes(self, n: int) -> None:
-        """Early check on a declared upload size (e.g. Content-Length), before reading it."""
-        _limit(
-            n,
-            self.settings.max_image_bytes,
-            "bytes in one image",
-            "max_image_bytes",
-            PayloadTooLarge,
-        )
 
     # --- storage quotas (429) --------------------------------------------------------------
 
@@ -182,14 +151,13 @@ class Quotas:
         prefix = keys.jobs_prefix(tenant)
         count = 0
         for key in self.store.list(prefix):
-            rest = key[len(prefix) :].split("/")
-            if len(rest) != 2 or rest[1] != "state.json":
+            if keys.parse_job_state(key, tenant) is None:
                 continue
             try:
                 record = self.store.get_json(key)
             except (NotFound, InvalidInput):
                 continue  # deleted meanwhile, or a torn/corrupt record: not counted
-            if isinstance(record, dict) and record.get("state") in ACTIVE_JOB_STATES:
+            if isinstance(record, dict) and record.get("state") in ACTIVE_STATES:
                 count += 1
         return count
 
@@ -202,10 +170,3 @@ class Quotas:
                 f"concurrent job quota exceeded: tenant {tenant!r} has {active} queued or "
                 f"running jobs, the limit is {limit} (quota_concurrent_jobs)"
             )
-
-
-def _limit(n: object, limit: int, what: str, setting: str, error: type) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise InvalidInput(f"number of {what} must be a non-negative integer, got {n!r}")
-    if n > limit:
-        raise error(f"too many {what}: {n}, the limit is {limit} ({setting})")

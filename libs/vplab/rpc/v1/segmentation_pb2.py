@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from vplab.rpc.v1 import common_pb2 as vplab_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvplab/v1/segmentation.proto\x12\x08vplab.v1\x1a\x15vplab/v1/common.proto\"\xd9\x01\n\x14SegmentPromptRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x1f\n\x06points\x18\x02 \x03(\x0b\x32\x0f.vplab.v1.Point\x12\x1f\n\x03\x62ox\x18\x03 \x01(\x0b\x32\r.vplab.v1.BoxH\x00\x88\x01\x01\x12*\n\nmask_input\x18\x04 \x01(\x0b\x32\x11.vplab.v1.RleMaskH\x01\x88\x01\x01\x12\x18\n\x10multimask_output\x18\x05 \x01(\x08\x12\x10\n\x08model_id\x18\x06 \x01(\tB\x06\n\x04_boxB\r\n\x0b_mask_input\"[\n\x15SegmentPromptResponse\x12#\n\x05masks\x18\x01 \x03(\x0b\x32\x14.vplab.v1.MaskResult\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\">\n\tReference\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x1f\n\x04mask\x18\x02 \x01(\x0b\x32\x11.vplab.v1.RleMask\"\x89\x01\n\x13VisualPromptRequest\x12\'\n\nreferences\x18\x01 \x03(\x0b\x32\x13.vplab.v1.Reference\x12\x18\n\x10target_image_ids\x18\x02 \x03(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0f\n\x07matcher\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x05\"\x88\x01\n\x14VisualPromptResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x1f\n\x04mask\x18\x03 \x01(\x0b\x32\x11.vplab.v1.RleMask\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x1f\n\x06points\x18\x05 \x03(\x0b\x32\x0f.vplab.v1.Point\"8\n\x12\x41utoSegmentRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"E\n\x13\x41utoSegmentResponse\x12\x1f\n\x04mask\x18\x01 \x01(\x0b\x32\x11.vplab.v1.RleMask\x12\r\n\x05score\x18\x02 \x01(\x02\x32\xfd\x01\n\x0cSegmentation\x12P\n\rSegmentPrompt\x12\x1e.vplab.v1.SegmentPromptRequest\x1a\x1f.vplab.v1.SegmentPromptResponse\x12O\n\x0cVisualPrompt\x12\x1d.vplab.v1.VisualPromptRequest\x1a\x1e.vplab.v1.VisualPromptResponse0\x01\x12J\n\x0b\x41utoSegment\x12\x1c.vplab.v1.AutoSegmentRequest\x1a\x1d.vplab.v1.AutoSegmentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvplab/v1/segmentation.proto\x12\x08vplab.v1\x1a\x15vplab/v1/common.proto\"\xd9\x01\n\x14SegmentPromptRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x1f\n\x06points\x18\x02 \x03(\x0b\x32\x0f.vplab.v1.Point\x12\x1f\n\x03\x62ox\x18\x03 \x01(\x0b\x32\r.vplab.v1.BoxH\x00\x88\x01\x01\x12*\n\nmask_input\x18\x04 \x01(\x0b\x32\x11.vplab.v1.RleMaskH\x01\x88\x01\x01\x12\x18\n\x10multimask_output\x18\x05 \x01(\x08\x12\x10\n\x08model_id\x18\x06 \x01(\tB\x06\n\x04_boxB\r\n\x0b_mask_input\"[\n\x15SegmentPromptResponse\x12#\n\x05masks\x18\x01 \x03(\x0b\x32\x14.vplab.v1.MaskResult\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\">\n\tReference\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x1f\n\x04mask\x18\x02 \x01(\x0b\x32\x11.vplab.v1.RleMask\"\x9d\x01\n\x13VisualPromptRequest\x12\'\n\nreferences\x18\x01 \x03(\x0b\x32\x13.vplab.v1.Reference\x12\x18\n\x10target_image_ids\x18\x02 \x03(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0f\n\x07matcher\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x05\x12\x12\n\ndataset_id\x18\x06 \x01(\t\"\x88\x01\n\x14VisualPromptResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x1f\n\x04mask\x18\x03 \x01(\x0b\x32\x11.vplab.v1.RleMask\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x1f\n\x06points\x18\x05 \x03(\x0b\x32\x0f.vplab.v1.Point\"8\n\x12\x41utoSegmentRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"E\n\x13\x41utoSegmentResponse\x12\x1f\n\x04mask\x18\x01 \x01(\x0b\x32\x11.vplab.v1.RleMask\x12\r\n\x05score\x18\x02 \x01(\x02\x32\xfd\x01\n\x0cSegmentation\x12P\n\rSegmentPrompt\x12\x1e.vplab.v1.SegmentPromptRequest\x1a\x1f.vplab.v1.SegmentPromptResponse\x12O\n\x0cVisualPrompt\x12\x1d.vplab.v1.VisualPromptRequest\x1a\x1e.vplab.v1.VisualPromptResponse0\x01\x12J\n\x0b\x41utoSegment\x12\x1c.vplab.v1.AutoSegmentRequest\x1a\x1d.vplab.v1.AutoSegmentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFERENCE']._serialized_start=377
   _globals['_REFERENCE']._serialized_end=439
   _globals['_VISUALPROMPTREQUEST']._serialized_start=442
-  _globals['_VISUALPROMPTREQUEST']._serialized_end=579
-  _globals['_VISUALPROMPTRESPONSE']._serialized_start=582
-  _globals['_VISUALPROMPTRESPONSE']._serialized_end=718
-  _globals['_AUTOSEGMENTREQUEST']._serialized_start=720
-  _globals['_AUTOSEGMENTREQUEST']._serialized_end=776
-  _globals['_AUTOSEGMENTRESPONSE']._serialized_start=778
-  _globals['_AUTOSEGMENTRESPONSE']._serialized_end=847
-  _globals['_SEGMENTATION']._serialized_start=850
-  _globals['_SEGMENTATION']._serialized_end=1103
+  _globals['_VISUALPROMPTREQUEST']._serialized_end=599
+  _globals['_VISUALPROMPTRESPONSE']._serialized_start=602
+  _globals['_VISUALPROMPTRESPONSE']._serialized_end=738
+  _globals['_AUTOSEGMENTREQUEST']._serialized_start=740
+  _globals['_AUTOSEGMENTREQUEST']._serialized_end=796
+  _globals['_AUTOSEGMENTRESPONSE']._serialized_start=798
+  _globals['_AUTOSEGMENTRESPONSE']._serialized_end=867
+  _globals['_SEGMENTATION']._serialized_start=870
+  _globals['_SEGMENTATION']._serialized_end=1123
 # @@protoc_insertion_point(module_scope)

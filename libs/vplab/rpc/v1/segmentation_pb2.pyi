@@ -43,18 +43,20 @@ class Reference(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., mask: _Optional[_Union[_common_pb2.RleMask, _Mapping]] = ...) -> None: ...
 
 class VisualPromptRequest(_message.Message):
-    __slots__ = ("references", "target_image_ids", "model_id", "matcher", "seed")
+    __slots__ = ("references", "target_image_ids", "model_id", "matcher", "seed", "dataset_id")
     REFERENCES_FIELD_NUMBER: _ClassVar[int]
     TARGET_IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MATCHER_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     references: _containers.RepeatedCompositeFieldContainer[Reference]
     target_image_ids: _containers.RepeatedScalarFieldContainer[str]
     model_id: str
     matcher: str
     seed: int
-    def __init__(self, references: _Optional[_Iterable[_Union[Reference, _Mapping]]] = ..., target_image_ids: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ..., matcher: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    dataset_id: str
+    def __init__(self, references: _Optional[_Iterable[_Union[Reference, _Mapping]]] = ..., target_image_ids: _Optional[_Iterable[str]] = ..., model_id: _Optional[str] = ..., matcher: _Optional[str] = ..., seed: _Optional[int] = ..., dataset_id: _Optional[str] = ...) -> None: ...
 
 class VisualPromptResponse(_message.Message):
     __slots__ = ("index", "image_id", "mask", "score", "points")

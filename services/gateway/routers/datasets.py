@@ -1,0 +1,97 @@
+"""Datasets and their images: handled here on the object store (``DatasetStore``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from services.gateway import schemas as S
+from services.gateway.deps import DatasetsDep, LimitsDep, TenantId
+from services.gateway.params import (
+    ERROR_RESPONSES,
+    V1,
+    DatasetIdPath,
+    ImageIdPath,
+    image_media_type,
+    plain,
+)
+
+router = APIRouter(prefix=V1, tags=["datasets"], responses=ERROR_RESPONSES)
+
+
+@router.post("/datasets", summary="Create a dataset", status_code=201, response_model=S.DatasetOut)
+def create_dataset(body: S.DatasetCreate, tenant: TenantId, datasets: DatasetsDep) -> Any:
+    return plain(datasets.create_dataset(tenant, body.name))
+
+
+@router.get("/datasets", summary="List the tenant's datasets", response_model=S.DatasetList)
+def list_datasets(tenant: TenantId, datasets: DatasetsDep) -> Any:
+    return {"datasets": plain(datasets.list_datasets(tenant))}
+
+
+@router.get("/datasets/{dataset_id}", summary="Get a dataset", response_model=S.DatasetOut)
+def get_dataset(dataset_id: DatasetIdPath, tenant: TenantId, datasets: DatasetsDep) -> Any:
+    return plain(datasets.get_dataset(tenant, dataset_id))
+
+
+@router.delete(
+    "/datasets/{dataset_id}",
+    summary="Delete a dataset, its labels, and images no other dataset uses",
+    status_code=204,
+)
+def delete_dataset(dataset_id: DatasetIdPath, tenant: TenantId, datasets: DatasetsDep) -> Response:
+    datasets.delete_dataset(tenant, dataset_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/datasets/{dataset_id}/images",
+    summary="Upload an image (multipart `file`)",
+    status_code=201,
+    response_model=S.ImageUploaded,
+)
+async def upload_image(
+    dataset_id: DatasetIdPath,
+    tenant: TenantId,
+    datasets: DatasetsDep,
+    limits: LimitsDep,
+    file: Annotated[UploadFile, File()],
+) -> Any:
+    data = await file.read(limits.max_image_bytes + 1)
+    limits.check_image_bytes(len(data))
+    image_id = await run_in_threadpool(
+        datasets.add_image, tenant, dataset_id, data, file.filename or None
+    )
+    return {"image_id": image_id}
+
+
+@router.get(
+    "/datasets/{dataset_id}/images", summary="List a dataset's images", response_model=S.ImageList
+)
+def list_images(dataset_id: DatasetIdPath, tenant: TenantId, datasets: DatasetsDep) -> Any:
+    return {"images": datasets.list_images(tenant, dataset_id)}
+
+
+@router.delete(
+    "/datasets/{dataset_id}/images/{image_id}",
+    summary="Remove an image from a dataset",
+    status_code=204,
+)
+def remove_image(
+    dataset_id: DatasetIdPath, image_id: ImageIdPath, tenant: TenantId, datasets: DatasetsDep
+) -> Response:
+    datasets.remove_image(tenant, dataset_id, image_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/images/{image_id}",
+    summary="Download an image's bytes",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def get_image(image_id: ImageIdPath, tenant: TenantId, datasets: DatasetsDep) -> Response:
+    data = datasets.get_image_bytes(tenant, image_id)
+    return Response(content=data, media_type=image_media_type(data))

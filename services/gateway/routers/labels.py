@@ -1,0 +1,101 @@
+"""Refined masks, versioned per image."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from services.gateway import schemas as S
+from services.gateway.deps import DatasetsDep, LimitsDep, TenantId
+from services.gateway.errors import ApiError
+from services.gateway.params import ERROR_RESPONSES, V1, DatasetIdPath, ImageIdPath, png_response
+from vplab.errors import InvalidInput
+
+router = APIRouter(prefix=V1, tags=["labels"], responses=ERROR_RESPONSES)
+
+_PNG_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                    "additionalProperties": False,
+                }
+            },
+        },
+    }
+}
+
+
+async def _mask_bytes(request: Request, limits: LimitsDep) -> bytes:
+    """The PNG of a label upload: a raw ``image/png`` body or a multipart ``file`` part."""
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=4)
+        extra = sorted(set(form.keys()) - {"file"})
+        if extra:
+            raise InvalidInput(f"multipart body has unknown parts {extra}; send only 'file'")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("multipart body needs a 'file' part with the PNG mask")
+        data = await upload.read(limits.max_image_bytes + 1)
+    elif ctype in ("image/png", "application/octet-stream", ""):
+        data = await request.body()
+    else:
+        raise ApiError(415, f"send the mask as image/png or multipart/form-data, not {ctype!r}")
+    if not data:
+        raise InvalidInput("the request has no mask PNG")
+    limits.check_image_bytes(len(data), "mask")
+    return data
+
+
+@router.put(
+    "/datasets/{dataset_id}/labels/{image_id}",
+    summary="Upload a refined mask (new version)",
+    response_model=S.LabelVersion,
+    openapi_extra=_PNG_BODY,
+)
+async def put_label(
+    dataset_id: DatasetIdPath,
+    image_id: ImageIdPath,
+    request: Request,
+    tenant: TenantId,
+    datasets: DatasetsDep,
+    limits: LimitsDep,
+) -> Any:
+    data = await _mask_bytes(request, limits)
+    version = await run_in_threadpool(datasets.put_label, tenant, dataset_id, image_id, data)
+    return {"image_id": image_id, "version": int(version)}
+
+
+@router.get(
+    "/datasets/{dataset_id}/labels",
+    summary="Latest label version per image",
+    response_model=dict[str, int],
+)
+def list_labels(dataset_id: DatasetIdPath, tenant: TenantId, datasets: DatasetsDep) -> Any:
+    return {k: int(v) for k, v in datasets.list_labels(tenant, dataset_id).items()}
+
+
+@router.get(
+    "/datasets/{dataset_id}/labels/{image_id}",
+    summary="Download a label PNG",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_label(
+    dataset_id: DatasetIdPath,
+    image_id: ImageIdPath,
+    tenant: TenantId,
+    datasets: DatasetsDep,
+    version: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="default: the latest")
+    ] = None,
+) -> Response:
+    return png_response(datasets.get_label(tenant, dataset_id, image_id, version).png)
