@@ -8,6 +8,7 @@ idempotent: started again after its worker died, it continues from the latest ch
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import secrets
@@ -125,7 +126,7 @@ class JobStore:
     def cancel_requested(self, tenant: str, job_id: str) -> bool:
         return self.store.exists(keys.job_cancel(tenant, job_id))
 
-    def events(self, tenant: str, job_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+    def events(self, tenant: str, job_id: str, after_seq: int = 0) -> builtins.list[dict[str, Any]]:
         try:
             text = self.store.get_bytes(keys.job_events(tenant, job_id)).decode()
         except NotFound:
@@ -252,12 +253,14 @@ def run_job(settings, tenant: str, job_id: str) -> str:
         total_steps=job.steps,
         message=f"attempt {job.attempts}",
     )
-    last_cancel_check = [0.0, False]
+    last_cancel_check: list[float] = [0.0]
+    cancelled = [False]
 
     def should_stop() -> bool:
         if time.monotonic() - last_cancel_check[0] > 0.5:
-            last_cancel_check[:] = [time.monotonic(), jobs.cancel_requested(tenant, job_id)]
-        return last_cancel_check[1]
+            last_cancel_check[0] = time.monotonic()
+            cancelled[0] = jobs.cancel_requested(tenant, job_id)
+        return cancelled[0]
 
     def on_progress(event) -> None:
         job.step = event.step

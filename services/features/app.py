@@ -73,4 +73,4 @@ class FeaturesDeployment:
         )
 
 
-app = FeaturesDeployment.bind()
+app = FeaturesDeployment.bind()  # type: ignore[attr-defined]  # serve.deployment makes it a Deployment

@@ -29,7 +29,7 @@ def sse_event(data: Any, event: str | None = None, event_id: int | str | None = 
 
 
 def wants_event_stream(accept: str | None) -> bool:
-    return bool(accept) and "text/event-stream" in accept.lower()
+    return accept is not None and "text/event-stream" in accept.lower()
 
 
 _END = object()

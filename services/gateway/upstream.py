@@ -118,4 +118,4 @@ async def upstream_lifespan(
     finally:
         app.state.upstream = None
         if own:
-            await channel.close()
+            await channel.close(None)

@@ -106,4 +106,4 @@ class SegmentationDeployment:
         )
 
 
-app = SegmentationDeployment.bind()
+app = SegmentationDeployment.bind()  # type: ignore[attr-defined]  # serve.deployment makes it a Deployment

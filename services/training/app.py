@@ -114,4 +114,4 @@ class TrainingDeployment:
         return await unary(grpc_context, self.metrics, "ListJobs", pb.ListJobsResponse(), handle)
 
 
-app = TrainingDeployment.bind()
+app = TrainingDeployment.bind()  # type: ignore[attr-defined]  # serve.deployment makes it a Deployment

@@ -40,6 +40,7 @@ from vplab.storage import keys, open_store
 from vplab.tenancy import create_tenant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _fuzz import run_schemathesis
 from _gateway_harness import UvicornThread, bomb_png
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -536,3 +537,10 @@ def test_deployments_export_prometheus_metrics(stack, loops):
         time.sleep(2)
     assert 'method="SegmentPrompt"' in text and "vplab_rpc_latency_ms_bucket" in text
     assert "vplab_embedding_cache" in text and "vplab_jobs" in text
+
+
+def test_schemathesis_against_the_real_stack(stack, loops):
+    """The OpenAPI contract holds against the real services too (its own tenant)."""
+    tenant, key = create_tenant(stack.store, "fuzz", stack.settings.api_key_pepper)
+    report = run_schemathesis(stack.url, key, 4)
+    assert "Tested: 25" in report, report

@@ -79,12 +79,12 @@ def _image_bytes(image: str | Path | bytes | np.ndarray) -> tuple[bytes, str]:
 
 def _parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str | None, str]]:
     """(event, id, data) for each SSE event; comments (keep-alives) are skipped."""
-    event, event_id, data = "message", None, []
+    event, event_id, data = "message", None, list[str]()
     for line in lines:
         if line == "":
             if data:
                 yield event, event_id, "\n".join(data)
-            event, event_id, data = "message", None, []
+            event, event_id, data = "message", None, list[str]()
             continue
         if line.startswith(":"):
             continue

@@ -117,4 +117,4 @@ def _two_colour_mask(rgb: np.ndarray, label: str) -> np.ndarray:
                 f"{label} must be a binary mask or a label map (single channel, palette, grey "
                 "RGB, or black plus one colour); got a colour image with several colours"
             )
-    return fg.astype(np.uint8)
+    return np.asarray(fg, dtype=np.uint8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from vplab.errors import InvalidInput
 from vplab.rpc.v1 import common_pb2, segmentation_pb2, training_pb2
@@ -192,12 +192,13 @@ class JobLike(Protocol):
     attempts: int
 
 
-def job_state_to_pb(state: str | None) -> int:
+def job_state_to_pb(state: str | None) -> common_pb2.JobState:
     """0 (unspecified) for None/empty; ``InvalidInput`` for an unknown name."""
     if not state:
-        return 0
+        return common_pb2.JOB_STATE_UNSPECIFIED
     try:
-        return common_pb2.JobState.Value(JobState(state).value)
+        # The generated stub types Value() as int; it is a JobState value.
+        return cast(common_pb2.JobState, common_pb2.JobState.Value(JobState(state).value))
     except ValueError:
         raise InvalidInput(
             f"unknown job state {state!r}; expected one of {[s.value for s in JobState]}"

@@ -146,7 +146,7 @@ class S3Store(ArtifactStore):
     def size(self, key: str) -> int:
         check_key(key)
         with self._mapped(key):
-            return int(self.client.stat_object(self.bucket, key).size)
+            return int(self.client.stat_object(self.bucket, key).size or 0)
 
     def presigned_get_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         check_expires(expires)

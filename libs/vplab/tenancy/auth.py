@@ -168,6 +168,8 @@ class Authenticator:
         ):
             raise Unauthenticated(_INVALID)
         tenant_id = record.get("tenant")
+        if not isinstance(tenant_id, str):
+            raise Unauthenticated(_INVALID)  # a corrupt record: the key is dead
         try:
             return get_tenant(self.store, tenant_id)
         except (NotFound, InvalidInput):
