@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from vplab.errors import InvalidInput, NotFound, VPLabError
+from vplab.method_names import METHOD_NAMES
 from vplab.masks import decode_rle, encode_rle
 from vplab.rpc.v1 import (
     common_pb2,
@@ -226,7 +227,7 @@ class FakeServices(
                 keys.dataset(tenant, keys.check_id(request.dataset_id, "dataset_id"))
             ):
                 raise NotFound(f"dataset {request.dataset_id} not found")
-            if request.method not in ("epeft", "ptsam", "lora", "slowjob"):
+            if request.method not in METHOD_NAMES:
                 raise InvalidInput(f"unknown method {request.method!r}")
             config = json.loads(request.method_config_json) if request.method_config_json else {}
             if not isinstance(config, dict):
@@ -322,7 +323,7 @@ class FakeServices(
         for e in events:
             if e.seq <= request.after_seq:
                 continue
-            if job.method == "slowjob" and e.seq == 2:
+            if job.base_model == "slow-fake" and e.seq == 2:  # a pause between events
                 time.sleep(1.0)
             if e.state == common_pb2.SUCCEEDED:
                 job.state, job.model_id, job.step = common_pb2.SUCCEEDED, e.model_id, e.step

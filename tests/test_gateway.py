@@ -832,7 +832,7 @@ def test_training_events_keepalive(local_stack):
     st = local_stack
     with client(st) as c:
         ds, _ = setup_data(c, 1)
-        job = c.post("/v1/trainings", json={"dataset_id": ds, "method": "slowjob"}).json()
+        job = c.post("/v1/trainings", json={"dataset_id": ds, "base_model": "slow-fake"}).json()
         with c.stream("GET", f"/v1/trainings/{job['job_id']}/events") as s:
             events = parse_sse(s.iter_lines())
         # The job pauses 1 s after its first event; the gateway sends comments meanwhile.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.gateway.errors import ApiError
@@ -55,9 +55,13 @@ def get_tenant(
     return request.app.state.auth.authenticate(request.headers.get("authorization")).id
 
 
+def get_authorization(request: Request) -> str | None:
+    """The caller's credentials, forwarded to the services (which authenticate them again)."""
+    return request.headers.get("authorization")
+
+
 TenantId = Annotated[str, Depends(get_tenant)]
-# The caller's credentials, forwarded to the services (which authenticate them again).
-AuthHeader = Annotated[str | None, Header(alias="authorization", include_in_schema=False)]
+AuthHeader = Annotated[str | None, Depends(get_authorization)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 DatasetsDep = Annotated[DatasetStore, Depends(get_datasets)]
