@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from vplab.errors import InvalidInput, NotFound, VPLabError
-from vplab.method_names import METHOD_NAMES
 from vplab.masks import decode_rle, encode_rle
+from vplab.method_names import METHOD_NAMES
 from vplab.rpc.v1 import (
     common_pb2,
     features_pb2,
