@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from vplab.datasets import DatasetStore
-from vplab.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, QuotaExceeded
+from vplab.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    QuotaExceeded,
+)
 from vplab.images import image_sha256
 from vplab.masks import encode_binary_mask, encode_label_map
 from vplab.settings import Settings
@@ -265,11 +272,11 @@ def test_label_versions(ds, store):
     with pytest.raises(NotFound):
         ds.get_label(A, d, i1)
     m1, m2 = mask_png(seed=1), mask_png(seed=2)
-    assert ds.put_label(A, d, i1, m1) == 1
-    assert ds.put_label(A, d, i1, m2) == 2
+    assert ds.put_label(A, d, i1, m1).version == 1
+    assert ds.put_label(A, d, i1, m2).version == 2
     labels = np.zeros((H, W), np.uint16)
     labels[2:5, 3:9] = 300  # a uint16 label map
-    assert ds.put_label(A, d, i2, encode_label_map(labels)) == 1
+    assert ds.put_label(A, d, i2, encode_label_map(labels)).version == 1
     assert store.exists(keys.label(A, d, i1, 2))
     assert ds.list_labels(A, d) == dict(sorted({i1: 2, i2: 1}.items()))
     latest = ds.get_label(A, d, i1)
@@ -305,7 +312,7 @@ def test_label_accepts_binary_palette_and_grey_rgb(ds):
         img.save(buf, format="PNG")
         variants.append(buf.getvalue())
     for k, data in enumerate(variants, start=1):
-        assert ds.put_label(A, d, i, data) == k
+        assert ds.put_label(A, d, i, data).version == k
         np.testing.assert_array_equal(ds.get_label(A, d, i).mask(), fg)
 
 
@@ -320,7 +327,7 @@ def test_label_matches_exif_oriented_image(ds):
     assert ds.get_image(A, i).shape == (W, H, 3)
     with pytest.raises(InvalidInput, match="must match"):
         ds.put_label(A, d, i, mask_png(H, W))
-    assert ds.put_label(A, d, i, mask_png(W, H)) == 1
+    assert ds.put_label(A, d, i, mask_png(W, H)).version == 1
 
 
 def test_bad_labels_rejected_and_nothing_written(ds, store):
@@ -420,3 +427,60 @@ def test_dataset_key_builders():
             keys.dataset_image(A, bad, sha)
     with pytest.raises(InvalidInput):
         keys.dataset_image(A, "d1", "../" + sha[3:])
+
+
+def test_concurrent_label_writers_lose_nothing(store):
+    """32 writers, each its own "replica", correct one image at once: 32 versions, 1..32,
+    and every accepted payload is retrievable under the version it was told."""
+    settings = Settings(max_image_pixels=100_000, max_image_bytes=200_000)
+    setup = DatasetStore(store, settings)
+    d = setup.create_dataset(A, "d").id
+    image = setup.add_image(A, d, png(1))
+    n = 32
+    told: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(n)
+
+    def writer(k: int) -> None:
+        replica = DatasetStore(store, settings)
+        data = mask_png(seed=1000 + k)
+        barrier.wait()
+        try:
+            label = replica.put_label(A, d, image, data)
+            with lock:
+                told[label.version] = label.png
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert sorted(told) == list(range(1, n + 1))
+    for version, data in told.items():
+        assert setup.get_label(A, d, image, version).png == data
+    assert len({setup.get_label(A, d, image, v).png for v in told}) == n  # 32 different masks
+    assert setup.list_labels(A, d) == {image: n}
+
+
+def test_if_match_is_optimistic_concurrency(ds):
+    d = ds.create_dataset(A, "d").id
+    i = ds.add_image(A, d, png(2))
+    with pytest.raises(PreconditionFailed, match="no label yet"):
+        ds.put_label(A, d, i, mask_png(seed=1), if_match="*")
+    first = ds.put_label(A, d, i, mask_png(seed=1), if_none_match="*")
+    with pytest.raises(PreconditionFailed, match="already has a label"):
+        ds.put_label(A, d, i, mask_png(seed=2), if_none_match="*")
+    assert ds.get_label(A, d, i).etag == first.etag
+    # Two editors loaded v1; the first save wins, the second gets 412 and writes nothing.
+    second = ds.put_label(A, d, i, mask_png(seed=2), if_match=first.etag)
+    assert second.version == 2 and second.etag != first.etag
+    with pytest.raises(PreconditionFailed, match="changed meanwhile"):
+        ds.put_label(A, d, i, mask_png(seed=3), if_match=first.etag)
+    assert ds.list_labels(A, d) == {i: 2}
+    assert ds.put_label(A, d, i, mask_png(seed=3), if_match=f'W/{second.etag}, "x"').version == 3
+    with pytest.raises(InvalidInput):
+        ds.put_label(A, d, i, mask_png(seed=4), if_none_match='"v1"')

@@ -39,6 +39,35 @@ def test_bytes_round_trip_and_overwrite(store):
     assert store.size(key) == 14
 
 
+def test_create_bytes_only_creates(store):
+    key = keys.label("t1", "d1", SHA, 1)
+    assert store.create_bytes(key, b"first", content_type="image/png") is True
+    assert store.create_bytes(key, b"second") is False  # exists: nothing changes
+    assert store.get_bytes(key) == b"first"
+    assert store.list("tenants/t1/") == [key]  # no temp files left behind
+
+
+def test_concurrent_creators_exactly_one_wins(store):
+    import threading
+
+    key = keys.label("t1", "d1", SHA, 7)
+    results: list[tuple[int, bool]] = []
+    barrier = threading.Barrier(16)
+
+    def creator(i: int) -> None:
+        barrier.wait()
+        results.append((i, store.create_bytes(key, f"writer {i}".encode())))
+
+    threads = [threading.Thread(target=creator, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    winners = [i for i, won in results if won]
+    assert len(results) == 16 and len(winners) == 1
+    assert store.get_bytes(key) == f"writer {winners[0]}".encode()
+
+
 def test_empty_and_binary_objects(store):
     store.put_bytes("a/empty", b"")
     assert store.get_bytes("a/empty") == b""

@@ -20,21 +20,25 @@ Rules:
   The protocol that keeps this safe without locks: ``add_image`` writes the marker
   *before* it checks/writes the bytes; the collector deletes the bytes and *then*
   re-lists the markers, restoring the bytes if a marker appeared meanwhile.
-* Label versions: ``put_label`` writes ``v{latest+1}``. Two concurrent corrections of
-  the same image can pick the same number (last writer wins; the store has no
-  conditional PUT) - acceptable for one user correcting one image.
+* Label versions: ``put_label`` creates ``v{latest+1}`` with the store's conditional
+  create (S3 ``If-None-Match: *``; local ``link(2)``) and moves to the next number when
+  another writer got there first: versions are unique and no accepted write is lost.
+  Editors get optimistic concurrency through ``if_match`` (412 on a stale ETag).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import random
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
-from vplab.errors import Conflict, InvalidInput, NotFound
+from vplab.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from vplab.images import decode_image, image_sha256
 from vplab.masks import encode_label_map, read_label_png
 from vplab.settings import Settings
@@ -45,6 +49,7 @@ from vplab.tenancy.quotas import Quotas
 _MAX_NAME = 200
 _MAX_FILENAME = 255
 _GC_BATCH = 32
+_MAX_CREATE_ATTEMPTS = 200  # label writers racing for v{n+1}; each loss moves one up
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,12 @@ class Label:
     image_id: str
     version: int
     png: bytes  # canonical PNG: uint8 (or uint16) class ids, 0 = background
+
+    @property
+    def etag(self) -> str:
+        """An HTTP entity tag of this version: changes with every save, even when an image
+        is removed and re-added (its versions restart at 1, their contents differ)."""
+        return f'"v{self.version}-{hashlib.sha256(self.png).hexdigest()[:16]}"'
 
     def label_map(self) -> np.ndarray:
         """(H, W) int32 class ids."""
@@ -296,11 +307,24 @@ class DatasetStore:
 
     # --- labels ------------------------------------------------------------------------------
 
-    def put_label(self, tenant: str, dataset_id: str, image_id: str, png_bytes: bytes) -> int:
-        """Store a new label version for an image of the dataset; return its number (1, 2...).
+    def put_label(
+        self,
+        tenant: str,
+        dataset_id: str,
+        image_id: str,
+        png_bytes: bytes,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> Label:
+        """Store a new label version for an image of the dataset; return it (version 1, 2...).
 
         The PNG must be a binary mask or label map of exactly the image's size (the size
-        after EXIF orientation, i.e. what ``get_image`` returns).
+        after EXIF orientation, i.e. what ``get_image`` returns). Versions are unique under
+        any number of concurrent writers: each one is a conditional create of ``v{n+1}``,
+        retried on the next number when another writer took it, so no correction is lost.
+        Editors pass ``if_match`` (the ``etag`` of the label they edited, or ``*``: "some
+        label exists"): if another version was saved meanwhile, ``PreconditionFailed`` and
+        nothing is written. ``if_none_match="*"``: only if the image has no label yet.
         """
         t = _tid(tenant)
         sha = self._require_member(t, dataset_id, image_id)
@@ -313,16 +337,41 @@ class DatasetStore:
                 f"label is {arr.shape[1]}x{arr.shape[0]} (WxH) but image {sha} is "
                 f"{width}x{height}; they must match"
             )
+        if if_none_match not in (None, "*"):
+            raise InvalidInput('If-None-Match on a label must be "*" (no label yet)')
         canonical = encode_label_map(arr)
-        latest = (
-            keys.latest_label_version(self.store.list(keys.image_labels_prefix(t, dataset_id, sha)))
-            or 0
-        )
-        version = latest + 1
-        self.store.put_bytes(
-            keys.label(t, dataset_id, sha, version), canonical, content_type="image/png"
-        )
-        return version
+        prefix = keys.image_labels_prefix(t, dataset_id, sha)
+        for _ in range(_MAX_CREATE_ATTEMPTS):
+            latest = keys.latest_label_version(self.store.list(prefix)) or 0
+            if if_none_match is not None and latest:
+                raise PreconditionFailed(f"image {sha} already has a label (v{latest})")
+            if if_match is not None:
+                self._check_if_match(t, dataset_id, sha, latest, if_match)
+            version = latest + 1
+            key = keys.label(t, dataset_id, sha, version)
+            if self.store.create_bytes(key, canonical, content_type="image/png"):
+                return Label(image_id=sha, version=version, png=canonical)
+            if if_match is not None or if_none_match is not None:
+                raise PreconditionFailed(
+                    f"label v{version} of image {sha} was saved by someone else meanwhile"
+                )
+            time.sleep(random.uniform(0, 0.01))  # another writer took v{n}: try v{n+1}
+        raise Conflict(f"image {sha}: too many concurrent label writes, try again")
+
+    def _check_if_match(
+        self, t: str, dataset_id: str, sha: str, latest: int, if_match: str
+    ) -> None:
+        tags = [tag.strip() for tag in if_match.split(",") if tag.strip()]
+        if "*" in tags:
+            if not latest:
+                raise PreconditionFailed(f"image {sha} has no label yet (If-Match: *)")
+            return
+        current = self.get_label(t, dataset_id, sha, latest).etag if latest else None
+        if current is None or current not in [tag.removeprefix("W/") for tag in tags]:
+            raise PreconditionFailed(
+                f"the label of image {sha} changed meanwhile (now "
+                f"{f'v{latest}' if latest else 'none'}): reload it before saving"
+            )
 
     def get_label(
         self, tenant: str, dataset_id: str, image_id: str, version: int | None = None

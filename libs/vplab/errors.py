@@ -62,6 +62,14 @@ class Conflict(VPLabError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class PreconditionFailed(VPLabError):
+    """A conditional write's precondition no longer holds (``If-Match``: someone saved
+    meanwhile). Nothing was written."""
+
+    http_status = 412
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class Unavailable(VPLabError):
     """A dependency is not available on this machine (e.g. CUDA for QLoRA)."""
 

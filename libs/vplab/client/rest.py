@@ -317,8 +317,18 @@ class VPLabClient:
 
     # --- labels --------------------------------------------------------------------------
 
-    def put_label(self, dataset_id: str, image_id: str, mask: np.ndarray | bytes) -> int:
-        """Store a refined mask ((H, W), nonzero = object, or PNG bytes); returns its version."""
+    def put_label(
+        self,
+        dataset_id: str,
+        image_id: str,
+        mask: np.ndarray | bytes,
+        if_match: str | None = None,
+    ) -> int:
+        """Store a refined mask ((H, W), nonzero = object, or PNG bytes); returns its version.
+
+        ``if_match``: the ETag of the label you edited (``get_label_etag``); if someone saved
+        another version meanwhile the call raises ``VPLabAPIError`` 412 and writes nothing.
+        """
         if isinstance(mask, (bytes, bytearray)):
             data = bytes(mask)
         else:
@@ -329,7 +339,7 @@ class VPLabClient:
             "PUT",
             f"/v1/datasets/{dataset_id}/labels/{image_id}",
             content=data,
-            headers={"Content-Type": "image/png"},
+            headers={"Content-Type": "image/png", **({"If-Match": if_match} if if_match else {})},
         )
         return int(r["version"])
 
@@ -346,6 +356,10 @@ class VPLabClient:
                 "GET", f"/v1/datasets/{dataset_id}/labels/{image_id}", params=params
             ).content
         )
+
+    def get_label_etag(self, dataset_id: str, image_id: str) -> str:
+        """The ETag of the latest label (pass it as ``put_label(..., if_match=)``)."""
+        return self._request("GET", f"/v1/datasets/{dataset_id}/labels/{image_id}").headers["etag"]
 
     # --- training ------------------------------------------------------------------------
 

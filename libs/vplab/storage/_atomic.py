@@ -34,6 +34,27 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     _fsync_dir(path.parent)
 
 
+def atomic_create(path: str | Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists: complete or absent, never partial,
+    and exactly one of concurrent creators wins (``link(2)`` fails on an existing name)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return True
+
+
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not supported everywhere (e.g. Windows).
     try:

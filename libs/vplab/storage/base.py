@@ -61,6 +61,14 @@ class ArtifactStore(ABC):
     ) -> None: ...
 
     @abstractmethod
+    def create_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Write ``key`` only if it does not exist yet, atomically: of concurrent creators
+        (threads, processes, replicas) exactly one gets True; the others get False and
+        change nothing."""
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """Raise ``NotFound`` if the object does not exist."""
 

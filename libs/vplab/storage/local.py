@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vplab.errors import InvalidInput, NotFound
-from vplab.storage._atomic import TMP_PREFIX, atomic_writer
+from vplab.storage._atomic import TMP_PREFIX, atomic_create, atomic_writer
 from vplab.storage.base import ArtifactStore, check_expires, check_key, check_prefix
 
 _CHUNK = 1024 * 1024
@@ -65,6 +65,22 @@ class LocalStore(ArtifactStore):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidInput(f"data for {key!r} must be bytes, got {type(data).__name__}")
         self._write(key, lambda f: f.write(data))
+
+    def create_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"data for {key!r} must be bytes, got {type(data).__name__}")
+        path = self._path(key)
+        for attempt in range(3):
+            self._parent_dir(key, path)
+            try:
+                return atomic_create(path, bytes(data))
+            except FileNotFoundError:
+                # delete_prefix pruned the empty directory between mkdir and mkstemp.
+                if attempt == 2 or path.parent.exists():
+                    raise
+        return False  # pragma: no cover - the loop returns or raises
 
     def get_bytes(self, key: str) -> bytes:
         path = self._file(key)

@@ -84,6 +84,25 @@ class S3Store(ArtifactStore):
             self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
         )
 
+    def create_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        check_key(key)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"data for {key!r} must be bytes, got {type(data).__name__}")
+        # S3's conditional PutObject (If-None-Match: *): the store decides, so creators in
+        # different processes or regions cannot both win. minio-py's public put_object
+        # turns unknown headers into x-amz-meta-* metadata, so this goes one level lower,
+        # to the PutObject call it wraps (pinned minio version; tested against moto).
+        headers = {"Content-Type": content_type, "If-None-Match": "*"}
+        try:
+            self.client._put_object(self.bucket, key, bytes(data), headers=headers)
+        except S3Error as e:
+            if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
     def get_bytes(self, key: str) -> bytes:
         check_key(key)
         with self._mapped(key):

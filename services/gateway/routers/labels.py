@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from services.gateway import schemas as S
@@ -60,18 +60,36 @@ async def _mask_bytes(request: Request, limits: LimitsDep) -> bytes:
     summary="Upload a refined mask (new version)",
     response_model=S.LabelVersion,
     openapi_extra=_PNG_BODY,
+    responses={412: {"model": S.ErrorResponse, "description": "If-Match / If-None-Match failed"}},
 )
 async def put_label(
     dataset_id: DatasetIdPath,
     image_id: ImageIdPath,
     request: Request,
+    response: Response,
     tenant: TenantId,
     datasets: DatasetsDep,
     limits: LimitsDep,
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="if-match",
+            max_length=1024,
+            description="the ETag of the label you edited (or `*`): 412 if another version "
+            "was saved meanwhile, and nothing is written",
+        ),
+    ] = None,
+    if_none_match: Annotated[
+        Literal["*"] | None,
+        Header(alias="if-none-match", description="`*`: only if the image has no label yet"),
+    ] = None,
 ) -> Any:
     data = await _mask_bytes(request, limits)
-    version = await run_in_threadpool(datasets.put_label, tenant, dataset_id, image_id, data)
-    return {"image_id": image_id, "version": int(version)}
+    label = await run_in_threadpool(
+        datasets.put_label, tenant, dataset_id, image_id, data, if_match, if_none_match
+    )
+    response.headers["ETag"] = label.etag
+    return {"image_id": image_id, "version": label.version}
 
 
 @router.get(
@@ -98,4 +116,7 @@ def get_label(
         int | None, Query(ge=1, le=2**31 - 1, description="default: the latest")
     ] = None,
 ) -> Response:
-    return png_response(datasets.get_label(tenant, dataset_id, image_id, version).png)
+    label = datasets.get_label(tenant, dataset_id, image_id, version)
+    response = png_response(label.png)
+    response.headers["ETag"] = label.etag
+    return response
