@@ -105,6 +105,24 @@ def api_key_records_prefix() -> str:
     return f"{SYSTEM}api-keys/"
 
 
+def parse_tenant_record(key: str) -> str | None:
+    """``system/tenants/{t}.json`` -> t; None for anything else."""
+    parts = _under(key, tenant_records_prefix())
+    if parts is None or len(parts) != 1 or not parts[0].endswith(".json"):
+        return None
+    name = parts[0].removesuffix(".json")
+    return name if _ID.fullmatch(name) else None
+
+
+def parse_api_key_record(key: str) -> str | None:
+    """``system/api-keys/{key_hash}.json`` -> key_hash; None for anything else."""
+    parts = _under(key, api_key_records_prefix())
+    if parts is None or len(parts) != 1 or not parts[0].endswith(".json"):
+        return None
+    name = parts[0].removesuffix(".json")
+    return name if _KEY_HASH.fullmatch(name) else None
+
+
 # --- tenant objects ----------------------------------------------------------------------
 
 

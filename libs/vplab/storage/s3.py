@@ -15,6 +15,7 @@ from pathlib import Path
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from minio.helpers import DictType
 
 from vplab.errors import InvalidInput, NotFound, Unavailable
 from vplab.storage._atomic import atomic_writer
@@ -94,7 +95,7 @@ class S3Store(ArtifactStore):
         # different processes or regions cannot both win. minio-py's public put_object
         # turns unknown headers into x-amz-meta-* metadata, so this goes one level lower,
         # to the PutObject call it wraps (pinned minio version; tested against moto).
-        headers = {"Content-Type": content_type, "If-None-Match": "*"}
+        headers: DictType = {"Content-Type": content_type, "If-None-Match": "*"}
         try:
             self.client._put_object(self.bucket, key, bytes(data), headers=headers)
         except S3Error as e:

@@ -137,11 +137,10 @@ def get_tenant(store: ArtifactStore, tenant_id: str) -> Tenant:
 
 
 def list_tenants(store: ArtifactStore) -> list[Tenant]:
-    prefix = keys.tenant_records_prefix()
     tenants = []
-    for key in store.list(prefix):
-        tenant_id = key[len(prefix) :].removesuffix(".json")
-        if "/" in key[len(prefix) :] or not key.endswith(".json"):
+    for key in store.list(keys.tenant_records_prefix()):
+        tenant_id = keys.parse_tenant_record(key)
+        if tenant_id is None:
             continue
         try:
             tenants.append(get_tenant(store, tenant_id))
@@ -200,7 +199,7 @@ def _find_key_record(store: ArtifactStore, tenant_id: str, key: str, pepper: str
         candidates = [
             k
             for k in store.list(keys.api_key_records_prefix())
-            if k.rsplit("/", 1)[-1].startswith(key)
+            if (keys.parse_api_key_record(k) or "").startswith(key)
         ]
     else:
         raise InvalidInput("expected an API key ('vpl_...') or a 12-hex-character key id")
