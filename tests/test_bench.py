@@ -28,7 +28,15 @@ def test_every_benchmark_is_registered_with_quick():
     from vplab.bench import benchmarks
     from vplab.cli import build_parser
 
-    assert list(benchmarks()) == ["interactive", "cache", "train", "pipeline", "late-cache", "gpu"]
+    assert list(benchmarks()) == [
+        "interactive",
+        "cache",
+        "train",
+        "pipeline",
+        "late-cache",
+        "gpu",
+        "load",
+    ]
     parser = build_parser()
     for name in benchmarks():
         args = parser.parse_args(["bench", name, "--quick", "--json"])
@@ -103,3 +111,14 @@ def test_interactive_quick_through_the_real_stack(capsys):
         doc["rest_p50_ms"] / doc["inproc_p50_ms"], rel=1e-3
     )
     assert any(line.startswith("target rest_over_inproc") for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_load_quick_through_the_real_stack(capsys):
+    _, doc = _run(capsys, "load", "--quick", "--json")
+    for transport in ("rest", "grpc"):
+        assert doc[f"{transport}_peak_rps"] > 0
+        assert doc[f"{transport}_other_errors"] == 0
+        assert [r["clients"] for r in doc["levels"][transport]] == [1, 4]
+    assert doc["config"]["quick"] is True and doc["rss_mb"] > 0
