@@ -51,6 +51,11 @@ SPECIAL = {
     "m-toolarge": (grpc.StatusCode.RESOURCE_EXHAUSTED, "image is too large for this model", 413),
     "m-quota": (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests for this tenant", 429),
     "m-exhausted": (grpc.StatusCode.RESOURCE_EXHAUSTED, "exhausted", None),
+    "m-shed": (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Request dropped due to backpressure (num_queued_requests=4, max_queued_requests=4).",
+        None,
+    ),
     "m-conflict": (grpc.StatusCode.FAILED_PRECONDITION, "model is being deleted", 409),
 }
 

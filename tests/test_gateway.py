@@ -573,6 +573,7 @@ def test_segment_forwards_metadata_and_formats(local_stack):
         ("m-toolarge", 413, "payload_too_large"),
         ("m-quota", 429, "quota_exceeded"),
         ("m-exhausted", 429, "quota_exceeded"),
+        ("m-shed", 429, "overloaded"),  # Serve's back-pressure: shed, not our quota
         ("m-conflict", 409, "conflict"),
     ],
 )
@@ -590,6 +591,12 @@ def test_grpc_status_mapping(local_stack, model_id, status, code):
         )
         # Internals (addresses, tracebacks) never reach the caller.
         assert "10.0.0.7" not in err["message"] and "Traceback" not in err["message"]
+        # Shed or unavailable: come back later, and say when.
+        r = c.post(
+            f"/v1/images/{ids[0]}/segment",
+            json={"points": [[1, 1]], "labels": [1], "model_id": model_id},
+        )
+        assert (r.headers.get("retry-after") == "1") == (code in ("overloaded", "unavailable"))
 
 
 def test_visual_prompt_collects_and_streams(stack):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -64,6 +65,18 @@ class Settings(BaseSettings):
     grpc_target: str = "127.0.0.1:9000"  # where the gateway reaches the Serve gRPC proxy
     embedding_lru_bytes: int = 512 * 1024**2
     max_models_per_replica: int = 4
+    # Serve admission (features and segmentation): requests a replica accepts at once (they
+    # wait in its FIFO for a model thread; above Serve's default of 5 the router backs off
+    # up to 0.5 s per retry and leaves the CPU idle), requests a caller's router may queue
+    # beyond that (then RESOURCE_EXHAUSTED: REST 429 + Retry-After), model calls a replica
+    # runs at once (each uses torch_threads), and an optional Serve autoscaling_config per
+    # app for the local stack (JSON, e.g. VPLAB_SEGMENTATION_AUTOSCALING='{"min_replicas":1,
+    # "max_replicas":2,"target_ongoing_requests":4}'; the Helm chart sets its own).
+    serve_max_ongoing_requests: int = 64
+    serve_max_queued_requests: int = 256
+    serve_model_threads: int = 1
+    features_autoscaling: dict[str, Any] | None = None
+    segmentation_autoscaling: dict[str, Any] | None = None
 
     # Secret mixed into API-key hashes (set it in production).
     api_key_pepper: str = "vplab-dev-pepper"

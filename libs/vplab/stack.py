@@ -17,7 +17,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from vplab.serving.apps import APPS, GRPC_PORT, HTTP_PORT, servicer_functions
+from vplab.serving.apps import (
+    APPS,
+    GRPC_PORT,
+    HTTP_PORT,
+    deployment_options,
+    servicer_functions,
+)
 from vplab.settings import Settings
 
 
@@ -25,7 +31,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as ``VPLAB_*`` variables, for Ray workers and the gateway process."""
     env = {}
     for name, value in settings.model_dump().items():
-        if value is not None:
+        if isinstance(value, (dict, list)):
+            env[f"VPLAB_{name.upper()}"] = json.dumps(value)  # pydantic-settings reads JSON
+        elif value is not None:
             env[f"VPLAB_{name.upper()}"] = str(value)
     return env
 
@@ -62,7 +70,12 @@ def start_serve(
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=servicer_functions()),
     )
     for app in APPS:
-        serve.run(import_app(app.import_path), name=app.name, route_prefix=app.route_prefix)
+        # The deployment's options come from ``settings`` here: decorator arguments would be
+        # evaluated with this process's environment, not the stack's settings.
+        module = app.import_path.partition(":")[0]
+        deployment = import_app(f"{module}:{app.deployment}")
+        bound = deployment.options(**deployment_options(settings, app.name)).bind()
+        serve.run(bound, name=app.name, route_prefix=app.route_prefix)
 
 
 def stop_serve() -> None:

@@ -10,24 +10,14 @@ from services.common import Replica
 from vplab.errors import VPLabError
 from vplab.inference.features import FeatureEngine
 from vplab.inference.runtime import ModelRuntime
+from vplab.rpc import convert
 from vplab.rpc.v1 import features_pb2 as pb
+from vplab.serving.apps import deployment_options
 from vplab.serving.grpc_glue import ServiceMetrics, tenant_of, unary
+from vplab.settings import get_settings
 
 
-def _response(info) -> pb.EmbedResponse:
-    return pb.EmbedResponse(
-        image_id=info.image_id,
-        encoder_id=info.encoder_id,
-        cache_key=info.cache_key,
-        cache_hit=info.cache_hit,
-        shape=list(info.shape),
-        dtype=info.dtype,
-        original_height=info.original_size[0],
-        original_width=info.original_size[1],
-    )
-
-
-@serve.deployment(name="FeaturesDeployment")
+@serve.deployment(name="FeaturesDeployment", **deployment_options(get_settings(), "features"))
 class FeaturesDeployment:
     def __init__(self):
         self.replica = Replica.from_env()
@@ -41,13 +31,13 @@ class FeaturesDeployment:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _embed(self, requests: list[tuple[str, str, str]]) -> list:
         # One encoder batch for every miss that arrived together.
-        return await asyncio.to_thread(self.engine.embed_many, requests)
+        return await self.replica.run_model(self.engine.embed_many, requests)
 
     async def _one(self, tenant: str, image_id: str, encoder: str) -> pb.EmbedResponse:
         result = await self._embed((tenant, image_id, encoder))
         if isinstance(result, VPLabError):
             raise result
-        return _response(result[1])
+        return convert.embed_response_to_pb(result[1])
 
     async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:
         async def handle():

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from vplab.errors import VPLabError
-from vplab.rpc.status import error_code, rpc_error_parts
+from vplab.rpc.status import OVERLOADED_CODE, RETRY_AFTER_S, error_code, rpc_error_parts
 
 log = logging.getLogger("vplab.gateway")
 
@@ -41,7 +41,23 @@ def error_json(
 
 def status_of_rpc_error(e: grpc.RpcError) -> tuple[int, str]:
     """(HTTP status, message safe for the caller) for a failed RPC."""
-    code, details, status = rpc_error_parts(e)
+    return _rpc_reply(e)[:2]
+
+
+def _rpc_reply(e: grpc.RpcError) -> tuple[int, str, str, dict[str, str]]:
+    """(HTTP status, message, error code, headers) for a failed RPC."""
+    status, message = _status_and_message(e)
+    overloaded = rpc_error_parts(e)[3]
+    code = OVERLOADED_CODE if overloaded else error_code(status)
+    retry = overloaded or status == 503
+    return status, message, code, ({"Retry-After": str(RETRY_AFTER_S)} if retry else {})
+
+
+def _status_and_message(e: grpc.RpcError) -> tuple[int, str]:
+    code, details, status, overloaded = rpc_error_parts(e)
+    if overloaded:
+        log.info("upstream shed a request: %s", details)
+        return status, "the service is busy, retry shortly"
     if status >= 500 and status not in (503, 504):  # INTERNAL, UNKNOWN, UNIMPLEMENTED...
         log.warning("upstream error %s: %s", code, details)
         return status, "the service failed to handle the request"
@@ -63,8 +79,8 @@ def status_of_rpc_error(e: grpc.RpcError) -> tuple[int, str]:
 
 def rpc_error_body(e: grpc.RpcError) -> dict[str, Any]:
     """The ``error`` event of an SSE stream that failed after its status was sent."""
-    status, message = status_of_rpc_error(e)
-    return {"error": {"code": error_code(status), "message": message}, "status": status}
+    status, message, code, _ = _rpc_reply(e)
+    return {"error": {"code": code, "message": message}, "status": status}
 
 
 def _routes(routes: Iterable[Any]) -> Iterator[Any]:
@@ -107,8 +123,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(grpc.RpcError)
     async def _rpc(request: Request, e: grpc.RpcError):
-        status, message = status_of_rpc_error(e)
-        return error_json(status, message)
+        status, message, code, headers = _rpc_reply(e)
+        return error_json(status, message, code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):

@@ -18,15 +18,17 @@ from vplab.inference.runtime import ModelRuntime
 from vplab.inference.segmentation import Prompt, SegmentationEngine, TunedModel
 from vplab.rpc import convert
 from vplab.rpc.v1 import segmentation_pb2 as pb
+from vplab.serving.apps import deployment_options
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
 from vplab.settings import get_settings
 from vplab.storage import keys
 
 # Read where the replica imports this module (its settings arrive in its environment).
-MAX_MODELS_PER_REPLICA = get_settings().max_models_per_replica
+_SETTINGS = get_settings()
+MAX_MODELS_PER_REPLICA = _SETTINGS.max_models_per_replica
 
 
-@serve.deployment(name="SegmentationDeployment")
+@serve.deployment(name="SegmentationDeployment", **deployment_options(_SETTINGS, "segmentation"))
 class SegmentationDeployment:
     def __init__(self):
         self.replica = Replica.from_env()
@@ -40,7 +42,7 @@ class SegmentationDeployment:
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_model(self, tenant_model: str) -> TunedModel:
         tenant, model_id = keys.parse_multiplexed_model(tenant_model)
-        return await asyncio.to_thread(self.engine.load_model, tenant, model_id)
+        return await self.replica.run_model(self.engine.load_model, tenant, model_id)
 
     async def _model(self, tenant: str, model_id: str) -> TunedModel | None:
         if not model_id:
@@ -55,7 +57,7 @@ class SegmentationDeployment:
             model = await self._model(tenant, request.model_id)
             points, box, mask_input, multimask = convert.segment_request_from_pb(request)
             prompt = Prompt(points=points, box=box, mask_input=mask_input, multimask=multimask)
-            masks, (h, w) = await asyncio.to_thread(
+            masks, (h, w) = await self.replica.run_model(
                 self.engine.segment_prompt, tenant, request.image_id, prompt, model
             )
             return pb.SegmentPromptResponse(
@@ -82,7 +84,7 @@ class SegmentationDeployment:
                 tenant, refs, targets, model, request.matcher, request.seed
             )
             while True:
-                item = await asyncio.to_thread(next, it, None)
+                item = await self.replica.run_model(next, it, None)
                 if item is None:
                     return
                 yield convert.visual_prompt_result_to_pb(*item)
@@ -96,7 +98,7 @@ class SegmentationDeployment:
         async def handle():
             tenant = tenant_of(self.replica.auth, grpc_context)
             model = await self._model(tenant, request.model_id)
-            rle, score = await asyncio.to_thread(
+            rle, score = await self.replica.run_model(
                 self.engine.auto_segment, tenant, request.image_id, model
             )
             return pb.AutoSegmentResponse(mask=convert.rle_to_pb(rle), score=score)

@@ -16,14 +16,16 @@ from services.common import Replica
 from vplab.jobs import JobStore, run_job, submit_job
 from vplab.rpc import convert
 from vplab.rpc.v1 import training_pb2 as pb
+from vplab.serving.apps import deployment_options
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
+from vplab.settings import get_settings
 
 
 def _run_job_task(settings, tenant: str, job_id: str) -> str:
     return run_job(settings, tenant, job_id)
 
 
-@serve.deployment(name="TrainingDeployment")
+@serve.deployment(name="TrainingDeployment", **deployment_options(get_settings(), "training"))
 class TrainingDeployment:
     def __init__(self):
         self.replica = Replica.from_env()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vplab.rpc.status import error_code, rpc_error_parts
+from vplab.rpc.status import OVERLOADED_CODE, error_code, rpc_error_parts
 
 
 class VPLabAPIError(Exception):
@@ -31,7 +31,6 @@ class VPLabAPIError(Exception):
 
     @classmethod
     def from_rpc_error(cls, e: Any) -> VPLabAPIError:
-        grpc_code, details, status = rpc_error_parts(e)
-        return cls(
-            status, error_code(status), details or (grpc_code or "error"), grpc_code=grpc_code
-        )
+        grpc_code, details, status, overloaded = rpc_error_parts(e)
+        code = OVERLOADED_CODE if overloaded else error_code(status)
+        return cls(status, code, details or (grpc_code or "error"), grpc_code=grpc_code)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, cast
 
 from vplab.errors import InvalidInput
-from vplab.rpc.v1 import common_pb2, segmentation_pb2, training_pb2
+from vplab.rpc.v1 import common_pb2, features_pb2, segmentation_pb2, training_pb2
 from vplab.states import JobState
 
 # Ray Serve application names: the ``application`` metadata routes a call to one of them.
@@ -170,6 +170,23 @@ def visual_prompt_result_from_pb(r: segmentation_pb2.VisualPromptResponse) -> di
         "points": [[wire_float(p.x), wire_float(p.y)] for p in r.points],
         "point_labels": [p.label for p in r.points],
     }
+
+
+# --- features ------------------------------------------------------------------------------
+
+
+def embed_response_to_pb(info: Any) -> features_pb2.EmbedResponse:
+    """An ``EmbeddingInfo`` of ``vplab.inference.features`` -> EmbedResponse."""
+    return features_pb2.EmbedResponse(
+        image_id=info.image_id,
+        encoder_id=info.encoder_id,
+        cache_key=info.cache_key,
+        cache_hit=info.cache_hit,
+        shape=list(info.shape),
+        dtype=info.dtype,
+        original_height=info.original_size[0],
+        original_width=info.original_size[1],
+    )
 
 
 # --- training ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ ERROR_CODES: dict[int, str] = {
     412: "precondition_failed",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    429: "quota_exceeded",
+    429: "quota_exceeded",  # or OVERLOADED_CODE when the service shed the request
     500: "internal",
     502: "bad_gateway",
     503: "unavailable",
@@ -48,6 +48,11 @@ GRPC_TO_HTTP: dict[str, int] = {
     "DEADLINE_EXCEEDED": 504,
 }
 UPSTREAM_FAILURE_HTTP = 502
+# A request shed under load (Serve's back-pressure: RESOURCE_EXHAUSTED with Serve's own
+# "dropped due to backpressure" message and none of our trailers), answered 429 with this
+# code and Retry-After.
+OVERLOADED_CODE = "overloaded"
+RETRY_AFTER_S = 1
 
 # The split of RESOURCE_EXHAUSTED when a reply carries no trailer (an older service, or a
 # proxy that drops trailers): quota errors say "quota"; limit errors "too many" etc.
@@ -77,8 +82,17 @@ def http_status_of_grpc(
     return 429
 
 
-def rpc_error_parts(e: Any) -> tuple[str | None, str, int]:
-    """(gRPC status name, details, HTTP status) of a ``grpc.RpcError``."""
+def is_overload(code_name: str | None, details: str, trailers: Iterable[tuple[str, Any]]) -> bool:
+    """Was the call shed by Ray Serve (its queue was full) rather than refused by our code?"""
+    return (
+        code_name == "RESOURCE_EXHAUSTED"
+        and "backpressure" in details.lower()
+        and not any(key == HTTP_STATUS_TRAILER for key, _ in trailers)
+    )
+
+
+def rpc_error_parts(e: Any) -> tuple[str | None, str, int, bool]:
+    """(gRPC status name, details, HTTP status, shed under load) of a ``grpc.RpcError``."""
     code = e.code() if hasattr(e, "code") else None
     name = code.name if code is not None else None
     details = (e.details() if hasattr(e, "details") else None) or ""
@@ -86,4 +100,9 @@ def rpc_error_parts(e: Any) -> tuple[str | None, str, int]:
         trailers = tuple(e.trailing_metadata() or ())
     except Exception:  # noqa: BLE001 - no trailers on some transport failures
         trailers = ()
-    return name, details, http_status_of_grpc(name, details, trailers)
+    return (
+        name,
+        details,
+        http_status_of_grpc(name, details, trailers),
+        is_overload(name, details, trailers),
+    )

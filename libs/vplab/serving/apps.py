@@ -8,7 +8,10 @@ can only be changed here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vplab.settings import Settings
 
 GRPC_PORT = 9000  # Serve's gRPC proxy: every app behind one port, routed by "application" metadata
 HTTP_PORT = 8000  # Serve's HTTP proxy: only /-/healthz is used (KubeRay probes it)
@@ -61,6 +64,19 @@ APPS: tuple[ServeApp, ...] = (
 
 def servicer_functions() -> list[str]:
     return [a.servicer for a in APPS]
+
+
+def deployment_options(settings: Settings, app_name: str) -> dict[str, Any]:
+    """Serve options of an app's deployment, from the settings (read where the replica's
+    module is imported). A Serve config document (the chart's serveConfigV2) overrides them."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": settings.serve_max_ongoing_requests,
+        "max_queued_requests": settings.serve_max_queued_requests,
+    }
+    autoscaling = getattr(settings, f"{app_name}_autoscaling", None)
+    if autoscaling:
+        options["autoscaling_config"] = dict(autoscaling)
+    return options
 
 
 def serve_config(
