@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -110,8 +111,9 @@ def children(pid: int | None = None) -> list[int]:
     return found
 
 
-def kill_children(grace_s: float = 1.0) -> list[int]:
-    """SIGTERM every child of this process, SIGKILL those left after ``grace_s``; reap them.
+def kill_children(grace_s: float = 1.0, keep: tuple[int, ...] = ()) -> list[int]:
+    """SIGTERM every child of this process but ``keep``, SIGKILL those left after
+    ``grace_s``; reap them.
 
     Repeated until none are left, since a subreaper adopts grandchildren as their parents
     die. Returns the pids signalled.
@@ -121,7 +123,7 @@ def kill_children(grace_s: float = 1.0) -> list[int]:
     sig = signal.SIGTERM
     while True:
         _reap()
-        pids = children()
+        pids = [pid for pid in children() if pid not in keep]
         if not pids:
             return signalled
         if time.monotonic() >= deadline:
@@ -145,6 +147,76 @@ def _reap() -> None:
             return
         if pid == 0:
             return
+
+
+# --- the stack's reaper ------------------------------------------------------------------
+
+# Every process of one local stack carries this variable (set before Ray starts, inherited by
+# the gateway, Ray's processes and its workers), whatever its parent, group or session.
+STACK_ENV = "VPLAB_STACK_ID"
+_reaper_pipe: list[int] = []  # the write end, held open for this process's whole life
+
+
+def tagged(name: str, value: str) -> list[int]:
+    """Live processes (not this one) whose initial environment has ``name=value``."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+        except OSError:
+            continue
+        fields = _stat(int(entry))
+        if fields and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def kill_tagged(name: str, value: str) -> list[int]:
+    """SIGKILL every process ``tagged(name, value)``; the pids signalled."""
+    pids = tagged(name, value)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def start_reaper(name: str, value: str) -> int:
+    """A tiny process that SIGKILLs every ``name=value`` process once this one is gone.
+
+    It waits for EOF on a pipe whose write end only this process holds (non-inheritable), so
+    it wakes however we die, SIGKILL included, and sweeps up what the parent-death signals
+    do not reach: Ray's dashboard and runtime-env agents block for tens of seconds reporting
+    their raylet's death to a dead GCS. Returns its pid.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vplab.procs", "reap", name, value],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(read_end)
+    _reaper_pipe.append(write_end)
+    return proc.pid
+
+
+def _reap_main(name: str, value: str) -> None:
+    for sig in (signal.SIGINT, signal.SIGHUP):  # Ctrl-C / a closed terminal are the parent's
+        signal.signal(sig, signal.SIG_IGN)
+    while os.read(0, 4096):
+        pass
+    for _ in range(3):  # processes may still be starting children as we kill
+        if not kill_tagged(name, value):
+            break
+        time.sleep(0.2)
 
 
 # --- ports -------------------------------------------------------------------------------
@@ -238,3 +310,7 @@ def describe_holders(holders: list[PortHolder]) -> str:
     return "held by " + "; ".join(
         f"pid {h.pid} ({h.command[:200]})" for h in holders if h.pid is not None
     )
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["reap"]:
+    _reap_main(sys.argv[2], sys.argv[3])

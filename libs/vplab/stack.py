@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from vplab import procs
@@ -264,9 +265,12 @@ def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: 
     check_ports(stack_ports(grpc_port, gateway_port, http_port))
     procs.become_subreaper()
     me = os.getpid()
+    stack_id = os.environ[procs.STACK_ENV] = uuid.uuid4().hex  # before Ray starts
+    reaper = procs.start_reaper(procs.STACK_ENV, stack_id)  # the safety net for a SIGKILL
     info: dict = {
         "pid": me,
         "start_time": procs.start_time(me),
+        "stack_id": stack_id,
         "status": "starting",
         "rest": f"http://127.0.0.1:{gateway_port}",
         "grpc": f"127.0.0.1:{grpc_port}",
@@ -312,7 +316,7 @@ def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: 
         for sig in _STOP_SIGNALS:  # a second signal skips the grace periods
             signal.signal(sig, _stop_now)
         started = time.monotonic()
-        shutdown_stack(gateway)
+        shutdown_stack(gateway, keep=(reaper,))
         state = _state_file(settings)
         if state.exists() and json.loads(state.read_text() or "{}").get("pid") == me:
             state.unlink(missing_ok=True)
@@ -322,8 +326,9 @@ def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: 
     return rc
 
 
-def shutdown_stack(gateway: subprocess.Popen | None) -> None:
-    """Stop the gateway, Serve and Ray, then every child still left, each one bounded."""
+def shutdown_stack(gateway: subprocess.Popen | None, keep: tuple[int, ...] = ()) -> None:
+    """Stop the gateway, Serve and Ray, then every child still left but ``keep``, each step
+    bounded."""
     if gateway is not None and gateway.poll() is None:
         gateway.terminate()
         try:
@@ -334,16 +339,12 @@ def shutdown_stack(gateway: subprocess.Popen | None) -> None:
     try:
         stop_serve(serve_timeout_s=SERVE_GRACE_S)
     finally:
-        procs.kill_children(grace_s=CHILD_GRACE_S)
+        procs.kill_children(grace_s=CHILD_GRACE_S, keep=keep)
 
 
 def _stop_now(signum, _frame) -> None:
-    """A second signal while stopping: kill every child now and exit."""
-    for pid in procs.children():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """A second signal while stopping: exit now. The children with a parent-death signal go
+    with us, the reaper (woken by our exit) kills the rest."""
     os._exit(128 + signum)
 
 
@@ -368,9 +369,13 @@ def stop_stack(settings: Settings, timeout_s: float = 30.0) -> bool:
         if not procs.alive(pid):
             return True
         time.sleep(0.2)
+    stack_id = json.loads(state.read_text() or "{}").get("stack_id") if state.exists() else None
     try:
-        os.kill(pid, signal.SIGKILL)  # its children die with it (parent-death signals)
+        os.kill(pid, signal.SIGKILL)  # its children die with it (parent-death signals, reaper)
     except ProcessLookupError:
         pass
+    if stack_id:
+        time.sleep(1.0)
+        procs.kill_tagged(procs.STACK_ENV, stack_id)  # in case its reaper was killed too
     state.unlink(missing_ok=True)
     return True
