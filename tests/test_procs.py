@@ -38,17 +38,37 @@ def test_a_listening_port_names_its_holder_and_a_free_one_is_free():
     assert procs.port_free(port) and procs.port_holders(port) == []
 
 
-def _parent(script: str) -> subprocess.Popen:
-    """A python parent running ``script``; it prints a line once its children are up."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)], env=ENV, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+@pytest.fixture
+def spawn():
+    """Start a python parent running a script (it prints "ready" once its children are up);
+    whatever it and its children leave is killed at teardown, even when the test fails."""
+    started: list[subprocess.Popen] = []
+
+    def start(script: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield start
+    for proc in started:
+        left = procs.children(proc.pid)
+        proc.kill()
+        proc.wait()
+        for pid in left:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
 
 
-def test_a_child_that_asked_for_it_dies_with_its_parent_even_on_sigkill():
-    parent = _parent(
+def test_a_child_that_asked_for_it_dies_with_its_parent_even_on_sigkill(spawn):
+    parent = spawn(
         f"""
         import os, subprocess, sys, time
         env = {{**os.environ, "{procs.PARENT_ENV}": str(os.getpid())}}
@@ -67,9 +87,9 @@ def test_a_child_that_asked_for_it_dies_with_its_parent_even_on_sigkill():
     assert _wait(lambda: not procs.alive(child[0])), "the child outlived its parent"
 
 
-def test_the_reaper_kills_every_tagged_process_once_its_parent_is_killed():
+def test_the_reaper_kills_every_tagged_process_once_its_parent_is_killed(spawn):
     tag = uuid.uuid4().hex
-    parent = _parent(
+    parent = spawn(
         f"""
         import os, subprocess, time
         from vplab import procs
@@ -87,9 +107,9 @@ def test_the_reaper_kills_every_tagged_process_once_its_parent_is_killed():
     assert _wait(lambda: not procs.tagged(procs.STACK_ENV, tag)), procs.tagged(procs.STACK_ENV, tag)
 
 
-def test_kill_children_escalates_to_sigkill():
+def test_kill_children_escalates_to_sigkill(spawn):
     # In a parent of its own: kill_children here would kill pytest's other children.
-    parent = _parent(
+    parent = spawn(
         """
         import signal, subprocess, sys, time
         from vplab import procs
