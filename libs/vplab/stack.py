@@ -5,11 +5,13 @@ wiring ``vplab up`` runs. App names, import paths and servicers come from
 ``vplab.serving.apps`` (the Helm chart is generated from the same place).
 
 Process hygiene (``run_stack``): every process the stack starts dies with it. The gateway
-and Ray's own processes (GCS, raylet, monitors: Ray sets it) get a parent-death signal, so
-a SIGKILL of ``vplab up`` takes them down; Ray's workers exit when their raylet goes. On
-SIGTERM / SIGINT / SIGHUP the stack stops in a few seconds (the gateway, a bounded Serve
-shutdown, ``ray.shutdown``, then any child left, which includes orphaned workers: the stack
-process is their subreaper). The ports are checked before anything starts.
+and Ray's own processes (GCS, raylet, monitors: Ray sets it) get a parent-death signal;
+every process started carries ``VPLAB_STACK_ID``, and a reaper kills them all once the
+stack process is gone, SIGKILL included (``procs.start_reaper``). On SIGTERM / SIGINT /
+SIGHUP the stack stops in about 2 s: the gateway, ``ray.shutdown`` (no Serve graceful
+shutdown, see ``SERVE_GRACE_S``), then any child left, which includes orphaned workers
+(the stack process is their subreaper). The ports are checked before anything starts.
+See docs/DESIGN-NOTES.md, "Local stack process hygiene".
 """
 
 from __future__ import annotations
