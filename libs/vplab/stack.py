@@ -3,6 +3,15 @@
 ``start_serve`` is also what the integration tests use, so the tested wiring is the
 wiring ``vplab up`` runs. App names, import paths and servicers come from
 ``vplab.serving.apps`` (the Helm chart is generated from the same place).
+
+Process hygiene (``run_stack``): every process the stack starts dies with it. The gateway
+and Ray's own processes (GCS, raylet, monitors: Ray sets it) get a parent-death signal;
+every process started carries ``VPLAB_STACK_ID``, and a reaper kills them all once the
+stack process is gone, SIGKILL included (``procs.start_reaper``). On SIGTERM / SIGINT /
+SIGHUP the stack stops in about 2 s: the gateway, ``ray.shutdown`` (no Serve graceful
+shutdown, see ``SERVE_GRACE_S``), then any child left, which includes orphaned workers
+(the stack process is their subreaper). The ports are checked before anything starts.
+See docs/DESIGN-NOTES.md, "Local stack process hygiene".
 """
 
 from __future__ import annotations
@@ -15,8 +24,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
+from vplab import procs
+from vplab.errors import VPLabError
 from vplab.serving.apps import (
     APPS,
     GRPC_PORT,
@@ -25,6 +37,22 @@ from vplab.serving.apps import (
     servicer_functions,
 )
 from vplab.settings import Settings
+
+GATEWAY_GRACE_S = 3.0  # uvicorn's graceful shutdown (open requests, SSE streams)
+# Serve's controller graceful shutdown cannot finish in a few seconds: its proxies drain for
+# at least RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S (30 s), replicas get 20 s. The local stack
+# skips it: the gateway has drained REST traffic by then, the replicas hold no state, and a
+# training job resumes from its checkpoint on the next start. ray.shutdown stops them all.
+SERVE_GRACE_S = 0.0
+CHILD_GRACE_S = 1.0  # SIGTERM -> SIGKILL for anything still running after ray.shutdown
+
+
+class PortInUse(VPLabError):
+    """A port the stack needs is taken; the message names the holder."""
+
+
+class StackRunning(VPLabError):
+    """``vplab up`` on a data dir whose stack is already running."""
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -43,16 +71,9 @@ def import_app(import_path: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def start_serve(
-    settings: Settings,
-    grpc_port: int = GRPC_PORT,
-    http_port: int = HTTP_PORT,
-    num_cpus: int | None = None,
-) -> None:
-    """Start (or join) a local Ray instance and run every Serve app on it."""
+def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
+    """Start a local Ray instance for the stack (nothing if this process already has one)."""
     import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
 
     if not ray.is_initialized():
         # Logical CPUs: each replica and training task reserves one, physical cores are shared.
@@ -65,6 +86,19 @@ def start_serve(
             configure_logging=False,
             runtime_env={"env_vars": settings_env(settings)},
         )
+
+
+def start_serve(
+    settings: Settings,
+    grpc_port: int = GRPC_PORT,
+    http_port: int = HTTP_PORT,
+    num_cpus: int | None = None,
+) -> None:
+    """Start (or join) a local Ray instance and run every Serve app on it."""
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    start_ray(settings, num_cpus)
     serve.start(
         http_options=HTTPOptions(host="127.0.0.1", port=http_port),
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=servicer_functions()),
@@ -78,13 +112,30 @@ def start_serve(
         serve.run(bound, name=app.name, route_prefix=app.route_prefix)
 
 
-def stop_serve() -> None:
+def stop_serve(serve_timeout_s: float | None = None) -> None:
+    """Stop Serve and the local Ray instance.
+
+    ``serve_timeout_s`` bounds Serve's graceful shutdown (None: Serve's own, which waits up
+    to 30 s for the controller and its proxies' draining period; 0: none); ``ray.shutdown``
+    then stops whatever is left.
+    """
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    try:
+        if serve_timeout_s is None:
+            serve.shutdown()
+        elif serve_timeout_s > 0:
+            from ray.serve.context import _get_global_client
+
+            client = _get_global_client(raise_if_no_controller_running=False)
+            if client is not None:
+                client.shutdown(timeout_s=serve_timeout_s)
+    except Exception as e:  # noqa: BLE001 - Ray is stopped below whatever Serve did
+        print(f"serve shutdown: {e}", file=sys.stderr)
+    ray.shutdown()
 
 
 def ensure_demo_key(settings: Settings, tenant_name: str = "demo") -> tuple[str, str]:
@@ -104,10 +155,76 @@ def _state_file(settings: Settings) -> Path:
     return Path(settings.data_dir).parent / "stack.json"
 
 
-def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
+def _write_state(settings: Settings, info: dict) -> None:
+    state = _state_file(settings)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(state)
+
+
+def _is_stack_process(pid: int, started: int | None) -> bool:
+    """Whether ``pid`` is still the ``vplab up`` a state file names (not a reused pid)."""
+    if not procs.alive(pid):
+        return False
+    if started is not None and procs.start_time(pid) not in (None, started):
+        return False
+    command = procs.cmdline(pid)
+    return not command or ("vplab" in command and " up" in command)
+
+
+def running_stack(settings: Settings) -> int | None:
+    """The pid of the live ``vplab up`` this data dir's state file names, if any."""
+    try:
+        info = json.loads(_state_file(settings).read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if _is_stack_process(pid, info.get("start_time")) else None
+
+
+def check_not_running(settings: Settings) -> None:
+    pid = running_stack(settings)
+    if pid is not None and pid != os.getpid():
+        raise StackRunning(
+            f"a local stack is already running on this data dir (pid {pid}, "
+            f"{_state_file(settings)}); stop it with `vplab down`"
+        )
+
+
+def check_ports(ports: dict[int, tuple[str, str]]) -> None:
+    """Raise ``PortInUse`` naming every taken port and its holder.
+
+    ``ports``: port -> (what uses it, the address it binds).
+    """
+    taken = [
+        f"port {port} ({what}) is {procs.describe_holders(procs.port_holders(port))}"
+        for port, (what, host) in ports.items()
+        if not procs.port_free(port, host)
+    ]
+    if taken:
+        raise PortInUse("; ".join(taken) + ". Stop it or choose other ports (see --help).")
+
+
+def stack_ports(grpc_port: int, gateway_port: int, http_port: int) -> dict[int, tuple[str, str]]:
+    """The stack's ports: the gateway and Serve's HTTP proxy bind loopback, the gRPC proxy
+    every interface (Serve has no bind address for it)."""
+    return {
+        gateway_port: ("REST gateway, --port", "127.0.0.1"),
+        grpc_port: ("Serve gRPC proxy, --grpc-port", "0.0.0.0"),
+        http_port: ("Serve HTTP proxy, --http-port", "127.0.0.1"),
+    }
+
+
+def wait_healthy(
+    url: str, timeout_s: float = 180.0, process: subprocess.Popen | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; give up early if ``process`` (the server) exits."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited (status {process.returncode})")
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
@@ -119,42 +236,82 @@ def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
 
 
 def start_gateway_process(
-    settings: Settings, port: int, grpc_target: str, quiet: bool = False
+    settings: Settings,
+    port: int,
+    grpc_target: str,
+    quiet: bool = False,
+    graceful_s: float | None = None,
 ) -> subprocess.Popen:
-    """The REST gateway as its own process (``vplab gateway``), as in production."""
-    env = {**os.environ, **settings_env(settings), "VPLAB_GRPC_TARGET": grpc_target}
+    """The REST gateway as its own process (``vplab gateway``), as in production.
+
+    It dies with this process, however this one dies (a parent-death signal, set by the
+    child itself: ``procs.adopt_parent_death``). Call this from the main thread: Linux
+    signals the child when the thread that started it exits.
+    """
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "VPLAB_GRPC_TARGET": grpc_target,
+        procs.PARENT_ENV: str(os.getpid()),
+    }
     out = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(
-        [sys.executable, "-m", "vplab.cli", "gateway", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=out,
-        stderr=out,
-    )
+    argv = [sys.executable, "-m", "vplab.cli", "gateway", "--host", "127.0.0.1"]
+    argv += ["--port", str(port)]
+    if graceful_s is not None:
+        argv += ["--timeout-graceful-shutdown", str(graceful_s)]
+    return subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+
+
+class _Stop(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+    """Raised by the first SIGTERM / SIGINT / SIGHUP, wherever the stack process is."""
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: int) -> int:
-    """Foreground: start everything, print how to use it, run until interrupted."""
-    start_serve(settings, grpc_port, http_port)
-    gateway = start_gateway_process(settings, gateway_port, f"127.0.0.1:{grpc_port}")
-    stopping = []
+    """Foreground: start everything, print how to use it, run until interrupted.
 
-    def stop(*_):
-        stopping.append(True)
+    Raises ``PortInUse`` (before starting anything) if a port is taken. The state file
+    (``stack.json`` next to the data dir) is written first, so ``vplab down`` stops this
+    stack from the moment it starts.
+    """
+    check_not_running(settings)
+    check_ports(stack_ports(grpc_port, gateway_port, http_port))
+    procs.become_subreaper()
+    me = os.getpid()
+    stack_id = os.environ[procs.STACK_ENV] = uuid.uuid4().hex  # before Ray starts
+    reaper = procs.start_reaper(procs.STACK_ENV, stack_id)  # the safety net for a SIGKILL
+    info: dict = {
+        "pid": me,
+        "start_time": procs.start_time(me),
+        "stack_id": stack_id,
+        "status": "starting",
+        "rest": f"http://127.0.0.1:{gateway_port}",
+        "grpc": f"127.0.0.1:{grpc_port}",
+    }
+    _write_state(settings, info)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def stop(signum, _frame):
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+    gateway: subprocess.Popen | None = None
+    rc = 0
     try:
-        wait_healthy(f"http://127.0.0.1:{gateway_port}/healthz")
+        start_ray(settings)
+        # Ray's core installs its own SIGTERM handler (it prints a stack trace and aborts,
+        # skipping our shutdown): ours again.
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, stop)
+        start_serve(settings, grpc_port, http_port)
+        gateway = start_gateway_process(
+            settings, gateway_port, f"127.0.0.1:{grpc_port}", graceful_s=GATEWAY_GRACE_S
+        )
+        wait_healthy(f"http://127.0.0.1:{gateway_port}/healthz", process=gateway)
         tenant, key = ensure_demo_key(settings)
-        info = {
-            "pid": os.getpid(),
-            "rest": f"http://127.0.0.1:{gateway_port}",
-            "grpc": f"127.0.0.1:{grpc_port}",
-            "tenant": tenant,
-        }
-        state = _state_file(settings)
-        state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps(info))
+        info.update(status="up", tenant=tenant)
+        _write_state(settings, info)
         print(f"VP Lab is up (demo models: {settings.demo}).", flush=True)
         print(f"  REST gateway : {info['rest']}   (OpenAPI: {info['rest']}/docs)", flush=True)
         print(
@@ -164,25 +321,59 @@ def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: 
         print(f"  tenant       : {tenant}", flush=True)
         print(f"  API key      : {key}", flush=True)
         print("Stop with Ctrl-C or `vplab down`.", flush=True)
-        while not stopping and gateway.poll() is None:
+        while gateway.poll() is None:
             time.sleep(0.5)
+        print(f"error: the gateway exited (status {gateway.returncode})", file=sys.stderr)
+        rc = 1
+    except _Stop as e:
+        print(f"{e}: stopping VP Lab...", file=sys.stderr, flush=True)
     finally:
+        for sig in _STOP_SIGNALS:  # a second signal skips the grace periods
+            signal.signal(sig, _stop_now)
+        started = time.monotonic()
+        shutdown_stack(gateway, keep=(reaper,))
+        state = _state_file(settings)
+        if state.exists() and json.loads(state.read_text() or "{}").get("pid") == me:
+            state.unlink(missing_ok=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"VP Lab stopped in {time.monotonic() - started:.1f}s.", file=sys.stderr, flush=True)
+    return rc
+
+
+def shutdown_stack(gateway: subprocess.Popen | None, keep: tuple[int, ...] = ()) -> None:
+    """Stop the gateway, Serve and Ray, then every child still left but ``keep``, each step
+    bounded."""
+    if gateway is not None and gateway.poll() is None:
         gateway.terminate()
         try:
-            gateway.wait(timeout=15)
+            gateway.wait(timeout=GATEWAY_GRACE_S + 2)
         except subprocess.TimeoutExpired:
             gateway.kill()
-        stop_serve()
-        _state_file(settings).unlink(missing_ok=True)
-    return 0
+            gateway.wait()
+    try:
+        stop_serve(serve_timeout_s=SERVE_GRACE_S)
+    finally:
+        procs.kill_children(grace_s=CHILD_GRACE_S, keep=keep)
 
 
-def stop_stack(settings: Settings, timeout_s: float = 60.0) -> bool:
-    """Stop a stack started by ``vplab up`` (foreground or --detach). False if none runs."""
+def _stop_now(signum, _frame) -> None:
+    """A second signal while stopping: exit now. The children with a parent-death signal go
+    with us, the reaper (woken by our exit) kills the rest."""
+    os._exit(128 + signum)
+
+
+def stop_stack(settings: Settings, timeout_s: float = 30.0) -> bool:
+    """Stop a stack started by ``vplab up`` (foreground or --detach). False if none runs.
+
+    A state file whose pid is gone, or is now another program, is stale: it is removed and
+    nothing is signalled.
+    """
     state = _state_file(settings)
-    if not state.exists():
+    pid = running_stack(settings)
+    if pid is None:
+        state.unlink(missing_ok=True)  # none, or stale: the pid is gone or another program
         return False
-    pid = json.loads(state.read_text())["pid"]
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -190,10 +381,16 @@ def stop_stack(settings: Settings, timeout_s: float = 60.0) -> bool:
         return False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not procs.alive(pid):
             return True
-        time.sleep(0.5)
-    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    stack_id = json.loads(state.read_text() or "{}").get("stack_id") if state.exists() else None
+    try:
+        os.kill(pid, signal.SIGKILL)  # its children die with it (parent-death signals, reaper)
+    except ProcessLookupError:
+        pass
+    if stack_id:
+        time.sleep(1.0)
+        procs.kill_tagged(procs.STACK_ENV, stack_id)  # in case its reaper was killed too
+    state.unlink(missing_ok=True)
     return True

@@ -1,27 +1,151 @@
-"""`vplab up --demo` / `vplab down`: the README's run command, as a user runs it."""
+"""`vplab up --demo` / `vplab down`: the README's run command, as a user runs it; and what
+is left after each way the stack can die (nothing: no process, no held port)."""
 
+import json
 import os
+import random
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+VPLAB = [sys.executable, "-m", "vplab.cli"]
+TAG = "VPLAB_TEST_STACK"  # inherited by every process of a test's stack, Ray workers included
+
+
+def _port_free(port: int) -> bool:
+    """Free to listen on, on every address (SO_REUSEADDR: TIME_WAIT does not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+_taken: set[int] = set()
+
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range. A port from bind(0) is ephemeral, and
+    Ray's own sockets and Serve's replicas ("[::]:0") draw from that range while the stack
+    starts: one of them took the gRPC port before Serve's proxy bound it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(20000, max(20001, low))
+        if port not in _taken and _port_free(port):
+            _taken.add(port)
+            return port
+
+
+def _tagged(tag: str) -> list[tuple[int, str]]:
+    """Live processes (pid, command line) whose environment carries ``tag``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if f"{TAG}={tag}".encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{name}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                found.append((int(name), f.read().replace(b"\0", b" ").decode()[:120]))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_gone(tag: str, ports: list[int], timeout_s: float) -> tuple[float, list, list]:
+    """(seconds until no tagged process is left and the ports are free, processes left,
+    ports still taken), waiting at most ``timeout_s``."""
+    start = time.monotonic()
+    while True:
+        left = _tagged(tag)
+        taken = [p for p in ports if not _port_free(p)]
+        elapsed = time.monotonic() - start
+        if (not left and not taken) or elapsed > timeout_s:
+            return elapsed, left, taken
+        time.sleep(0.2)
+
+
+class Stack:
+    """A foreground `vplab up --demo`, in its own session like a shell job."""
+
+    def __init__(self, tmp_path):
+        self.tag = uuid.uuid4().hex
+        self.port, self.grpc_port, self.http_port = _free_port(), _free_port(), _free_port()
+        self.ports = [self.port, self.grpc_port, self.http_port]
+        self.env = {**os.environ, "VPLAB_DATA_DIR": str(tmp_path / "data"), TAG: self.tag}
+        self.state = tmp_path / "stack.json"
+        self.out = tmp_path / "up.log"
+        self.proc: subprocess.Popen | None = None
+
+    def args(self) -> list[str]:
+        return ["--port", str(self.port), "--grpc-port", str(self.grpc_port)] + [
+            "--http-port",
+            str(self.http_port),
+        ]
+
+    def start(self, timeout_s: float = 400) -> None:
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(
+                VPLAB + ["up", "--demo"] + self.args(),
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while "API key" not in self.log():
+            assert self.proc.poll() is None, f"vplab up exited:\n{self.log()[-3000:]}"
+            assert time.monotonic() < deadline, f"not up after {timeout_s}s:\n{self.log()[-3000:]}"
+            time.sleep(1)
+
+    def log(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def cleanup(self) -> None:
+        """Kill whatever is left, even when the test failed half-way."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid, _ in _tagged(self.tag):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path)
+    try:
+        yield s
+    finally:
+        s.cleanup()
 
 
 def test_up_prints_urls_and_a_working_key_and_down_stops_it(tmp_path):
     port, grpc_port, http_port = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "VPLAB_DATA_DIR": str(tmp_path / "data")}
-    vplab = [sys.executable, "-m", "vplab.cli"]
+    vplab = VPLAB
     up = subprocess.run(
         vplab
         + [
@@ -63,3 +187,82 @@ def test_up_prints_urls_and_a_working_key_and_down_stops_it(tmp_path):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     again = subprocess.run(vplab + ["down"], env=env, capture_output=True, text=True, timeout=60)
     assert "no local stack is running" in again.stdout
+
+
+def test_sigkill_of_a_foreground_up_leaves_no_process_and_frees_its_ports(stack):
+    stack.start()
+    running = _tagged(stack.tag)
+    assert any(" gateway " in cmd for _, cmd in running), running
+    assert any("raylet" in cmd for _, cmd in running), running
+    os.kill(stack.proc.pid, signal.SIGKILL)
+    elapsed, left, taken = _wait_gone(stack.tag, stack.ports, timeout_s=20)
+    print(f"\nSIGKILL: {len(running)} processes gone, ports free after {elapsed:.1f}s")
+    assert not left and not taken, (left, taken)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_sigterm_or_ctrl_c_stops_everything_within_seconds(stack, how):
+    stack.start()
+    start = time.monotonic()
+    if how == "SIGTERM":
+        stack.proc.send_signal(signal.SIGTERM)
+    else:  # what a terminal does: SIGINT to the foreground job's whole process group
+        os.killpg(stack.proc.pid, signal.SIGINT)
+    elapsed, left, taken = _wait_gone(stack.tag, stack.ports, timeout_s=30)
+    stack.proc.wait(timeout=10)
+    print(f"\n{how}: everything down after {time.monotonic() - start:.1f}s")
+    assert not left and not taken, (left, taken)
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+    assert stack.proc.returncode == 0, stack.log()[-3000:]
+    assert "VP Lab stopped" in stack.log()
+    assert not stack.state.exists()
+
+
+def test_down_stops_a_foreground_stack(stack):
+    stack.start()
+    assert json.loads(stack.state.read_text())["pid"] == stack.proc.pid
+    down = subprocess.run(
+        VPLAB + ["down"], env=stack.env, capture_output=True, text=True, timeout=60
+    )
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    elapsed, left, taken = _wait_gone(stack.tag, stack.ports, timeout_s=20)
+    print(f"\nvplab down: everything down after {elapsed:.1f}s (after down returned)")
+    assert not left and not taken, (left, taken)
+    assert not stack.state.exists()
+    again = subprocess.run(
+        VPLAB + ["down"], env=stack.env, capture_output=True, text=True, timeout=60
+    )
+    assert "no local stack is running" in again.stdout
+
+
+def test_a_port_in_use_is_reported_with_its_holder_and_nothing_starts(stack):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", stack.grpc_port))
+        holder.listen()
+        up = subprocess.run(
+            VPLAB + ["up", "--demo"] + stack.args(),
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert up.returncode != 0
+        assert f"port {stack.grpc_port}" in up.stderr, up.stderr
+        assert f"pid {os.getpid()}" in up.stderr, up.stderr  # the holder: this test
+        assert "Traceback" not in up.stderr, up.stderr
+        assert not _tagged(stack.tag), "something started"
+        assert not stack.state.exists()
+
+
+def test_down_ignores_a_stale_state_file_naming_another_program(tmp_path):
+    env = {**os.environ, "VPLAB_DATA_DIR": str(tmp_path / "data")}
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "stack.json").write_text(json.dumps({"pid": other.pid}))
+        down = subprocess.run(VPLAB + ["down"], env=env, capture_output=True, text=True, timeout=60)
+        assert "no local stack is running" in down.stdout, down.stdout + down.stderr
+        assert other.poll() is None, "vplab down signalled an unrelated process"
+        assert not (tmp_path / "stack.json").exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vplab.procs import adopt_parent_death
+
+    adopt_parent_death()  # a child of `vplab up` (the gateway) dies with it
     args = build_parser().parse_args(argv)
     try:
         from vplab.allocator import keep_freed_memory

@@ -25,6 +25,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    p.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=None,
+        help="seconds open requests and streams get on SIGTERM (default: until they end)",
+    )
     p.set_defaults(func=run_gateway)
 
 
@@ -50,5 +56,6 @@ def run_gateway(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=args.log_level,
         proxy_headers=True,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
     )
     return 0
