@@ -39,6 +39,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--levels", default=",".join(map(str, LEVELS)), help="client counts, comma-separated"
     )
     p.add_argument("--transports", default="rest,grpc", help="rest, grpc or both")
+    p.add_argument(
+        "--max-ongoing",
+        type=int,
+        default=None,
+        help="VPLAB_SERVE_MAX_ONGOING_REQUESTS for the run (Serve's own default is 5)",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=None,
+        help="VPLAB_SERVE_MAX_QUEUED_REQUESTS for the run (-1: unbounded, Serve's default)",
+    )
 
 
 async def _level(send, clients: int, seconds: float) -> dict[str, Any]:
@@ -105,7 +117,15 @@ def run(args: argparse.Namespace) -> BenchResult:
     results: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
     rss = None
     try:
-        settings = bench_settings(work, "sam_tiny", demo=True, random_weights=False)
+        admission = {
+            k: v
+            for k, v in (
+                ("serve_max_ongoing_requests", args.max_ongoing),
+                ("serve_max_queued_requests", args.max_queued),
+            )
+            if v is not None
+        }
+        settings = bench_settings(work, "sam_tiny", demo=True, random_weights=False, **admission)
         store = open_store(settings)
         tenant, api_key = create_tenant(store, "load", settings.api_key_pepper)
         datasets = DatasetStore(store, settings)
@@ -222,6 +242,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             "levels": list(levels),
             "seconds": seconds,
             "transports": transports,
+            "max_ongoing": settings.serve_max_ongoing_requests,
+            "max_queued": settings.serve_max_queued_requests,
             "quick": bool(args.quick),
         },
     )
