@@ -5,7 +5,7 @@ import pytest
 
 from vplab.datasets import DatasetStore
 from vplab.demo import load_demo_samples
-from vplab.errors import InvalidInput, NotFound, PayloadTooLarge
+from vplab.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from vplab.images import encode_png
 from vplab.inference.features import FeatureEngine
 from vplab.inference.runtime import ModelRuntime
@@ -67,6 +67,14 @@ def test_embedding_cache_miss_then_hit_per_tenant(env):
         features.embed("t2", image)  # t1's image is not t2's
     with pytest.raises(InvalidInput, match="unknown encoder"):
         features.embed("t1", image, "clip")
+
+
+def test_dino_encoder_id_without_a_checkpoint_is_unavailable(tmp_path):
+    # The DINOv2 cache key is computed before any model is built: no checkpoint configured
+    # must be the same clear Unavailable as building the model, not a TypeError.
+    rt = ModelRuntime(Settings(data_dir=tmp_path, dino_checkpoint=None), LocalStore(tmp_path))
+    with pytest.raises(Unavailable, match="VPLAB_DINO_CHECKPOINT"):
+        _ = rt.dino_encoder_id
 
 
 def test_segment_prompt_and_mask_input(env):

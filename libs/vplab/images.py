@@ -173,8 +173,12 @@ def _reason(e: BaseException) -> str:
 
 def check_rgb_image(image: object, field: str = "image") -> None:
     """An already-decoded image must be a non-empty (H, W, 3) uint8 array."""
-    ok = isinstance(image, np.ndarray) and image.dtype == np.uint8
-    if not ok or image.ndim != 3 or image.shape[2] != 3:
+    if not (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+    ):
         desc = (
             f"{image.dtype} array of shape {image.shape}"
             if isinstance(image, np.ndarray)

@@ -14,6 +14,7 @@ A warm-up miss on another image runs first (untimed), so the timed miss is a war
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import tempfile
 import time
@@ -113,7 +114,7 @@ def _engine(settings, store, tenant: str, warm_id: str, image_id: str, n_hits: i
     store_hits, lru_hits = [], []
     for _ in range(n_hits):
         fresh = FeatureEngine(rt, settings.embedding_lru_bytes)  # empty LRU: read from the store
-        store_hits.append(time_ms(lambda fresh=fresh: fresh.embed(tenant, image_id)))
+        store_hits.append(time_ms(functools.partial(fresh.embed, tenant, image_id)))
         assert fresh.hits == 1
     lru_hits = [time_ms(lambda: engine.embed(tenant, image_id)) for _ in range(n_hits)]
     fig = {

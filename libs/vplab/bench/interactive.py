@@ -203,10 +203,12 @@ def run(args: argparse.Namespace) -> BenchResult:
     for name, values in times.items():
         fig[f"{name}_p50_ms"] = percentile(values, 50) if values else None
         fig[f"{name}_p95_ms"] = percentile(values, 95) if values else None
-    if fig["rest_p50_ms"] is not None:
-        fig["rest_over_inproc"] = fig["rest_p50_ms"] / fig["inproc_p50_ms"]
-        fig["rest_minus_inproc_ms"] = fig["rest_p50_ms"] - fig["inproc_p50_ms"]
-        fig["grpc_minus_inproc_ms"] = fig["grpc_p50_ms"] - fig["inproc_p50_ms"]
+    inproc_p50, grpc_p50, rest_p50 = (fig[f"{k}_p50_ms"] for k in ("inproc", "grpc", "rest"))
+    # All three are measured together (stack) or only inproc (--no-stack).
+    if inproc_p50 is not None and grpc_p50 is not None and rest_p50 is not None:
+        fig["rest_over_inproc"] = rest_p50 / inproc_p50
+        fig["rest_minus_inproc_ms"] = rest_p50 - inproc_p50
+        fig["grpc_minus_inproc_ms"] = grpc_p50 - inproc_p50
     else:
         fig["rest_over_inproc"] = fig["rest_minus_inproc_ms"] = fig["grpc_minus_inproc_ms"] = None
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731

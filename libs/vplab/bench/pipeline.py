@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+from unittest import mock
 
 from vplab.bench._common import BenchResult, Target, demo_images, log
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 NAME = "pipeline"
 HELP = "visual prompting over 8 targets (SAM ViT-B + DINOv2 ViT-S): total vs encoder passes"
@@ -58,8 +64,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     prompter = VisualPrompter(segmenter, dino, VisualPromptConfig(dino_size=dino_size))
     spent = {"sam": 0.0, "dino": 0.0}
 
-    def timed(kind, fn):
-        def wrapper(*a, **kw):
+    def timed(kind: str, fn: Callable[P, R]) -> Callable[P, R]:
+        def wrapper(*a: P.args, **kw: P.kwargs) -> R:
             t0 = time.perf_counter()
             try:
                 return fn(*a, **kw)
@@ -70,10 +76,13 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     ref_img, ref_mask = samples[0]
     prompter.set_references([(ref_img, ref_mask)])  # one DINOv2 pass, untimed
-    segmenter.embed = timed("sam", segmenter.embed)  # instance attributes: predict() calls these
-    prompter.extract_features = timed("dino", prompter.extract_features)
     per_image, n_points = [], []
-    with torch.no_grad():
+    # Timed instance attributes shadow the methods predict() calls (restored on exit).
+    with (
+        mock.patch.object(segmenter, "embed", timed("sam", segmenter.embed)),
+        mock.patch.object(prompter, "extract_features", timed("dino", prompter.extract_features)),
+        torch.no_grad(),
+    ):
         for i, (img, _) in enumerate(samples[1:]):
             before = dict(spent)
             t0 = time.perf_counter()

@@ -134,14 +134,21 @@ class FeatureEngine:
                 results[i] = e
         if misses["sam"]:
             segmenter = self.segmenter if sam is None else PromptSegmenter(sam, self.rt.device)
-            values = segmenter.embed_batch([m[2] for m in misses["sam"]])
-            self._store_misses(misses["sam"], values, [v.to_bytes() for v in values], results)
-        if misses["dinov2"]:
-            values = extract_patch_features_batch(self.rt.dino, [m[2] for m in misses["dinov2"]])
+            embeddings = segmenter.embed_batch([m[2] for m in misses["sam"]])
             self._store_misses(
-                misses["dinov2"], values, [patch_features_to_bytes(v) for v in values], results
+                misses["sam"], embeddings, [e.to_bytes() for e in embeddings], results
             )
-        return results  # type: ignore[return-value]
+        if misses["dinov2"]:
+            patches = extract_patch_features_batch(self.rt.dino, [m[2] for m in misses["dinov2"]])
+            self._store_misses(
+                misses["dinov2"], patches, [patch_features_to_bytes(p) for p in patches], results
+            )
+        done: list[tuple[object, EmbedInfo] | VPLabError] = []
+        for result in results:
+            if result is None:  # every request is a hit, an error or a stored miss
+                raise RuntimeError("embed_many left a request without a result")
+            done.append(result)
+        return done
 
     def _store_misses(self, misses, values, blobs, results) -> None:
         for (i, req, _), value, blob in zip(misses, values, blobs):

@@ -65,23 +65,27 @@ class ModelRuntime:
             return build_dinov2("dinov2_tiny").to(self.device)
         if s.random_weights:
             return build_dinov2(s.dino_model).to(self.device)
-        if not s.dino_checkpoint:
+        return build_dinov2(s.dino_model, self._dino_checkpoint(), s.dino_sha256, self.store).to(
+            self.device
+        )
+
+    def _dino_checkpoint(self) -> str:
+        """The configured DINOv2 checkpoint, or ``Unavailable`` when there is none."""
+        if not self.settings.dino_checkpoint:
             from vplab.errors import Unavailable
 
             raise Unavailable(
                 "no DINOv2 checkpoint configured: set VPLAB_DINO_CHECKPOINT (or --demo)"
             )
-        return build_dinov2(s.dino_model, s.dino_checkpoint, s.dino_sha256, self.store).to(
-            self.device
-        )
+        return self.settings.dino_checkpoint
 
     @cached_property
     def dino_encoder_id(self) -> str:
         s = self.settings
         if s.demo or s.random_weights:
-            digest = state_sha256(self.dino)  # type: ignore[arg-type]
+            digest = state_sha256(self.dino)
         else:
-            path, _ = resolve_checkpoint(s.dino_checkpoint, self.store, s.dino_sha256)
+            path, _ = resolve_checkpoint(self._dino_checkpoint(), self.store, s.dino_sha256)
             digest = file_sha256(path)
         return f"dinov2.{self.dino_name}.{digest[:16]}"
 

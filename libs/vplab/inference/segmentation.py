@@ -12,7 +12,7 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -193,7 +193,12 @@ class SegmentationEngine:
             raise InvalidInput("give at least one target image")
         self.limits.check_references(len(references))
         self.limits.check_targets(len(targets))
-        if matcher not in ("soft", "prototype", ""):
+        matcher_mode: Literal["soft", "prototype"]
+        if matcher in ("soft", ""):
+            matcher_mode = "soft"
+        elif matcher == "prototype":
+            matcher_mode = "prototype"
+        else:
             raise InvalidInput(f"matcher must be 'soft' or 'prototype', got {matcher!r}")
         for image_id in targets:
             keys.check_sha256(image_id, "target image_id")
@@ -221,7 +226,7 @@ class SegmentationEngine:
             ref_features.append(feats)
         segmenter = model.segmenter if model else self.features.segmenter
         prompter = VisualPrompter(
-            segmenter, None, VisualPromptConfig(matcher=matcher or "soft", seed=seed)
+            segmenter, None, VisualPromptConfig(matcher=matcher_mode, seed=seed)
         )
         prompter.set_references(ref_pairs, features=ref_features)
         for index, image_id in enumerate(targets):

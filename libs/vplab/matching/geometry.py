@@ -11,11 +11,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from vplab.errors import InvalidInput
+
+
+class Letterboxed(Protocol):
+    """What ``LetterboxGrid.from_features`` reads (``vplab.models.PatchFeatures`` has it)."""
+
+    @property
+    def original_size(self) -> tuple[int, int]: ...
+
+    @property
+    def grid_size(self) -> tuple[int, int]: ...
+
+    @property
+    def size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -45,10 +59,12 @@ class LetterboxGrid:
         return cls((int(image_hw[0]), int(image_hw[1])), (grid, grid), grid * patch)
 
     @classmethod
-    def from_features(cls, pf: object) -> LetterboxGrid:
+    def from_features(cls, pf: Letterboxed) -> LetterboxGrid:
         """Geometry of a ``vplab.models.PatchFeatures`` (duck-typed: original_size,
         grid_size, size)."""
-        return cls(tuple(pf.original_size), tuple(pf.grid_size), int(pf.size))  # type: ignore[attr-defined]
+        h, w = pf.original_size
+        gh, gw = pf.grid_size
+        return cls((h, w), (gh, gw), int(pf.size))
 
     @property
     def scale(self) -> float:

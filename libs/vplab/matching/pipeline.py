@@ -111,9 +111,11 @@ class VisualPrompter:
             raise InvalidInput("need at least one reference (image, mask) pair")
         masks = [m for _, m in references]
         if features is None:
-            images = [img for img, _ in references]
-            if any(img is None for img in images):
-                raise InvalidInput("reference image missing (or pass precomputed features)")
+            images: list[np.ndarray] = []
+            for img, _ in references:
+                if img is None:
+                    raise InvalidInput("reference image missing (or pass precomputed features)")
+                images.append(img)
             features = self.extract_features(images)
         elif len(features) != len(references):
             raise InvalidInput("need one features entry per reference")
@@ -168,13 +170,17 @@ class VisualPrompter:
         """
         if not self.references:
             raise InvalidInput("set_references must be called before predict")
-        if target_image is None and (target_embedding is None or target_features is None):
-            raise InvalidInput("target image missing (or pass both its embedding and its features)")
-        if target_features is None:
-            target_features = self.extract_features([target_image])[0]
-        if target_embedding is None:
-            target_embedding = self.segmenter.embed(target_image)
-        hw = tuple(int(v) for v in target_embedding.original_size)
+        if target_embedding is None or target_features is None:
+            if target_image is None:
+                raise InvalidInput(
+                    "target image missing (or pass both its embedding and its features)"
+                )
+            if target_features is None:
+                target_features = self.extract_features([target_image])[0]
+            if target_embedding is None:
+                target_embedding = self.segmenter.embed(target_image)
+        h, w = (int(v) for v in target_embedding.original_size)
+        hw = (h, w)
         if tuple(int(v) for v in target_features.original_size) != hw:
             raise InvalidInput(
                 f"target features are for a {tuple(target_features.original_size)} image but the "
@@ -214,4 +220,4 @@ class VisualPrompter:
                 score_threshold=cfg.mask_score_threshold,
                 nms_threshold=cfg.nms_iom,
             )
-        return VisualPromptResult(preds, label_map_from(list(preds.values()), hw))  # type: ignore[arg-type]
+        return VisualPromptResult(preds, label_map_from(list(preds.values()), hw))

@@ -7,10 +7,11 @@ falls back to a normal (randomly initialised) build.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from vplab.errors import InvalidInput
 from vplab.peft.core import apply_method, count_trainable, trainable_by_piece
 from vplab.peft.registry import get_method
 
@@ -24,17 +25,14 @@ def build_architecture(base: str, meta: bool = True) -> nn.Module:
     from segment_anything import sam_model_registry
 
     name = _canonical_base(base)
+    builder: Callable[[], nn.Module]
     if name in sam_model_registry:
         builder = lambda: sam_model_registry[name]()  # noqa: E731
     else:
-        try:  # small test architectures (e.g. "sam_tiny") live in vplab.models
-            from vplab.models import build_sam  # type: ignore[attr-defined]
-        except ImportError:
-            build_sam = None
-        if build_sam is None:
-            raise InvalidInput(
-                f"unknown base {base!r}; known: {', '.join(sorted(k for k in sam_model_registry if k != 'default'))}"
-            )
+        # Small test architectures (e.g. "sam_tiny") live in vplab.models; build_sam raises
+        # InvalidInput for a name it does not know.
+        from vplab.models import build_sam
+
         builder = lambda: build_sam(base)  # noqa: E731
     if meta:
         with torch.device("meta"):

@@ -67,4 +67,4 @@ class ImageEmbedding:
                 )
         except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             raise InvalidInput(f"embedding bytes are not a valid {FORMAT} blob: {e}") from e
-        return cls(features.to(dtype), original, input_size)  # type: ignore[arg-type]
+        return cls(features.to(dtype), original, input_size)

@@ -92,7 +92,7 @@ class PromptSegmenter:
         self.sam = sam.eval()
         self.device: torch.device = sam.device
         self.img_size: int = sam.image_encoder.img_size
-        self.mask_input_size: tuple[int, int] = tuple(sam.prompt_encoder.mask_input_size)  # type: ignore
+        self.mask_input_size: tuple[int, int] = tuple(sam.prompt_encoder.mask_input_size)
         self.embedding_shape = (
             sam.prompt_encoder.embed_dim,
             *sam.prompt_encoder.image_embedding_size,

@@ -33,22 +33,24 @@ class ServiceMetrics:
         from ray.serve import metrics
 
         self.service = service
+        # ray.serve.metrics annotates tag_keys as Tuple[str] (exactly one key) although it
+        # takes any number (ray.util.metrics: Tuple[str, ...]): hence the ignores below.
         self.requests = metrics.Counter(
             "vplab_rpc_requests",
             description="RPCs by service, method and code",
-            tag_keys=("service", "method", "code"),
+            tag_keys=("service", "method", "code"),  # type: ignore[arg-type]  # ray stub bug
         )
         self.latency = metrics.Histogram(
             "vplab_rpc_latency_ms",
             description="RPC latency (ms)",
             boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000, 60000],
-            tag_keys=("service", "method"),
+            tag_keys=("service", "method"),  # type: ignore[arg-type]  # ray stub bug
         )
 
         self.cache = metrics.Counter(
             "vplab_embedding_cache",
             description="embedding cache lookups by encoder and result",
-            tag_keys=("service", "encoder", "result"),
+            tag_keys=("service", "encoder", "result"),  # type: ignore[arg-type]  # ray stub bug
         )
 
     def cache_lookup(self, encoder: str, hit: bool) -> None:

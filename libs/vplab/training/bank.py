@@ -101,17 +101,21 @@ def build_bank(
     grid = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.kernel_size[0]
     lowres = 4 * grid  # SAM's decoder upscales the embedding 4x
     items, total = [], len(samples) * len(views)
+    what = "emb" if mode == "frozen" else f"late{start_block}"
+    feature_cache = cache if mode != "full" else None
     for sample in samples:
         for view in views:
             image, label = view.apply(sample.image, sample.label)
-            what = "emb" if mode == "frozen" else f"late{start_block}"
-            use_cache = cache is not None and mode != "full"
             x, input_size = preprocess(sam, image)
-            feature = cache.get(sample.name, view.name, what) if use_cache else None
+            feature = (
+                feature_cache.get(sample.name, view.name, what)
+                if feature_cache is not None
+                else None
+            )
             if feature is None:
                 feature = encoder_input_to_feature(sam, x, mode, start_block).cpu()
-                if use_cache:
-                    feature = cache.put(sample.name, view.name, what, feature)
+                if feature_cache is not None:
+                    feature = feature_cache.put(sample.name, view.name, what, feature)
             items.append(
                 BankItem(
                     name=sample.name,
@@ -119,7 +123,7 @@ def build_bank(
                     feature=feature,
                     label=torch.as_tensor(np.ascontiguousarray(label)),
                     target=lowres_target(sam, label, lowres),
-                    input_size=tuple(input_size),
+                    input_size=input_size,
                     original_size=tuple(label.shape),
                 )
             )

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from segment_anything.modeling import Sam
 from torch import nn
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
@@ -58,7 +59,7 @@ class AdaptFormerConfig(EncoderPeftConfig):
     learnable_scale: bool = True
 
 
-def inject_adaptformer(sam: nn.Module, config: AdaptFormerConfig) -> None:
+def inject_adaptformer(sam: Sam, config: AdaptFormerConfig) -> None:
     for block in encoder_blocks(sam):
         dim = block.mlp.lin1.in_features
         block.mlp = AdaptFormerMLP(

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention as DecoderAttention
-from torch import nn
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
 from vplab.peft.encoder.lora import lora_linear, lora_qkv
@@ -22,7 +22,7 @@ from vplab.peft.registry import MethodSpec, register
 
 
 def lora_decoder_attentions(
-    sam: nn.Module, r: int, alpha: float | None, dropout: float, targets: Sequence[str] = ("q", "v")
+    sam: Sam, r: int, alpha: float | None, dropout: float, targets: Sequence[str] = ("q", "v")
 ) -> None:
     """LoRA on ``{t}_proj`` of every Attention in the mask decoder's two-way transformer."""
     for module in list(sam.mask_decoder.modules()):
@@ -40,7 +40,7 @@ class CellSeg1Config(EncoderPeftConfig):
     dropout: float = 0.0
 
 
-def inject_cellseg1(sam: nn.Module, config: CellSeg1Config) -> None:
+def inject_cellseg1(sam: Sam, config: CellSeg1Config) -> None:
     for block in encoder_blocks(sam):
         lora_qkv(block, ("q", "v"), config.r, config.alpha, config.dropout)
     lora_decoder_attentions(sam, config.r, config.alpha, config.dropout)
@@ -52,7 +52,7 @@ class CellSeg1MdConfig(CellSeg1Config):
     pass
 
 
-def inject_cellseg1_md(sam: nn.Module, config: CellSeg1MdConfig) -> None:
+def inject_cellseg1_md(sam: Sam, config: CellSeg1MdConfig) -> None:
     lora_decoder_attentions(sam, config.r, config.alpha, config.dropout)
     train_heads(sam, config)
 
@@ -64,7 +64,7 @@ class SamedConfig(EncoderPeftConfig):
     dropout: float = 0.0
 
 
-def inject_samed(sam: nn.Module, config: SamedConfig) -> None:
+def inject_samed(sam: Sam, config: SamedConfig) -> None:
     for block in encoder_blocks(sam):
         lora_qkv(block, ("q", "v"), config.r, config.alpha, config.dropout)
     train_heads(sam, config)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from segment_anything.modeling import Sam
+from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
 from vplab.errors import InvalidInput
@@ -31,7 +33,7 @@ def set_trainable(params: Iterable[nn.Parameter], flag: bool = True) -> None:
         p.requires_grad_(flag)
 
 
-def train_heads(sam: nn.Module, config: EncoderPeftConfig) -> None:
+def train_heads(sam: Sam, config: EncoderPeftConfig) -> None:
     """Unfreeze decoder / prompt encoder as the config says (the model arrives frozen)."""
     if config.train_decoder:
         set_trainable(sam.mask_decoder.parameters())
@@ -39,7 +41,7 @@ def train_heads(sam: nn.Module, config: EncoderPeftConfig) -> None:
         set_trainable(sam.prompt_encoder.parameters())
 
 
-def encoder_blocks(sam: nn.Module, start_block: int = 0) -> list[nn.Module]:
+def encoder_blocks(sam: Sam, start_block: int = 0) -> list[Block]:
     """``image_encoder.blocks[start_block:]``, with a clear error for a bad start."""
     blocks = list(sam.image_encoder.blocks)
     if not 0 <= start_block < len(blocks):

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from segment_anything.modeling import Sam
 from torch import nn
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
@@ -55,7 +56,7 @@ class FactConfig(EncoderPeftConfig):
     scale: float = 1.0
 
 
-def inject_fact(sam: nn.Module, config: FactConfig) -> None:
+def inject_fact(sam: Sam, config: FactConfig) -> None:
     for block in encoder_blocks(sam):
         block.attn.qkv = FacTQKV(block.attn.qkv, config.rank, config.dropout, config.scale)
     train_heads(sam, config)

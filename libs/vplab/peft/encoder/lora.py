@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from segment_anything.modeling import Sam
+from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, qkv_slices, train_heads
@@ -18,7 +20,7 @@ from vplab.peft.registry import MethodSpec, register
 
 
 def lora_qkv(
-    block: nn.Module, targets: Sequence[str], r: int, alpha: float | None, dropout: float
+    block: Block, targets: Sequence[str], r: int, alpha: float | None, dropout: float
 ) -> LoRALinear:
     """Replace ``block.attn.qkv`` by a LoRA wrapper on the given projections."""
     qkv = block.attn.qkv
@@ -46,7 +48,7 @@ class LoraConfig(EncoderPeftConfig):
     targets: Sequence[str] = ("q", "v")  # projections of the fused qkv
 
 
-def inject_lora(sam: nn.Module, config: LoraConfig) -> None:
+def inject_lora(sam: Sam, config: LoraConfig) -> None:
     for block in encoder_blocks(sam):
         lora_qkv(block, config.targets, config.r, config.alpha, config.dropout)
     train_heads(sam, config)
@@ -63,7 +65,7 @@ class LateLoraConfig(EncoderPeftConfig):
     mlp: bool = True
 
 
-def inject_late_lora(sam: nn.Module, config: LateLoraConfig) -> None:
+def inject_late_lora(sam: Sam, config: LateLoraConfig) -> None:
     for block in encoder_blocks(sam, config.start_block):
         lora_qkv(block, config.targets, config.r, config.alpha, config.dropout)
         if config.mlp:

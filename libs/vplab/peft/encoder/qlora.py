@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from segment_anything.modeling import Sam
 from torch import nn
 
 from vplab.errors import Unavailable
@@ -51,7 +52,7 @@ def _quantise(linear: nn.Linear, bnb, quant_type: str, device: torch.device) -> 
     return q
 
 
-def inject_qlora(sam: nn.Module, config: QLoraConfig) -> None:
+def inject_qlora(sam: Sam, config: QLoraConfig) -> None:
     if is_meta(sam):
         # Architecture-only build (``describe``): same trainable structure, no quantisation.
         for block in encoder_blocks(sam):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from segment_anything.modeling import Sam
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, set_trainable, train_heads
 from vplab.peft.registry import MethodSpec, register
@@ -19,7 +19,7 @@ class FreezeEncoderConfig(EncoderPeftConfig):
     pass
 
 
-def inject_freeze_encoder(sam: nn.Module, config: FreezeEncoderConfig) -> None:
+def inject_freeze_encoder(sam: Sam, config: FreezeEncoderConfig) -> None:
     train_heads(sam, config)
 
 
@@ -29,7 +29,7 @@ class AttnTuneConfig(EncoderPeftConfig):
     include_rel_pos: bool = True
 
 
-def inject_attn_tune(sam: nn.Module, config: AttnTuneConfig) -> None:
+def inject_attn_tune(sam: Sam, config: AttnTuneConfig) -> None:
     for block in encoder_blocks(sam):
         attn = block.attn
         set_trainable(attn.qkv.parameters())
@@ -44,7 +44,7 @@ class BiasTuneConfig(EncoderPeftConfig):
     pass
 
 
-def inject_bias_tune(sam: nn.Module, config: BiasTuneConfig) -> None:
+def inject_bias_tune(sam: Sam, config: BiasTuneConfig) -> None:
     # Every bias inside the ViT blocks (qkv, proj, lin1, lin2, norm1, norm2): 8,448 per
     # ViT-B block. The patch embedding and neck stay frozen, as in the reference count.
     for block in encoder_blocks(sam):
@@ -59,7 +59,7 @@ class LnTuneConfig(EncoderPeftConfig):
     pass
 
 
-def inject_ln_tune(sam: nn.Module, config: LnTuneConfig) -> None:
+def inject_ln_tune(sam: Sam, config: LnTuneConfig) -> None:
     for block in encoder_blocks(sam):
         set_trainable(block.norm1.parameters())
         set_trainable(block.norm2.parameters())
@@ -71,7 +71,7 @@ class LateFtConfig(EncoderPeftConfig):
     start_block: int = 6
 
 
-def inject_late_ft(sam: nn.Module, config: LateFtConfig) -> None:
+def inject_late_ft(sam: Sam, config: LateFtConfig) -> None:
     # Whole blocks >= start_block (incl. rel-pos tables). The neck stays frozen: the
     # reference count (46,638,128 for ViT-B) has exactly blocks 6-11 + decoder + prompt enc.
     for block in encoder_blocks(sam, config.start_block):
@@ -84,7 +84,7 @@ class FullFtConfig(EncoderPeftConfig):
     pass
 
 
-def inject_full_ft(sam: nn.Module, config: FullFtConfig) -> None:
+def inject_full_ft(sam: Sam, config: FullFtConfig) -> None:
     set_trainable(sam.image_encoder.parameters())
     train_heads(sam, config)
 

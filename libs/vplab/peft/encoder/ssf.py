@@ -12,19 +12,18 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from segment_anything.modeling import Sam
 from torch import nn
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
 from vplab.peft.registry import MethodSpec, register
 
 
-def _out_features(base: nn.Module) -> int:
+def _out_features(base: nn.Linear | nn.LayerNorm) -> int:
     if isinstance(base, nn.Linear):
         return base.out_features
-    if isinstance(base, nn.LayerNorm):
-        (n,) = base.normalized_shape
-        return n
-    raise TypeError(f"SSF wraps Linear or LayerNorm, not {type(base).__name__}")
+    (n,) = base.normalized_shape
+    return n
 
 
 class SSF(nn.Module):
@@ -32,6 +31,8 @@ class SSF(nn.Module):
 
     def __init__(self, base: nn.Module, init_std: float = 0.02, init_identity: bool = False):
         super().__init__()
+        if not isinstance(base, (nn.Linear, nn.LayerNorm)):
+            raise TypeError(f"SSF wraps Linear or LayerNorm, not {type(base).__name__}")
         self.base = base
         n = _out_features(base)
         self.ssf_scale = nn.Parameter(torch.ones(n))
@@ -64,7 +65,7 @@ class SsfConfig(EncoderPeftConfig):
     init_identity: bool = False
 
 
-def inject_ssf(sam: nn.Module, config: SsfConfig) -> None:
+def inject_ssf(sam: Sam, config: SsfConfig) -> None:
     def wrap(parent: nn.Module, name: str) -> None:
         setattr(parent, name, SSF(getattr(parent, name), config.init_std, config.init_identity))
 

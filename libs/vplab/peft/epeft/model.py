@@ -43,7 +43,11 @@ Design choices the paper leaves open (kept visible here):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypedDict
+
 import torch
+from segment_anything.modeling import Sam
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 from segment_anything.modeling.transformer import TwoWayTransformer
@@ -59,7 +63,7 @@ from vplab.peft.epeft.config import (
 )
 from vplab.peft.epeft.layer import IA3Scale, ImageContextAdapter, MemoryTokens
 from vplab.peft.layers.lora import LoRALinear
-from vplab.peft.registry import MethodSpec, register
+from vplab.peft.registry import EncoderMode, MethodSpec, register
 
 _ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -181,7 +185,7 @@ class EPEFTMaskDecoder(MaskDecoder):
             # No memory tokens: the offset goes to the output tokens (see module doc).
             n_out = 1 + self.num_mask_tokens
             tokens = torch.cat([tokens[:, :n_out] + offset[:, None], tokens[:, n_out:]], dim=1)
-        if n_tok:
+        if n_tok and self.token_memory is not None:  # n_tok > 0: the tokens exist
             mem = self.token_memory.weight.unsqueeze(0).expand(b, -1, -1)  # (R, n_tok, C)
             if offset is not None:
                 mem = mem + offset[:, None]
@@ -190,7 +194,7 @@ class EPEFTMaskDecoder(MaskDecoder):
         # Image stream as a sequence, as TwoWayTransformer.forward flattens it.
         keys = src.flatten(2).permute(0, 2, 1)  # (R, hw, C)
         key_pe = pos_src.flatten(2).permute(0, 2, 1)  # (T, hw, C)
-        if n_img:
+        if n_img and self.image_memory is not None:  # n_img > 0: the tokens exist
             mem = self.image_memory.weight.unsqueeze(0).expand(b, -1, -1)  # (R, n_img, C)
             if offset is not None:
                 mem = mem + offset[:, None]
@@ -237,7 +241,7 @@ class EPEFTMaskDecoder(MaskDecoder):
         return queries, keys
 
 
-def inject_epeft(sam: nn.Module, config: EPEFTConfig) -> None:
+def inject_epeft(sam: Sam, config: EPEFTConfig) -> None:
     """Replace ``sam.mask_decoder`` by an ``EPEFTMaskDecoder`` (in place)."""
     decoder = sam.mask_decoder
     if isinstance(decoder, EPEFTMaskDecoder):
@@ -254,8 +258,20 @@ def inject_epeft(sam: nn.Module, config: EPEFTConfig) -> None:
     sam.mask_decoder = EPEFTMaskDecoder(decoder, config)
 
 
+class _CommonFields(TypedDict):
+    inject: Callable[[nn.Module, Any], None]
+    encoder_mode: EncoderMode
+    prompt_free: bool
+    default_lr: float
+
+
 # default_lr is ours (the paper gives none): the best of a small sweep on the demo task.
-_COMMON = dict(inject=inject_epeft, encoder_mode="frozen", prompt_free=False, default_lr=3e-3)
+_COMMON: _CommonFields = {
+    "inject": inject_epeft,
+    "encoder_mode": "frozen",
+    "prompt_free": False,
+    "default_lr": 3e-3,
+}
 
 register(
     MethodSpec(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import Block, ImageEncoderViT
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from torch import nn
@@ -72,7 +73,7 @@ def inject_encoder_prompts(image_encoder: ImageEncoderViT, n_ie: int) -> None:
         image_encoder.blocks[i] = PromptedBlock(blk, n_ie, patch)
 
 
-def _inject_decoder(sam: nn.Module, config: PTSAMDecoderConfig) -> None:
+def _inject_decoder(sam: Sam, config: PTSAMDecoderConfig) -> None:
     decoder = sam.mask_decoder
     if (
         not isinstance(decoder, MaskDecoder)
@@ -84,17 +85,17 @@ def _inject_decoder(sam: nn.Module, config: PTSAMDecoderConfig) -> None:
     sam.mask_decoder = PTSAMMaskDecoder(decoder, config.n_md, config.md_init_std)
 
 
-def inject_ptsam_md(sam: nn.Module, config: PTSAMDecoderConfig) -> None:
+def inject_ptsam_md(sam: Sam, config: PTSAMDecoderConfig) -> None:
     _inject_decoder(sam, config)
 
 
-def inject_ptsam(sam: nn.Module, config: PTSAMConfig) -> None:
+def inject_ptsam(sam: Sam, config: PTSAMConfig) -> None:
     _inject_decoder(sam, config)
     if config.n_ie:
         inject_encoder_prompts(sam.image_encoder, config.n_ie)
 
 
-def ptsam_decode(sam: nn.Module, image_embeddings: torch.Tensor) -> torch.Tensor:
+def ptsam_decode(sam: Sam, image_embeddings: torch.Tensor) -> torch.Tensor:
     """Prompt-free decoding: (B, C, h, w) image embeddings -> (B, 1, 4h, 4w) low-res logits
     ((B, 1, 256, 256) for SAM).
 
@@ -133,7 +134,7 @@ def ptsam_decode(sam: nn.Module, image_embeddings: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def ptsam_segment(sam: nn.Module, image: np.ndarray) -> np.ndarray:
+def ptsam_segment(sam: Sam, image: np.ndarray) -> np.ndarray:
     """One HxWx3 uint8 image -> HxW bool mask, prompt-free (for ``vplab predict``).
 
     SAM pre-processing (longest side to ``img_size``, normalise, pad), the (tuned)
