@@ -137,6 +137,13 @@ def loops(stack):
     return out
 
 
+def test_the_local_ray_instance_uses_loopback_only(stack):
+    import ray
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+
+
 def test_health_and_metrics(stack):
     r = httpx.get(f"{stack.url}/healthz", timeout=30)
     assert r.status_code == 200, r.text
