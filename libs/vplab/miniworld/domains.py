@@ -146,12 +146,12 @@ def _source(rng: np.random.Generator, size: int) -> Scene:
         cx, cy = rng.uniform(-0.05 * size, 1.05 * size, size=2)
         theta = rng.uniform(0, np.pi)
         if family == 1:
-            m = cv.place(cx, cy, 1.8 * r, lambda c: draw.blob(c, rng, cx, cy, r))
+            m = cv.place(cx, cy, 1.8 * r, draw.blob, rng, cx, cy, r)
         elif family == 2:
-            m = cv.place(cx, cy, r, lambda c: draw.polygon(c, rng, cx, cy, r))
+            m = cv.place(cx, cy, r, draw.polygon, rng, cx, cy, r)
         elif family == 3:
             b, t = r * rng.uniform(0.6, 1.0), rng.uniform(0.25, 0.6)
-            m = cv.place(cx, cy, r, lambda c: draw.ring(c, cx, cy, r, b, theta, t))
+            m = cv.place(cx, cy, r, draw.ring, cx, cy, r, b, theta, t)
         elif family == 4:
             length = r * rng.uniform(1.5, 3.5)
             dx, dy = np.cos(theta) * length / 2, np.sin(theta) * length / 2
@@ -160,13 +160,18 @@ def _source(rng: np.random.Generator, size: int) -> Scene:
                 cx,
                 cy,
                 length / 2 + hw,
-                lambda c: draw.rod(c, cx - dx, cy - dy, cx + dx, cy + dy, hw),
+                draw.rod,
+                cx - dx,
+                cy - dy,
+                cx + dx,
+                cy + dy,
+                hw,
             )
         elif family == 5:
-            m = cv.place(cx, cy, r, lambda c: draw.star(c, rng, cx, cy, r))
+            m = cv.place(cx, cy, r, draw.star, rng, cx, cy, r)
         else:
             b = r * rng.uniform(0.4, 1.0)
-            m = cv.place(cx, cy, 1.5 * r, lambda c: draw.rect(c, cx, cy, r, b, theta))
+            m = cv.place(cx, cy, 1.5 * r, draw.rect, cx, cy, r, b, theta)
         kind = str(rng.choice(draw.TEXTURES))
         field = draw.texture_field(rng, cv, kind, cx, cy)
         sc.add(
@@ -208,7 +213,7 @@ def _cracks(rng, size, domain, seed, index) -> Sample:
     for _ in range(int(rng.integers(1, 4))):
         pts_all = []
 
-        def walk(x, y, ang, steps, hw, depth):
+        def walk(x, y, ang, steps, hw, depth, pts_all=pts_all):
             pts = [(x, y)]
             for _ in range(steps):
                 ang += rng.normal(0, 0.35)
@@ -249,7 +254,7 @@ def _cracks(rng, size, domain, seed, index) -> Sample:
 def _mucosa(rng, cv: Canvas, hue=(205, 105, 95)) -> np.ndarray:
     size = cv.h
     base = np.asarray(hue, F32) * rng.uniform(0.85, 1.1, 3)
-    folds_u, folds_v = cv.local(*rng.uniform(0, size, 2), rng.uniform(0, np.pi))
+    folds_u, _ = cv.local(*rng.uniform(0, size, 2), rng.uniform(0, np.pi))
     warp = 12 * draw.smooth_noise(rng, size, size, 3)
     folds = np.sin((folds_u + warp) / rng.uniform(9, 18)) ** 8  # thin dark folds
     tex = draw.fractal_noise(rng, size, size, 4, 4)
@@ -319,7 +324,7 @@ def _instruments(rng, size, domain, seed, index) -> Sample:
         jaw_l = rng.uniform(1.2, 2.2) * hw
         jx, jy = tx + np.cos(ang) * jaw_l, ty + np.sin(ang) * jaw_l
         m |= draw.ellipse(cv, (tx + jx) / 2, (ty + jy) / 2, jaw_l / 2 + 2, hw * 0.8, ang)
-        u, v = cv.local(tx, ty, ang)
+        _, v = cv.local(tx, ty, ang)
         spec = np.exp(-((v / hw - rng.uniform(-0.4, 0.4)) ** 2) / 0.05)  # a specular stripe
         grey = rng.uniform(110, 175)
         field = (2 * spec - 0.5 - 0.3 * np.abs(v) / hw).astype(F32)
@@ -426,7 +431,7 @@ def _nuclei(rng, size, domain, seed, index) -> Sample:
             cx, cy = gx + rng.normal(0, step * 0.18), gy + rng.normal(0, step * 0.18)
             a, b = r * rng.uniform(0.8, 1.25), r * rng.uniform(0.65, 1.0)
             th = rng.uniform(0, np.pi)
-            m = cv.place(cx, cy, a, lambda c: draw.ellipse(c, cx, cy, a, b, th))
+            m = cv.place(cx, cy, a, draw.ellipse, cx, cy, a, b, th)
             level = rng.uniform(45, 120)
             field = draw.texture_field(rng, cv, "shaded", cx, cy)
             sc.add(m, 1, level * channel, field, 0.25 * level)

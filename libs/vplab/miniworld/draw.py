@@ -7,6 +7,7 @@ passed in, so a scene is a pure function of its generator's seed.
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 
 import numpy as np
@@ -36,7 +37,7 @@ def _gauss_matrix(n: int, sigma10: int) -> np.ndarray:
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
     k = (k / k.sum()).astype(F32)
     m = np.zeros((n, n), F32)
-    for off, w in zip(range(-r, r + 1), k):
+    for off, w in zip(range(-r, r + 1), k, strict=True):
         idx = np.arange(n) + off
         idx = np.where(idx < 0, -idx - 1, idx)
         idx = np.where(idx >= n, 2 * n - idx - 1, idx)
@@ -46,7 +47,7 @@ def _gauss_matrix(n: int, sigma10: int) -> np.ndarray:
 
 def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of (H, W) or (H, W, C)."""
-    s10 = int(round(sigma * 10))
+    s10 = round(sigma * 10)
     if s10 <= 0:
         return img
     gy = _gauss_matrix(img.shape[0], s10)
@@ -94,12 +95,12 @@ class Canvas:
         sub.yy, sub.xx = self.yy[y0:y1, x0:x1], self.xx[y0:y1, x0:x1]
         return sub, (slice(y0, y1), slice(x0, x1))
 
-    def place(self, cx: float, cy: float, radius: float, shape_fn) -> np.ndarray:
-        """Full-frame mask of ``shape_fn(sub_canvas)`` drawn only near (cx, cy)."""
+    def place(self, cx: float, cy: float, radius: float, shape_fn, *args) -> np.ndarray:
+        """Full-frame mask of ``shape_fn(sub_canvas, *args)`` computed only near (cx, cy)."""
         sub, sl = self.window(cx, cy, radius)
         out = np.zeros((self.h, self.w), bool)
         if sub.h > 0 and sub.w > 0:
-            out[sl] = shape_fn(sub)
+            out[sl] = shape_fn(sub, *args)
         return out
 
     def local(self, cx: float, cy: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +135,7 @@ def blob(cv: Canvas, rng: np.random.Generator, cx, cy, r) -> np.ndarray:
 
     def radius(t):
         out = np.ones_like(t)
-        for k, a, p in zip(ks, amps, phases):
+        for k, a, p in zip(ks, amps, phases, strict=True):
             out += a * np.cos(k * t + p)
         return r * out
 
@@ -187,7 +188,7 @@ def rect(cv: Canvas, cx, cy, a, b, theta) -> np.ndarray:
 def polyline(cv: Canvas, pts: np.ndarray, half_width: float) -> np.ndarray:
     """Union of capsules along a polyline (thin structures: cracks, fibres)."""
     out = np.zeros((cv.h, cv.w), bool)
-    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
         # bounding-box window keeps a long crack cheap
         xa, xb = int(max(min(x0, x1) - half_width - 2, 0)), int(max(x0, x1) + half_width + 3)
         ya, yb = int(max(min(y0, y1) - half_width - 2, 0)), int(max(y0, y1) + half_width + 3)
