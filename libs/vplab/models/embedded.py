@@ -1,0 +1,40 @@
+"""The embedded default models: ``sam_mini`` and ``dinov2_mini``, pretrained by our own code
+on the procedural miniworld (docs/MINIWORLD.md) and shipped inside the package.
+
+Each is pinned by the sha256 of its committed fp16 safetensors file, exactly like an
+official checkpoint: every load goes through the strict, digest-checked loaders, and a
+file that does not match its digest fails loudly. ``vplab miniworld pretrain {sam,dino}``
+reproduces them; after a re-run, update the digests here (the tests check both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "miniworld" / "weights"
+
+
+@dataclass(frozen=True)
+class EmbeddedWeights:
+    name: str
+    filename: str
+    sha256: str
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.filename
+
+
+EMBEDDED: dict[str, EmbeddedWeights] = {
+    w.name: w
+    for w in (
+        EmbeddedWeights("sam_mini", "sam_mini.safetensors", "0" * 64),
+        EmbeddedWeights("dinov2_mini", "dinov2_mini.safetensors", "0" * 64),
+    )
+}
+
+
+def embedded_weights(name: str) -> EmbeddedWeights | None:
+    """The packaged weights of ``name``, or None if it is not an embedded model."""
+    return EMBEDDED.get(name)
