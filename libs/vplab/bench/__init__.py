@@ -14,7 +14,7 @@ from types import ModuleType
 
 from vplab.bench._common import BenchResult, Target
 
-_MODULES = ("interactive", "cache", "train", "pipeline", "late_cache", "gpu")
+_MODULES = ("interactive", "cache", "train", "pipeline", "late_cache", "gpu", "quality")
 
 
 @dataclass(frozen=True)
