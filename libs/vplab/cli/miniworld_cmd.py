@@ -30,7 +30,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, help="torch threads (recipe: 1; changes rounding)")
     t.set_defaults(func=run_pretrain)
 
-    s = msub.add_parser("sheets", help="write one contact-sheet PNG per domain (for the docs)")
+    s = msub.add_parser(
+        "sheets",
+        help="write the docs' PNGs: a contact sheet per domain, the demo click before/after",
+    )
     s.add_argument("dir")
     s.add_argument("--n", type=int, default=4)
     s.set_defaults(func=run_sheets)
@@ -78,4 +81,11 @@ def run_sheets(args: argparse.Namespace) -> int:
     for d in DOMAINS:
         (out / f"miniworld-{d}.png").write_bytes(encode_png(contact_sheet(d, args.n)))
     print(f"wrote {len(DOMAINS)} contact sheets to {out}")
+    from vplab.demo import DEMO_DOMAIN
+    from vplab.miniworld.write import click_figure
+
+    fig, ious = click_figure(DEMO_DOMAIN)
+    (out / "demo-click.png").write_bytes(encode_png(fig))
+    shown = ", ".join(f"{k} IoU {v:.2f}" for k, v in ious.items())
+    print(f"wrote {out}/demo-click.png (ground truth | {' | '.join(ious)}: {shown})")
     return 0

@@ -67,3 +67,28 @@ def contact_sheet(domain: str, n: int = 4, seed: int = 0, scale: int = 2) -> np.
     top = np.concatenate([s.image for s in samples], 1)
     bottom = np.concatenate([overlay(s.image, s.mask(1)) for s in samples], 1)
     return np.concatenate([top, bottom], 0)[::scale, ::scale]
+
+
+def click_figure(domain: str = "polyps", index: int = 0, models=("sam_tiny", "sam_mini")):
+    """The demo's before/after: one centre click on image ``index`` of ``domain``, decoded
+    by each model (best of the 3 multimask outputs by predicted IoU), side by side with
+    the ground truth. Returns (figure, {model: IoU})."""
+    from vplab.masks import iou
+    from vplab.miniworld.clicks import deepest_point
+    from vplab.models import build_sam
+    from vplab.segmentation import PromptSegmenter
+
+    s = render(domain, 0, index)
+    target = max(s.instance_masks(), key=lambda m: m.sum())
+    x, y = deepest_point(target)
+    panels, ious = [overlay(s.image, target, (0, 255, 0))], {}
+    for name in models:
+        seg = PromptSegmenter(build_sam(name))
+        res = seg.decode(seg.embed(s.image), np.array([[x, y]]), np.array([1]))
+        mask = res.masks[0, int(res.iou_predictions[0].argmax())].numpy()
+        ious[name] = iou(mask, target)
+        panel = overlay(s.image, mask, (255, 60, 60))
+        yi, xi = int(y), int(x)
+        panel[max(yi - 3, 0) : yi + 4, max(xi - 3, 0) : xi + 4] = (255, 255, 0)
+        panels.append(panel)
+    return np.concatenate(panels, 1), ious
