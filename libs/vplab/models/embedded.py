@@ -30,7 +30,11 @@ EMBEDDED: dict[str, EmbeddedWeights] = {
     w.name: w
     for w in (
         EmbeddedWeights("sam_mini", "sam_mini.safetensors", "0" * 64),
-        EmbeddedWeights("dinov2_mini", "dinov2_mini.safetensors", "0" * 64),
+        EmbeddedWeights(
+            "dinov2_mini",
+            "dinov2_mini.safetensors",
+            "a88240f34c8329648d166e6b1b41e438b6e4354023927d7214f055344e20cfb6",
+        ),
     )
 }
 
