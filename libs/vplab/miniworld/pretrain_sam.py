@@ -50,6 +50,9 @@ class SamPretrainConfig:
     threads: int = 1
     eval_every: int = 100
     eval_images: int = 10
+    # stop after this many steps of the same schedule (the committed partial checkpoints
+    # are reproduced this way); None: all ``steps``
+    stop_after: int | None = None
 
 
 def _lr_factor(step: int, cfg: SamPretrainConfig) -> float:
@@ -258,11 +261,18 @@ def pretrain_sam(
     meta = {
         "name": "sam_mini",
         "recipe": "vplab.miniworld.pretrain_sam",
-        **{k: str(v) for k, v in asdict(cfg).items() if k not in ("threads", "eval_every")},
+        **{
+            k: str(v)
+            for k, v in asdict(cfg).items()
+            if k not in ("threads", "eval_every", "stop_after")
+        },
     }
     t0 = time.monotonic()
     history = []
-    for step in range(cfg.steps):
+    n_steps = min(cfg.stop_after or cfg.steps, cfg.steps)
+    if n_steps < cfg.steps:
+        meta["steps_done"] = str(n_steps)
+    for step in range(n_steps):
         images, targets = _image_batch(step, cfg, rng)
         loss, stats = _step_loss(sam, images, targets, cfg, gen)
         opt.zero_grad(set_to_none=True)
@@ -277,7 +287,7 @@ def pretrain_sam(
                 f"{stats.get('iou0', 0):.3f} last {stats.get('iou_last', 0):.3f} "
                 f"{el:.0f}s ({el / (step + 1):.2f}s/step)"
             )
-        if (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        if (step + 1) % cfg.eval_every == 0 and step + 1 < n_steps:
             sam.eval()
             ev = evaluate_clicks(sam, n_images=cfg.eval_images)
             sam.train()
