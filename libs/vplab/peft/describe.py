@@ -35,7 +35,7 @@ def build_architecture(base: str, meta: bool = True) -> nn.Module:
             raise InvalidInput(
                 f"unknown base {base!r}; known: {', '.join(sorted(k for k in sam_model_registry if k != 'default'))}"
             )
-        builder = lambda: build_sam(base)  # noqa: E731
+        builder = lambda: build_sam(base, random_init=True)  # noqa: E731  (shapes only)
     if meta:
         with torch.device("meta"):
             return builder()
