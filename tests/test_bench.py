@@ -28,7 +28,15 @@ def test_every_benchmark_is_registered_with_quick():
     from vplab.bench import benchmarks
     from vplab.cli import build_parser
 
-    assert list(benchmarks()) == ["interactive", "cache", "train", "pipeline", "late-cache", "gpu"]
+    assert list(benchmarks()) == [
+        "interactive",
+        "cache",
+        "train",
+        "pipeline",
+        "late-cache",
+        "gpu",
+        "quality",
+    ]
     parser = build_parser()
     for name in benchmarks():
         args = parser.parse_args(["bench", name, "--quick", "--json"])
@@ -103,3 +111,21 @@ def test_interactive_quick_through_the_real_stack(capsys):
         doc["rest_p50_ms"] / doc["inproc_p50_ms"], rel=1e-3
     )
     assert any(line.startswith("target rest_over_inproc") for line in lines)
+
+
+@pytest.mark.slow
+def test_quality_quick_produces_its_json(capsys):
+    """``vplab bench quality --quick`` (miniworld, sam_mini / dinov2_mini) ends with its JSON."""
+    lines, doc = _run(capsys, "quality", "--quick")
+    assert doc["benchmark"] == "quality" and doc["config"]["quick"] is True
+    for key in (
+        "t1_E-PEFT_5shot_avg",
+        "t1_zero_avg",
+        "t3_0shot_avg",
+        "t3_5shot_gain_ci95",
+        "ptsam_ptsam-md_avg_dice",
+        "control_shuffled_labels_5shot",
+        "control_random_init_0shot",
+    ):
+        assert key in doc, key
+    assert any(line.startswith("Table 3 analog") for line in lines)
