@@ -29,7 +29,11 @@ class EmbeddedWeights:
 EMBEDDED: dict[str, EmbeddedWeights] = {
     w.name: w
     for w in (
-        EmbeddedWeights("sam_mini", "sam_mini.safetensors", "0" * 64),
+        EmbeddedWeights(
+            "sam_mini",
+            "sam_mini.safetensors",
+            "4d1be7a9492bdda49c1c56f541bad66a33f14c7add199a380c47c4b6d43af966",
+        ),
         EmbeddedWeights(
             "dinov2_mini",
             "dinov2_mini.safetensors",
