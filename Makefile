@@ -13,11 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Run the system: the local stack on the embedded defaults with tiny demo models.
+# Run the system: the local stack on the embedded defaults with the embedded mini models.
 run: setup
 	$(VENV)/bin/vplab up --demo
 
-# The demo without services: synthetic data, visual prompting with tiny models.
+# The demo without services: miniworld data, visual prompting with the embedded mini models.
 demo: setup
 	$(VENV)/bin/vplab demo-data .vplab/demo
 	$(VENV)/bin/vplab visual-prompt --demo --ref .vplab/demo/images/img_000.png --ref-mask .vplab/demo/masks/img_000.png --targets .vplab/demo/images --out .vplab/demo/pred

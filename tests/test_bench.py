@@ -36,6 +36,7 @@ def test_every_benchmark_is_registered_with_quick():
         "late-cache",
         "gpu",
         "load",
+        "quality",
     ]
     parser = build_parser()
     for name in benchmarks():
@@ -122,3 +123,21 @@ def test_load_quick_through_the_real_stack(capsys):
         assert doc[f"{transport}_other_errors"] == 0
         assert [r["clients"] for r in doc["levels"][transport]] == [1, 4]
     assert doc["config"]["quick"] is True and doc["rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_quality_quick_produces_its_json(capsys):
+    """``vplab bench quality --quick`` (miniworld, sam_mini / dinov2_mini) ends with its JSON."""
+    lines, doc = _run(capsys, "quality", "--quick")
+    assert doc["benchmark"] == "quality" and doc["config"]["quick"] is True
+    for key in (
+        "t1_E-PEFT_5shot_avg",
+        "t1_zero_avg",
+        "t3_0shot_avg",
+        "t3_5shot_gain_ci95",
+        "ptsam_ptsam-md_avg_dice",
+        "control_shuffled_labels_5shot",
+        "control_random_init_0shot",
+    ):
+        assert key in doc, key
+    assert any(line.startswith("Table 3 analog") for line in lines)

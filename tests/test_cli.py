@@ -199,7 +199,7 @@ def test_train_predict_export_loop(demo, tmp_path):
         == 0
     )
     config = json.loads((adapter / "config.json").read_text())
-    assert config["method"] == "epeft" and config["base"]["name"] == "sam_tiny"
+    assert config["method"] == "epeft" and config["base"]["name"] == "sam_mini"
     assert not any(p.name.endswith(".checkpoints") for p in tmp_path.iterdir())  # cleaned up
 
     pred = tmp_path / "pred"
@@ -309,9 +309,9 @@ def test_export_merge_reproduces_the_tuned_model(demo, tmp_path):
     )
     merged = tmp_path / "merged.pth"
     assert main(["export", "--adapter", str(adapter), "--merge", "--out", str(merged)]) == 0
-    plain = build_sam("sam_tiny")
+    plain = build_sam("sam_mini", random_init=True)  # --demo trains on the embedded sam_mini
     plain.load_state_dict(torch.load(merged, weights_only=True), strict=True)
-    base = resolve_base_sam("sam_tiny")
+    base = resolve_base_sam("sam_mini")
     tuned, _ = load_adapter(adapter, base.build(), base.sha256)
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():

@@ -54,7 +54,7 @@ def tiny_file(tmp_path_factory):
 
 
 def test_names_and_configs():
-    assert set(SAM_NAMES) == {"vit_b", "vit_l", "vit_h", "sam_tiny"}
+    assert set(SAM_NAMES) == {"vit_b", "vit_l", "vit_h", "sam_tiny", "sam_mini"}
     assert sam_config("vit_b").encoder_global_attn_indexes == (2, 5, 8, 11)
     assert sam_config("vit_b").low_res_size == 256
     tiny = sam_config("sam_tiny")

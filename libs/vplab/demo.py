@@ -1,8 +1,13 @@
-"""A small synthetic segmentation task so a new user (and the tests) can run everything at once.
+"""The demo dataset a new user (and the tests) can run everything on at once.
 
-Each image shows textured background, a few bright elliptical "cells" (the target class)
-and a few dark-edged squares (distractors that are NOT the target). ``DIR/images/NAME.png``
-is the RGB image and ``DIR/masks/NAME.png`` the binary target mask (0/255).
+``vplab demo-data DIR`` writes miniworld images (docs/MINIWORLD.md) of one target domain
+(default ``DEMO_DOMAIN``): ``DIR/images/img_000.png``... and ``DIR/masks/img_000.png``, the
+binary mask (0/255) of the domain's target class. The embedded ``sam_mini`` segments a
+click on them well; 0-shot visual prompting is visibly imperfect, and 5 tuned shots help.
+
+``domain="cells"`` is the pre-miniworld synthetic task (bright elliptical "cells" as the
+target, dark squares as distractors); ``load_demo_samples`` keeps returning it, because
+mechanics tests and timing benchmarks only need fixed images, not meaningful content.
 """
 
 from __future__ import annotations
@@ -60,8 +65,32 @@ def make_scene(
     return image, cells, [q for q in squares if q.any()]
 
 
+DEMO_DOMAIN = "polyps"
+LEGACY_DOMAIN = "cells"
+
+
+def miniworld_sample(
+    domain: str, seed: int, index: int, size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image, target-class mask) of miniworld image ``index``, resized to ``size`` px.
+
+    Miniworld draws at 256 px (object sizes are in pixels); other sizes are a resize of
+    that image (bilinear) and mask (nearest), so ``--size`` changes resolution, not content.
+    """
+    from PIL import Image
+
+    from vplab.miniworld import render
+
+    s = render(domain, seed, index)
+    image, mask = s.image, s.mask(1)
+    if size != image.shape[0]:
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+    return image, mask.astype(bool)
+
+
 def write_demo_dataset(
-    out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0
+    out_dir: str | Path, n: int = 8, size: int = 256, seed: int = 0, domain: str = DEMO_DOMAIN
 ) -> list[str]:
     """Write ``n`` samples to ``out_dir/images`` and ``out_dir/masks``; returns the names."""
     if n <= 0:
@@ -72,7 +101,10 @@ def write_demo_dataset(
     rng = np.random.default_rng(seed)
     names = []
     for i in range(n):
-        image, mask = make_sample(rng, size)
+        if domain == LEGACY_DOMAIN:
+            image, mask = make_sample(rng, size)
+        else:
+            image, mask = miniworld_sample(domain, seed, i, size)
         name = f"img_{i:03d}"
         _write_atomic(out / "images" / f"{name}.png", encode_png(image))
         _write_atomic(out / "masks" / f"{name}.png", encode_png(mask.astype(np.uint8) * 255))
@@ -83,7 +115,8 @@ def write_demo_dataset(
 def load_demo_samples(
     n: int = 8, size: int = 256, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The same samples as ``write_demo_dataset``, in memory."""
+    """The legacy synthetic "cells" samples (``write_demo_dataset(domain="cells")``), in
+    memory: fixed images for mechanics tests and timing benchmarks."""
     rng = np.random.default_rng(seed)
     return [make_sample(rng, size) for _ in range(n)]
 

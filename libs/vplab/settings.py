@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     dino_model: str = "vit_small_patch14_dinov2"
     dino_checkpoint: str | None = None
     dino_sha256: str | None = None
-    demo: bool = False  # tiny seeded models instead of checkpoints
+    demo: bool = False  # embedded sam_mini / dinov2_mini instead of checkpoints
     random_weights: bool = (
         False  # real-size architectures, seeded random weights, no checkpoint (benchmarks)
     )

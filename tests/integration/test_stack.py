@@ -166,7 +166,7 @@ def test_full_loop_for_two_tenants(stack, loops):
         with zipfile.ZipFile(run.export) as z:
             assert set(z.namelist()) == {"adapter.safetensors", "config.json"}
             config = json.loads(z.read("config.json"))
-        assert config["method"] == "epeft" and config["base"]["name"] == "sam_tiny"
+        assert config["method"] == "epeft" and config["base"]["name"] == "sam_mini"
     # The two tenants trained separately and own separate models.
     assert loops["acme"].done["model_id"] != loops["globex"].done["model_id"]
 

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from vplab.bench._common import BenchResult, Target
 
-_MODULES = ("interactive", "cache", "train", "pipeline", "late_cache", "gpu", "load")
+_MODULES = ("interactive", "cache", "train", "pipeline", "late_cache", "gpu", "load", "quality")
 
 
 @dataclass(frozen=True)

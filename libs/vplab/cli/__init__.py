@@ -10,14 +10,23 @@ from vplab.errors import VPLabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vplab.cli import bench, data, gateway_cmd, local, peft_cmds, stack, tenants
+    from vplab.cli import (
+        bench,
+        data,
+        gateway_cmd,
+        local,
+        miniworld_cmd,
+        peft_cmds,
+        stack,
+        tenants,
+    )
 
     parser = argparse.ArgumentParser(
         prog="vplab",
         description="VP Lab: few-shot segmentation with SAM, visual prompting and PEFT.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, local, peft_cmds, stack, tenants, gateway_cmd, bench):
+    for module in (data, local, peft_cmds, stack, tenants, gateway_cmd, bench, miniworld_cmd):
         module.add_commands(sub)
     return parser
 

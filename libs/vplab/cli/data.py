@@ -1,4 +1,4 @@
-"""``vplab demo-data``: the synthetic demo dataset."""
+"""``vplab demo-data``: the demo dataset (miniworld images of one target domain)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,33 @@ import argparse
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo-data", help="write a small synthetic dataset (images/ and masks/)")
+    p = sub.add_parser(
+        "demo-data", help="write a small demo dataset of miniworld images (images/ and masks/)"
+    )
     p.add_argument("dir", help="output directory")
     p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--domain",
+        default=None,
+        help="miniworld domain whose target class is the mask (default: polyps; "
+        "'cells' = the pre-miniworld synthetic task)",
+    )
     p.set_defaults(func=run_demo_data)
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
-    from vplab.demo import write_demo_dataset
+    from vplab.demo import DEMO_DOMAIN, LEGACY_DOMAIN, write_demo_dataset
     from vplab.errors import InvalidInput
+    from vplab.miniworld import DOMAINS, SOURCE_DOMAIN
 
-    if args.n <= 0 or args.size < 32:
-        raise InvalidInput("--n must be > 0 and --size >= 32")
-    names = write_demo_dataset(args.dir, n=args.n, size=args.size, seed=args.seed)
-    print(f"wrote {len(names)} images to {args.dir}/images and masks to {args.dir}/masks")
+    domain = args.domain or DEMO_DOMAIN
+    allowed = [d for d in DOMAINS if d != SOURCE_DOMAIN] + [LEGACY_DOMAIN]
+    if domain not in allowed:
+        raise InvalidInput(f"--domain must be one of {allowed}, got {domain!r}")
+    if args.n <= 0 or args.size < 32 or args.seed < 0:
+        raise InvalidInput("--n must be > 0, --size >= 32 and --seed >= 0")
+    names = write_demo_dataset(args.dir, n=args.n, size=args.size, seed=args.seed, domain=domain)
+    print(f"wrote {len(names)} {domain} images to {args.dir}/images and masks to {args.dir}/masks")
     return 0

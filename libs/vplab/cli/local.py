@@ -259,8 +259,8 @@ def _load_tuned(args: argparse.Namespace):
 
     cfg = read_adapter_config(args.adapter)
     name = cfg["base"]["name"]
-    if name == "sam_tiny":
-        base = resolve_base_sam("sam_tiny")
+    if name in ("sam_tiny", "sam_mini"):  # seeded / embedded: no checkpoint to give
+        base = resolve_base_sam(name)
     elif args.sam:
         base = resolve_base_sam(name, args.sam, args.sam_sha256)
     else:
@@ -288,7 +288,7 @@ def run_predict(args: argparse.Namespace) -> int:
             raise InvalidInput(
                 f"method {cfg['method']!r} is prompted: give --ref IMAGE --ref-mask MASK"
             )
-        args.demo = args.demo or cfg["base"]["name"] == "sam_tiny"
+        args.demo = args.demo or cfg["base"]["name"] in ("sam_tiny", "sam_mini")
         prompter = _visual_prompter(args, sam)
         prompter.set_references(_references(args))
         _predict_folder(prompter, files, out)

@@ -15,7 +15,11 @@ from vplab.serving.apps import GATEWAY_PORT, GRPC_PORT, HTTP_PORT
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start the local stack: Ray + Serve apps (gRPC) + REST gateway")
-    p.add_argument("--demo", action="store_true", help="tiny seeded models (no checkpoints needed)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="embedded sam_mini / dinov2_mini (no checkpoints needed)",
+    )
     p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     p.add_argument("--port", type=int, default=GATEWAY_PORT, help="REST gateway port")
     p.add_argument(

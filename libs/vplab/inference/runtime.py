@@ -1,7 +1,8 @@
 """The models one replica serves, built once from the settings.
 
-``--demo`` / ``VPLAB_DEMO=1`` uses the seeded tiny models; otherwise the configured
-official checkpoints (local paths or object-store keys, verified by sha256).
+``--demo`` / ``VPLAB_DEMO=1`` uses the embedded ``sam_mini`` / ``dinov2_mini`` (pretrained
+on miniworld, packaged, digest-pinned); otherwise the configured official checkpoints
+(local paths or object-store keys, verified by sha256).
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from timm.models.vision_transformer import VisionTransformer
 from vplab.models import build_dinov2, resolve_device
 from vplab.models.base import BaseSam, resolve_base_sam, state_sha256
 from vplab.models.checkpoint import file_sha256, resolve_checkpoint
+from vplab.models.embedded import EMBEDDED
 from vplab.settings import Settings
 from vplab.storage import ArtifactStore
+
+DEMO_SAM = "sam_mini"  # the embedded defaults (docs/MINIWORLD.md)
+DEMO_DINO = "dinov2_mini"
 
 
 @dataclass
@@ -34,7 +39,7 @@ class ModelRuntime:
     def base(self) -> BaseSam:
         s = self.settings
         if s.demo:
-            return resolve_base_sam("sam_tiny")
+            return resolve_base_sam(DEMO_SAM)
         if s.random_weights:  # benchmarks: the real architecture, seeded random weights
             return resolve_base_sam(s.sam_model)
         if not s.sam_checkpoint:
@@ -56,13 +61,13 @@ class ModelRuntime:
 
     @cached_property
     def dino_name(self) -> str:
-        return "dinov2_tiny" if self.settings.demo else self.settings.dino_model
+        return DEMO_DINO if self.settings.demo else self.settings.dino_model
 
     @cached_property
     def dino(self) -> VisionTransformer:
         s = self.settings
         if s.demo:
-            return build_dinov2("dinov2_tiny").to(self.device)
+            return build_dinov2(DEMO_DINO).to(self.device)
         if s.random_weights:
             return build_dinov2(s.dino_model).to(self.device)
         return build_dinov2(s.dino_model, self._dino_checkpoint(), s.dino_sha256, self.store).to(
@@ -82,8 +87,10 @@ class ModelRuntime:
     @cached_property
     def dino_encoder_id(self) -> str:
         s = self.settings
-        if s.demo or s.random_weights:
-            digest = state_sha256(self.dino)
+        if s.demo:
+            digest = EMBEDDED[DEMO_DINO].sha256  # verified when the weights were loaded
+        elif s.random_weights:
+            digest = state_sha256(self.dino)  # type: ignore[arg-type]
         else:
             path, _ = resolve_checkpoint(self._dino_checkpoint(), self.store, s.dino_sha256)
             digest = file_sha256(path)

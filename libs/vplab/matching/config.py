@@ -31,7 +31,9 @@ class VisualPromptConfig:
     mask_score_threshold: float = 0.42
     nms_iom: float = 0.5
     # --- features
-    dino_size: int = 896  # letterbox side for DINOv2: 64x64 grid, cell for cell on SAM's
+    # Letterbox side for DINOv2. None: the model's native size - 896 for the official models
+    # (64x64 grid, cell for cell on SAM's), 224 for dinov2_mini (16x16, on sam_mini's).
+    dino_size: int | None = None
     patch_mask_threshold: float = 0.5
     patch_mask_antialias: bool = True  # ours; see patch_mask
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class BaseSam:
-    name: str  # "vit_b" | "vit_l" | "vit_h" | "sam_tiny"
+    name: str  # "vit_b" | "vit_l" | "vit_h" | "sam_tiny" | "sam_mini"
     sha256: str
     checkpoint: str | None  # the reference it was loaded from (None: seeded tiny model)
     seed: int = TINY_SEED
@@ -55,7 +55,16 @@ def resolve_base_sam(
     store: ArtifactStore | None = None,
     seed: int = TINY_SEED,
 ) -> BaseSam:
-    """Identify a base model without keeping it: the digest is verified or computed."""
+    """Identify a base model without keeping it: the digest is verified or computed.
+
+    ``sam_mini`` without a checkpoint is the packaged, digest-pinned embedded model.
+    """
+    if checkpoint is None:
+        from vplab.models.embedded import embedded_weights
+
+        packaged = embedded_weights(name)
+        if packaged is not None:
+            checkpoint, sha256 = packaged.path, packaged.sha256
     if checkpoint is None:
         return BaseSam(name, state_sha256(build_sam(name, seed=seed)), None, seed)
     path, expected = resolve_checkpoint(checkpoint, store=store, sha256=sha256)

@@ -144,6 +144,18 @@ def load_state_dict_file(path: str | Path, expected_sha256: str | None = None) -
         raise CheckpointError(f"checkpoint {path}: file is empty")
     if expected_sha256:
         _check_sha256(path, expected_sha256)
+    if path.suffix == ".safetensors":  # our own fp16 exports (the embedded models)
+        from safetensors.torch import load_file
+
+        try:
+            return _as_state_dict(load_file(path), path)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {path}: cannot be read as safetensors ({type(e).__name__}: "
+                f"{str(e)[:200]})"
+            ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

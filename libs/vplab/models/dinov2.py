@@ -40,10 +40,18 @@ DINOV2_NAMES: tuple[str, ...] = (
     "vit_large_patch14_dinov2",
     "vit_giant_patch14_dinov2",
     "dinov2_tiny",
+    "dinov2_mini",
 )
 
 # Same timm class and DINOv2 recipe (patch 14, LayerScale, no head); tiny sizes.
 _TINY_ARGS = dict(embed_dim=48, depth=2, num_heads=2, img_size=224)
+# The embedded default (vplab.miniworld.pretrain_dino): 6 blocks of 96-d, trained at 224 px.
+_MINI_ARGS = dict(embed_dim=96, depth=6, num_heads=3, img_size=224)
+_SMALL_ARGS = {"dinov2_tiny": _TINY_ARGS, "dinov2_mini": _MINI_ARGS}
+# The letterbox side a model's features are meant for when the caller gives none: the
+# official models match SAM's 64x64 grid at 896; dinov2_mini was trained at 224, whose
+# 16x16 grid lands cell for cell on sam_mini's (256 px, patch 16).
+NATIVE_SIZE = {"dinov2_mini": 224}
 
 
 @dataclass
@@ -74,15 +82,24 @@ def build_dinov2(
     store: ArtifactStore | None = None,
     seed: int = TINY_SEED,
     cache_dir: str | Path | None = None,
+    random_init: bool = False,
 ) -> VisionTransformer:
     """Build DINOv2 ``name`` (one of ``DINOV2_NAMES``) in eval mode on the CPU.
 
-    Without ``checkpoint`` the weights are random, deterministic given ``seed``.
+    Without ``checkpoint`` the weights are random, deterministic given ``seed``, except for
+    the embedded ``dinov2_mini``, whose packaged weights are loaded and digest-checked
+    unless ``random_init``.
     """
     if name not in DINOV2_NAMES:
         raise InvalidInput(f"unknown DINOv2 model {name!r}; expected one of {list(DINOV2_NAMES)}")
+    if checkpoint is None and not random_init:
+        from vplab.models.embedded import embedded_weights
+
+        packaged = embedded_weights(name)
+        if packaged is not None:
+            checkpoint, sha256 = packaged.path, packaged.sha256
     timm_name, extra = (
-        ("vit_small_patch14_dinov2", _TINY_ARGS) if name == "dinov2_tiny" else (name, {})
+        ("vit_small_patch14_dinov2", _SMALL_ARGS[name]) if name in _SMALL_ARGS else (name, {})
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -94,7 +111,13 @@ def build_dinov2(
         # checkpoint_filter_fn pops keys from its input: give it a shallow copy.
         state = checkpoint_filter_fn(dict(state), model)
         load_strict(model, state, name, path)
+    model.vplab_name = name  # type: ignore[attr-defined]
     return model.eval()
+
+
+def native_size(model: VisionTransformer) -> int:
+    """The letterbox side to use for ``model`` when none is given (``NATIVE_SIZE``)."""
+    return NATIVE_SIZE.get(getattr(model, "vplab_name", ""), DEFAULT_SIZE)
 
 
 def _grid_valid(input_size: tuple[int, int], size: int, patch: int) -> torch.Tensor:
@@ -116,9 +139,10 @@ def _patch_size(model: VisionTransformer) -> int:
 def extract_patch_features_batch(
     model: VisionTransformer,
     images: Sequence[np.ndarray],
-    size: int = DEFAULT_SIZE,
+    size: int | None = None,
 ) -> list[PatchFeatures]:
     """``extract_patch_features`` for several images in one forward pass."""
+    size = native_size(model) if size is None else size
     patch = _patch_size(model)
     if size % patch:
         raise InvalidInput(f"letterbox size {size} must be a multiple of the patch size {patch}")
@@ -151,11 +175,12 @@ def extract_patch_features_batch(
 
 
 def extract_patch_features(
-    model: VisionTransformer, image: np.ndarray, size: int = DEFAULT_SIZE
+    model: VisionTransformer, image: np.ndarray, size: int | None = None
 ) -> PatchFeatures:
     """HxWx3 uint8 -> L2-normalised (Gh, Gw, C) patch features on the letterboxed image.
 
     Letterbox exactly like SAM (longest side to ``size``, pad bottom/right), ImageNet
-    mean/std on 0-1 pixels.
+    mean/std on 0-1 pixels. ``size`` None: the model's native size (896, or 224 for
+    ``dinov2_mini``).
     """
     return extract_patch_features_batch(model, [image], size)[0]

@@ -73,9 +73,16 @@ _CONFIGS = {
     # 16x16 grid with 5x5 windows: padded to 20x20, so windowed attention with padding
     # is exercised the way ViT-B's 64 -> 70 padding is.
     "sam_tiny": SamConfig("sam_tiny", 256, 16, 64, 4, 2, (1, 3), 5, 256, 2048, None),
+    # The embedded default, pretrained on miniworld (vplab.miniworld.pretrain): 256 px
+    # input (16x16 grid, cell = 16 px like the official models), a 6-block 128-d encoder
+    # with 8x8 windows and two global blocks; the decoder keeps transformer_dim 256 (so the
+    # E-PEFT / PTSAM pieces have their official shapes) but its MLP is 512 instead of 2048:
+    # the 2048-wide MLPs alone would be 2.1 M parameters, about half of the 10 MB budget.
+    "sam_mini": SamConfig("sam_mini", 256, 16, 128, 6, 4, (2, 5), 8, 256, 512, None),
 }
 
 SAM_NAMES: tuple[str, ...] = tuple(_CONFIGS)
+SMALL_NAMES = ("sam_tiny", "sam_mini")  # our own configurations of the official classes
 TINY_SEED = 0
 
 
@@ -89,8 +96,8 @@ def sam_config(name: str) -> SamConfig:
         ) from None
 
 
-def _build_tiny(cfg: SamConfig) -> Sam:
-    # Mirrors segment_anything.build_sam._build_sam with the tiny encoder sizes.
+def _build_small(cfg: SamConfig) -> Sam:
+    # Mirrors segment_anything.build_sam._build_sam with a small configuration.
     grid = cfg.grid_size
     return Sam(
         image_encoder=ImageEncoderViT(
@@ -131,8 +138,8 @@ def _build_tiny(cfg: SamConfig) -> Sam:
 
 
 def _build_arch(cfg: SamConfig) -> Sam:
-    if cfg.name == "sam_tiny":
-        return _build_tiny(cfg)
+    if cfg.name in SMALL_NAMES:
+        return _build_small(cfg)
     return sam_model_registry[cfg.name](checkpoint=None)
 
 
@@ -163,20 +170,29 @@ def build_sam(
     store: ArtifactStore | None = None,
     seed: int = TINY_SEED,
     cache_dir: str | Path | None = None,
+    random_init: bool = False,
 ) -> Sam:
     """Build SAM ``name`` (one of ``SAM_NAMES``) in eval mode on the CPU.
 
     With ``checkpoint`` (a local path or an object-store key) the weights are verified and
     strictly loaded; the architecture is built on the meta device first, so no time or
     memory is spent on a random init that would be overwritten. Without a checkpoint the
-    weights are random but deterministic given ``seed`` (tests, demo mode).
+    weights are random but deterministic given ``seed`` (tests), except for the embedded
+    models (``sam_mini``), whose packaged weights are loaded and digest-checked unless
+    ``random_init`` (pretraining, the random-init control).
     """
     cfg = sam_config(name)
+    if checkpoint is None and not random_init:
+        from vplab.models.embedded import embedded_weights
+
+        packaged = embedded_weights(name)
+        if packaged is not None:
+            checkpoint, sha256 = packaged.path, packaged.sha256
     if checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sam = _build_arch(cfg)
-            if cfg.name == "sam_tiny":
+            if cfg.name in SMALL_NAMES:
                 _init_tiny_weights(sam)
         return _match_decoder_layout(sam).eval()
 

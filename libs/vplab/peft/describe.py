@@ -33,7 +33,7 @@ def build_architecture(base: str, meta: bool = True) -> nn.Module:
         # InvalidInput for a name it does not know.
         from vplab.models import build_sam
 
-        builder = lambda: build_sam(base)  # noqa: E731
+        builder = lambda: build_sam(base, random_init=True)  # noqa: E731  (shapes only)
     if meta:
         with torch.device("meta"):
             return builder()

@@ -1,0 +1,220 @@
+"""Training ``dinov2_mini`` on the miniworld source domain for patch matching.
+
+Loss: a supervised patch-contrastive loss (SupCon, Khosla et al. 2020) on object ids,
+*within each image*: each 14 px patch of the 224 px letterbox (16 px of the 256 px image,
+one sam_mini cell) gets the id of the object covering most of it (or "background");
+mixed patches are left out. Patches of the same object are positives, patches of the
+image's other objects and its background negatives. Negatives never come from other
+images, so two similar-looking objects in different images are not pushed apart.
+
+Why this and not DINO's self-distillation or a family-level (cross-image) loss: visual
+prompting needs patches of the reference's kind of structure to match the same-looking
+structures in a target image and not their surroundings. Self-distillation would have
+to discover that from views alone, far beyond ~25 CPU minutes. A family-level loss was
+tried first: a patch inside a large blob looks like a patch inside a polygon, so its
+family is only knowable from shape context, and in 160 steps retrieval moved from 0.13 to
+0.15 - it also trains colour invariance, the opposite of what the target domains need
+(polyps are redder than mucosa, rust is orange on grey metal). Within-image object
+discrimination is learnable in minutes and keeps appearance in the features. The cost:
+on the source domain, where a class is a shape family in random colours, 0-shot
+matching stays weak (see docs/MINIWORLD.md and BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vplab.miniworld.domains import render
+from vplab.miniworld.evaluate import SOURCE_TEST_SEED, SOURCE_TRAIN_SEED
+from vplab.miniworld.pretrain_sam import save_fp16
+
+BG = 100_000  # labels of image b are b * BG + id (id 0 = its background)
+IGNORE = -1
+
+
+@dataclass
+class DinoPretrainConfig:
+    steps: int = 200
+    batch_images: int = 8
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.05
+    temperature: float = 0.1
+    layerscale_init: float = 0.1  # from-scratch training: DINOv2's 1e-5 would stall
+    seed: int = 0
+    threads: int = 1
+    size: int = 224
+    eval_every: int = 50
+
+
+def patch_labels(ids: np.ndarray, grid: int, offset: int, min_frac: float = 0.5) -> np.ndarray:
+    """(H, W) ids (0 = background) -> (grid*grid,) patch labels: id + offset of the id
+    covering at least ``min_frac`` of the patch, else IGNORE."""
+    h = ids.shape[0]
+    cell = h // grid
+    lm = torch.as_tensor(ids.astype(np.int64))[: grid * cell, : grid * cell]
+    uniq, inv = torch.unique(lm, return_inverse=True)
+    onehot = F.one_hot(inv, len(uniq)).permute(2, 0, 1).float()[None]
+    frac = F.avg_pool2d(onehot, cell)[0].reshape(len(uniq), -1)
+    best, arg = frac.max(0)
+    out = uniq[arg] + offset
+    return torch.where(best >= min_frac, out, torch.full_like(out, IGNORE)).numpy()
+
+
+def _batch(index0: int, n: int, size: int, patch: int, instance: bool = True):
+    from vplab.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+    from vplab.segmentation.transforms import letterbox
+
+    xs, labels = [], []
+    grid = size // patch
+    for b in range(n):
+        s = render(
+            "source", SOURCE_TRAIN_SEED if index0 >= 0 else SOURCE_TEST_SEED, abs(index0) + b
+        )
+        x, _ = letterbox(s.image, size, IMAGENET_MEAN, IMAGENET_STD, scale=1.0 / 255.0)
+        xs.append(x)
+        labels.append(patch_labels(s.instances if instance else s.label_map, grid, BG * b))
+    return torch.cat(xs), torch.as_tensor(np.concatenate(labels))
+
+
+def supcon(feats: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    f = F.normalize(feats, dim=-1)
+    sim = f @ f.T / temperature
+    n = f.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+    sim = sim.masked_fill(eye, float("-inf"))
+    logp = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    has = pos.any(1)
+    loss = -(logp.masked_fill(~pos, 0).sum(1) / pos.sum(1).clamp(min=1))
+    return loss[has].mean()
+
+
+def _features(model, x: torch.Tensor) -> torch.Tensor:
+    tokens = model.forward_features(x)
+    return tokens[:, model.num_prefix_tokens :].reshape(-1, tokens.shape[-1])
+
+
+@torch.no_grad()
+def retrieval_accuracy(model, n_images: int = 24, size: int = 224) -> float:
+    """Held-out source: share of object patches whose nearest patch in *another* image
+    (among labelled patches) has the same family."""
+    model.eval()
+    x, labels = _batch(-1, n_images, size, 14, instance=False)  # family labels
+    f = F.normalize(_features(model, x), dim=-1)
+    img = torch.arange(n_images).repeat_interleave(f.shape[0] // n_images)
+    keep = labels != IGNORE
+    f, labels, img = f[keep], labels[keep], img[keep]
+    sim = f @ f.T
+    sim[img[:, None] == img[None, :]] = -2
+    fam = labels % BG
+    nn_fam = fam[sim.argmax(1)]
+    obj = fam > 0
+    return float((nn_fam[obj] == fam[obj]).float().mean())
+
+
+def pretrain_dino(
+    out_dir: str | Path,
+    config: DinoPretrainConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    from vplab.models import build_dinov2
+
+    cfg = config or DinoPretrainConfig()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_dinov2("dinov2_mini", seed=cfg.seed, random_init=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("ls1.gamma", "ls2.gamma")):
+                p.fill_(cfg.layerscale_init)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def factor(s: int) -> float:
+        if s < cfg.warmup:
+            return (s + 1) / cfg.warmup
+        t = (s - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    meta = {
+        "name": "dinov2_mini",
+        "recipe": "vplab.miniworld.pretrain_dino",
+        **{k: str(v) for k, v in asdict(cfg).items() if k not in ("threads", "eval_every")},
+    }
+    history = [{"step": 0, "retrieval": retrieval_accuracy(model, size=cfg.size)}]
+    log(f"step 0 retrieval {history[0]['retrieval']:.3f}")
+    model.train()
+    t0 = time.monotonic()
+    for step in range(cfg.steps):
+        x, labels = _batch(
+            cfg.seed * 1_000_000 + step * cfg.batch_images, cfg.batch_images, cfg.size, 14
+        )
+        if bool(torch.rand(1, generator=gen) < 0.5):  # flips keep labels aligned per patch
+            g = cfg.size // 14
+            x = x.flip(-1)
+            labels = labels.view(-1, g, g).flip(-1).reshape(-1)
+        feats = _features(model, x).view(cfg.batch_images, -1, model.embed_dim)
+        labels = labels.view(cfg.batch_images, -1)
+        losses = []
+        for b in range(cfg.batch_images):
+            keep = labels[b] != IGNORE
+            if int(keep.sum()) > 1:
+                losses.append(supcon(feats[b][keep], labels[b][keep], cfg.temperature))
+        loss = torch.stack(losses).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 20 == 0 or step == cfg.steps - 1:
+            el = time.monotonic() - t0
+            log(
+                f"step {step + 1}/{cfg.steps} loss {float(loss.detach()):.3f} {el:.0f}s "
+                f"({el / (step + 1):.2f}s/step)"
+            )
+        if (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            acc = retrieval_accuracy(model, size=cfg.size)
+            model.train()
+            history.append({"step": step + 1, "retrieval": acc})
+            log(f"eval step {step + 1}: retrieval {acc:.3f}")
+            save_fp16(
+                model,
+                out / "dinov2_mini.partial.safetensors",
+                {**meta, "steps_done": str(step + 1)},
+            )
+    train_s = time.monotonic() - t0
+    model.eval()
+    path = out / "dinov2_mini.safetensors"
+    save_fp16(model, path, meta)
+    from vplab.models.checkpoint import file_sha256
+
+    digest = file_sha256(path)
+    final = retrieval_accuracy(build_dinov2("dinov2_mini", path), size=cfg.size)
+    report = {
+        "model": "dinov2_mini",
+        "path": str(path),
+        "sha256": digest,
+        "train_s": round(train_s, 1),
+        "threads": cfg.threads,
+        "config": asdict(cfg),
+        "history": history,
+        "final_retrieval": final,
+    }
+    (out / "dinov2_mini.json").write_text(json.dumps(report, indent=2))
+    log(json.dumps({k: report[k] for k in ("sha256", "train_s", "final_retrieval")}))
+    return report

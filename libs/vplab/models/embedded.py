@@ -1,0 +1,48 @@
+"""The embedded default models: ``sam_mini`` and ``dinov2_mini``, pretrained by our own code
+on the procedural miniworld (docs/MINIWORLD.md) and shipped inside the package.
+
+Each is pinned by the sha256 of its committed fp16 safetensors file, exactly like an
+official checkpoint: every load goes through the strict, digest-checked loaders, and a
+file that does not match its digest fails loudly. ``vplab miniworld pretrain {sam,dino}``
+reproduces them; after a re-run, update the digests here (the tests check both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "miniworld" / "weights"
+
+
+@dataclass(frozen=True)
+class EmbeddedWeights:
+    name: str
+    filename: str
+    sha256: str
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.filename
+
+
+EMBEDDED: dict[str, EmbeddedWeights] = {
+    w.name: w
+    for w in (
+        EmbeddedWeights(
+            "sam_mini",
+            "sam_mini.safetensors",
+            "4d1be7a9492bdda49c1c56f541bad66a33f14c7add199a380c47c4b6d43af966",
+        ),
+        EmbeddedWeights(
+            "dinov2_mini",
+            "dinov2_mini.safetensors",
+            "a88240f34c8329648d166e6b1b41e438b6e4354023927d7214f055344e20cfb6",
+        ),
+    )
+}
+
+
+def embedded_weights(name: str) -> EmbeddedWeights | None:
+    """The packaged weights of ``name``, or None if it is not an embedded model."""
+    return EMBEDDED.get(name)
