@@ -84,8 +84,8 @@ def miniworld_sample(
     s = render(domain, seed, index)
     image, mask = s.image, s.mask(1)
     if size != image.shape[0]:
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
     return image, mask.astype(bool)
 
 

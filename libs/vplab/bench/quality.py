@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ POOL_START = 0  # training pool: render(domain, 0, POOL_START + k)
 TEST_START = 10_000  # test images: render(domain, 0, TEST_START + k)
 
 PTSAM_METHODS = ("ptsam-md", "ptsam", "samed")
-TABLE1 = {  # label -> (method, config overrides)
+TABLE1: dict[str, tuple[str, dict[str, Any]]] = {  # label -> (method, config overrides)
     "Adapter": ("epeft-adapter", {}),
     "IA3": ("epeft-ia3", {}),
     "D-VPT": ("epeft-prompt", {}),
@@ -177,13 +178,15 @@ def lora_rank_matching(target_params: int) -> tuple[int, int]:
     from vplab.models import build_sam
     from vplab.peft import apply_method, count_trainable
 
-    best = None
+    best: tuple[int, int, int] | None = None
     for r in range(4, 65, 2):
         sam = build_sam("sam_mini", random_init=True)
         apply_method(sam, "epeft-lora", {"lora_r_attn": r, "lora_r_mlp": r // 2})
         n = count_trainable(sam)
         if best is None or abs(n - target_params) < abs(best[2] - target_params):
             best = (r, r // 2, n)
+    if best is None:
+        raise ValueError("no LoRA rank to match")
     return best[0], best[1]
 
 
@@ -428,14 +431,14 @@ def _result(
         )
     if t3:
         summary.append("Table 3 analog: visual-prompting pipeline, E-PEFT tuned on k shots, mIoU")
-        avg = {}
+        shot_avg: dict[int, float] = {}
         for k in [0, *t3_shots]:
-            avg[k] = float(np.mean([t3[(d, k)].mean for d in domains]))
-            figures[f"t3_{k}shot_avg"] = avg[k]
+            shot_avg[k] = float(np.mean([t3[(d, k)].mean for d in domains]))
+            figures[f"t3_{k}shot_avg"] = shot_avg[k]
             summary.append(
                 f"{k:>3} shots"
                 + "".join(f"{_fmt(t3[(d, k)]):>22}" for d in domains)
-                + f"{avg[k]:9.3f}"
+                + f"{shot_avg[k]:9.3f}"
             )
             for d in domains:
                 figures[f"t3_{d}_{k}shot"] = t3[(d, k)].mean

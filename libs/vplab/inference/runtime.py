@@ -90,7 +90,7 @@ class ModelRuntime:
         if s.demo:
             digest = EMBEDDED[DEMO_DINO].sha256  # verified when the weights were loaded
         elif s.random_weights:
-            digest = state_sha256(self.dino)  # type: ignore[arg-type]
+            digest = state_sha256(self.dino)
         else:
             path, _ = resolve_checkpoint(self._dino_checkpoint(), self.store, s.dino_sha256)
             digest = file_sha256(path)

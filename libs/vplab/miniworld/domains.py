@@ -211,7 +211,7 @@ def _cracks(rng, size, domain, seed, index) -> Sample:
     base = np.where(speck, base - rng.uniform(20, 50), base)
     sc.image = np.stack([base, base * rng.uniform(0.95, 1.03), base * rng.uniform(0.92, 1.0)], -1)
     for _ in range(int(rng.integers(1, 4))):
-        pts_all = []
+        pts_all: list[tuple[np.ndarray, float]] = []
 
         def walk(x, y, ang, steps, hw, depth, pts_all=pts_all):
             pts = [(x, y)]
@@ -230,8 +230,10 @@ def _cracks(rng, size, domain, seed, index) -> Sample:
                     )
             pts_all.append((np.array(pts), hw))
 
+        x0, y0 = rng.uniform(0, size, 2)
         walk(
-            *rng.uniform(0, size, 2),
+            x0,
+            y0,
             rng.uniform(0, 2 * np.pi),
             int(rng.integers(25, 60)),
             rng.uniform(1.0, 2.6),
@@ -254,7 +256,8 @@ def _cracks(rng, size, domain, seed, index) -> Sample:
 def _mucosa(rng, cv: Canvas, hue=(205, 105, 95)) -> np.ndarray:
     size = cv.h
     base = np.asarray(hue, F32) * rng.uniform(0.85, 1.1, 3)
-    folds_u, _ = cv.local(*rng.uniform(0, size, 2), rng.uniform(0, np.pi))
+    cx, cy = rng.uniform(0, size, 2)
+    folds_u, _ = cv.local(cx, cy, rng.uniform(0, np.pi))
     warp = 12 * draw.smooth_noise(rng, size, size, 3)
     folds = np.sin((folds_u + warp) / rng.uniform(9, 18)) ** 8  # thin dark folds
     tex = draw.fractal_noise(rng, size, size, 4, 4)
@@ -391,7 +394,7 @@ def _corrosion(rng, size, domain, seed, index) -> Sample:
     brushed = draw.texture_field(rng, cv, "stripes", 0, 0) * 0.3 + 0.7 * draw.fractal_noise(
         rng, size, size, 16, 2
     )
-    sc.image = base + 12 * brushed[..., None]
+    sc.image = (base + 12 * brushed[..., None]).astype(F32)
     for _ in range(int(rng.integers(2, 6))):  # scratches: thin bright distractors
         pts = rng.uniform(0, size, (2, 2))
         m = draw.polyline(cv, pts, rng.uniform(0.6, 1.4))

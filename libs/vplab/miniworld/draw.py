@@ -248,7 +248,7 @@ def paint(
         return
     value = np.broadcast_to(colour, (ys.size, 3)).astype(F32)
     if field is not None and contrast:
-        value = value + contrast * field[ys, xs, None]
+        value = (value + contrast * field[ys, xs, None]).astype(F32)
     if alpha >= 1.0:
         image[ys, xs] = value
     else:

@@ -39,8 +39,14 @@ def click_ious(sam, image: np.ndarray, gts: list[np.ndarray], n_clicks: int = 3)
         return np.zeros((0, n_clicks))
     seg = PromptSegmenter(sam)
     emb = seg.embed(image)
-    gts = [np.asarray(g, bool) for g in gts]
-    coords = [[deepest_point(g)] for g in gts]
+    gts = [np.asarray(g, bool) for g in gts if np.asarray(g, bool).any()]
+    if not gts:
+        return np.zeros((0, n_clicks))
+    coords: list[list[tuple[float, float]]] = []
+    for g in gts:
+        first = deepest_point(g)
+        assert first is not None  # non-empty masks only (filtered above)
+        coords.append([first])
     labels = [[1] for _ in gts]
     out = np.zeros((len(gts), n_clicks))
     mask_in = None
@@ -60,7 +66,7 @@ def click_ious(sam, image: np.ndarray, gts: list[np.ndarray], n_clicks: int = 3)
             out[i, k] = mask_iou(masks[i], g)
             nxt = corrective_click(masks[i], g)
             if nxt is None:  # perfect: click the centre again (keeps the batch rectangular)
-                nxt = (*coords[i][0], 1)
+                nxt = (coords[i][0][0], coords[i][0][1], 1)
             coords[i].append(nxt[:2])
             labels[i].append(nxt[2])
     return out

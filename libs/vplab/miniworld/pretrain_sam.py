@@ -64,7 +64,8 @@ def _lr_factor(step: int, cfg: SamPretrainConfig) -> float:
 
 def _image_batch(step: int, cfg: SamPretrainConfig, rng: np.random.Generator):
     """Images (B, H, W, 3) uint8 and per image a (P, H, W) bool tensor of instances."""
-    images, targets = [], []
+    images: list[np.ndarray] = []
+    targets: list[torch.Tensor] = []
     j = 0
     while len(images) < cfg.batch_images:
         index = cfg.seed * 1_000_000 + step * cfg.batch_images * 2 + j

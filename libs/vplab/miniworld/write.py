@@ -80,7 +80,10 @@ def click_figure(domain: str = "polyps", index: int = 0, models=("sam_tiny", "sa
 
     s = render(domain, 0, index)
     target = max(s.instance_masks(), key=lambda m: m.sum())
-    x, y = deepest_point(target)
+    point = deepest_point(target)
+    if point is None:
+        raise ValueError(f"{domain} image {index} has no object to click")
+    x, y = point
     panels, ious = [overlay(s.image, target, (0, 255, 0))], {}
     for name in models:
         seg = PromptSegmenter(build_sam(name))

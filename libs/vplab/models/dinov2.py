@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import timm
@@ -101,17 +101,21 @@ def build_dinov2(
     timm_name, extra = (
         ("vit_small_patch14_dinov2", _SMALL_ARGS[name]) if name in _SMALL_ARGS else (name, {})
     )
+    kwargs: dict[str, Any] = dict(extra)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(
-            timm_name, pretrained=False, dynamic_img_size=True, num_classes=0, **extra
+        model = cast(
+            VisionTransformer,
+            timm.create_model(
+                timm_name, pretrained=False, dynamic_img_size=True, num_classes=0, **kwargs
+            ),
         )
     if checkpoint is not None:
         state, path = read_checkpoint(checkpoint, sha256=sha256, store=store, cache_dir=cache_dir)
         # checkpoint_filter_fn pops keys from its input: give it a shallow copy.
         state = checkpoint_filter_fn(dict(state), model)
         load_strict(model, state, name, path)
-    model.vplab_name = name  # type: ignore[attr-defined]
+    model.vplab_name = name  # type: ignore[assignment]  # nn.Module's __setattr__ typing
     return model.eval()
 
 
