@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run demo test test-fast proto clean
+.PHONY: setup run demo test test-fast lint format typecheck proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,22 @@ demo: setup
 	$(VENV)/bin/vplab demo-data .vplab/demo
 	$(VENV)/bin/vplab visual-prompt --demo --ref .vplab/demo/images/img_000.png --ref-mask .vplab/demo/masks/img_000.png --targets .vplab/demo/images --out .vplab/demo/pred
 
-# The whole test suite, as CI runs it.
-test: setup
+# The whole test suite, as CI runs it: lint and type checks first, then pytest.
+test: lint typecheck
 	$(PY) -m pytest
+
+# ruff: lint and formatting (check only; `make format` rewrites).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# mypy: strict for storage, tenancy, errors and the wire modules; gradual elsewhere.
+typecheck: setup
+	$(VENV)/bin/mypy
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not integration"
