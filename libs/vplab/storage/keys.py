@@ -107,20 +107,20 @@ def api_key_records_prefix() -> str:
 
 def parse_tenant_record(key: str) -> str | None:
     """``system/tenants/{t}.json`` -> t; None for anything else."""
-    parts = _under(key, tenant_records_prefix())
-    if parts is None or len(parts) != 1 or not parts[0].endswith(".json"):
-        return None
-    name = parts[0].removesuffix(".json")
-    return name if _ID.fullmatch(name) else None
+    return _json_record_name(key, tenant_records_prefix(), _ID)
 
 
 def parse_api_key_record(key: str) -> str | None:
     """``system/api-keys/{key_hash}.json`` -> key_hash; None for anything else."""
-    parts = _under(key, api_key_records_prefix())
+    return _json_record_name(key, api_key_records_prefix(), _KEY_HASH)
+
+
+def _json_record_name(key: str, prefix: str, pattern: re.Pattern[str]) -> str | None:
+    parts = _under(key, prefix)
     if parts is None or len(parts) != 1 or not parts[0].endswith(".json"):
         return None
     name = parts[0].removesuffix(".json")
-    return name if _KEY_HASH.fullmatch(name) else None
+    return name if pattern.fullmatch(name) else None
 
 
 # --- tenant objects ----------------------------------------------------------------------
