@@ -77,9 +77,13 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
 
     if not ray.is_initialized():
         # A local instance talks over loopback only. On Linux Ray otherwise picks the
-        # address of the default route's interface for GCS, raylet and workers; this flag
-        # (inherited by every Ray process started below) makes it use 127.0.0.1.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # address of the default route's interface for GCS, raylet and workers. Ray's switch
+        # for its loopback-only mode is read once, when ray_constants is imported: set the
+        # variable for the Ray processes started below, and the constant in this one.
+        from ray._private import ray_constants
+
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         # Logical CPUs: each replica and training task reserves one, physical cores are shared.
         # The settings reach every worker (replicas, training tasks) through the job's
         # runtime_env, leaving this process's environment untouched.
