@@ -213,9 +213,12 @@ def _reap_main(name: str, value: str) -> None:
         signal.signal(sig, signal.SIG_IGN)
     while os.read(0, 4096):
         pass
-    for _ in range(3):  # processes may still be starting children as we kill
-        if not kill_tagged(name, value):
-            break
+    # Processes may still be starting children as we kill (a raylet spawning its agents
+    # when the stack died): sweep until nothing tagged has appeared for 3 s, 20 s at most.
+    deadline, quiet_since = time.monotonic() + 20, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 3:
+        if kill_tagged(name, value):
+            quiet_since = time.monotonic()
         time.sleep(0.2)
 
 
