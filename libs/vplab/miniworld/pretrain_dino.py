@@ -22,7 +22,6 @@ matching stays weak (see docs/MINIWORLD.md and BENCHMARKS.md).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from torch.nn import functional as F
 
 from vplab.miniworld.domains import render
 from vplab.miniworld.evaluate import SOURCE_TEST_SEED, SOURCE_TRAIN_SEED
-from vplab.miniworld.pretrain_sam import save_fp16
+from vplab.miniworld.pretrain_sam import finish_pretraining, save_fp16
 
 BG = 100_000  # labels of image b are b * BG + id (id 0 = its background)
 IGNORE = -1
@@ -198,23 +197,18 @@ def pretrain_dino(
                 {**meta, "steps_done": str(step + 1)},
             )
     train_s = time.monotonic() - t0
-    model.eval()
-    path = out / "dinov2_mini.safetensors"
-    save_fp16(model, path, meta)
-    from vplab.models.checkpoint import file_sha256
-
-    digest = file_sha256(path)
-    final = retrieval_accuracy(build_dinov2("dinov2_mini", path), size=cfg.size)
-    report = {
-        "model": "dinov2_mini",
-        "path": str(path),
-        "sha256": digest,
-        "train_s": round(train_s, 1),
-        "threads": cfg.threads,
-        "config": asdict(cfg),
-        "history": history,
-        "final_retrieval": final,
-    }
-    (out / "dinov2_mini.json").write_text(json.dumps(report, indent=2))
-    log(json.dumps({k: report[k] for k in ("sha256", "train_s", "final_retrieval")}))
-    return report
+    return finish_pretraining(
+        model,
+        out,
+        "dinov2_mini",
+        meta,
+        {
+            "train_s": round(train_s, 1),
+            "threads": cfg.threads,
+            "config": asdict(cfg),
+            "history": history,
+        },
+        lambda path: retrieval_accuracy(build_dinov2("dinov2_mini", path), size=cfg.size),
+        "final_retrieval",
+        log,
+    )

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -238,6 +239,30 @@ def save_fp16(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> N
     tmp.replace(path)
 
 
+def finish_pretraining(
+    model: torch.nn.Module,
+    out: Path,
+    name: str,
+    meta: dict[str, str],
+    report: dict[str, Any],
+    evaluate: Callable[[Path], Any],
+    final_key: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Save the final fp16 weights of ``name``, evaluate them as loaded back, and write
+    ``{name}.json`` (path, sha256, ``report``'s fields, ``final_key``: the evaluation)."""
+    from vplab.models.checkpoint import file_sha256
+
+    model.eval()
+    path = out / f"{name}.safetensors"
+    save_fp16(model, path, meta)
+    head = {"model": name, "path": str(path), "sha256": file_sha256(path)}
+    report = {**head, **report, final_key: evaluate(path)}
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    log(json.dumps({k: report[k] for k in ("sha256", "train_s", final_key)}))
+    return report
+
+
 def pretrain_sam(
     out_dir: str | Path,
     config: SamPretrainConfig | None = None,
@@ -298,23 +323,18 @@ def pretrain_sam(
                 sam, out / "sam_mini.partial.safetensors", {**meta, "steps_done": str(step + 1)}
             )
     train_s = time.monotonic() - t0
-    sam.eval()
-    path = out / "sam_mini.safetensors"
-    save_fp16(sam, path, meta)
-    from vplab.models.checkpoint import file_sha256
-
-    digest = file_sha256(path)
-    final = evaluate_clicks(build_sam("sam_mini", path), n_images=cfg.eval_images)
-    report = {
-        "model": "sam_mini",
-        "path": str(path),
-        "sha256": digest,
-        "train_s": round(train_s, 1),
-        "threads": cfg.threads,
-        "config": asdict(cfg),
-        "history": history,
-        "final_eval": final,
-    }
-    (out / "sam_mini.json").write_text(json.dumps(report, indent=2))
-    log(json.dumps({k: report[k] for k in ("sha256", "train_s", "final_eval")}))
-    return report
+    return finish_pretraining(
+        sam,
+        out,
+        "sam_mini",
+        meta,
+        {
+            "train_s": round(train_s, 1),
+            "threads": cfg.threads,
+            "config": asdict(cfg),
+            "history": history,
+        },
+        lambda path: evaluate_clicks(build_sam("sam_mini", path), n_images=cfg.eval_images),
+        "final_eval",
+        log,
+    )
