@@ -46,15 +46,16 @@ def status_of_rpc_error(e: grpc.RpcError) -> tuple[int, str]:
 
 def _rpc_reply(e: grpc.RpcError) -> tuple[int, str, str, dict[str, str]]:
     """(HTTP status, message, error code, headers) for a failed RPC."""
-    status, message = _status_and_message(e)
-    overloaded = rpc_error_parts(e)[3]
+    code_name, details, status, overloaded = rpc_error_parts(e)
+    status, message = _status_and_message(code_name, details, status, overloaded)
     code = OVERLOADED_CODE if overloaded else error_code(status)
     retry = overloaded or status == 503
     return status, message, code, ({"Retry-After": str(RETRY_AFTER_S)} if retry else {})
 
 
-def _status_and_message(e: grpc.RpcError) -> tuple[int, str]:
-    code, details, status, overloaded = rpc_error_parts(e)
+def _status_and_message(
+    code: str | None, details: str, status: int, overloaded: bool
+) -> tuple[int, str]:
     if overloaded:
         log.info("upstream shed a request: %s", details)
         return status, "the service is busy, retry shortly"
