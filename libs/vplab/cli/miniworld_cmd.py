@@ -27,11 +27,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, help="override the recipe's step count (not reproducing)")
-    t.add_argument("--threads", type=int, help="torch threads (recipe: 1; changes rounding)")
+    t.add_argument("--threads", type=int, help="torch threads (recipe: 2; changes rounding)")
     t.add_argument(
-        "--stop-after",
-        type=int,
-        help="sam: stop after N steps of the same schedule (reproduces a partial checkpoint)",
+        "--resume",
+        action="store_true",
+        help="sam: continue after the last finished cycle whose checkpoint is in --out",
     )
     t.set_defaults(func=run_pretrain)
 
@@ -65,9 +65,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if args.model == "sam":
         from vplab.miniworld.pretrain_sam import SamPretrainConfig, pretrain_sam
 
-        if args.stop_after:
-            overrides["stop_after"] = args.stop_after
-        report = pretrain_sam(args.out, SamPretrainConfig(seed=args.seed, **overrides), log)
+        config = SamPretrainConfig(seed=args.seed, **overrides)
+        report = pretrain_sam(args.out, config, log, resume=args.resume)
     else:
         from vplab.miniworld.pretrain_dino import DinoPretrainConfig, pretrain_dino
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from vplab.masks import iou as mask_iou
-from vplab.miniworld.clicks import corrective_click, deepest_point
+from vplab.masks.geometry import deepest_point
+from vplab.miniworld.clicks import corrective_click
 from vplab.miniworld.domains import render
 
 SOURCE_TRAIN_SEED = 0  # render("source", 0, i): the pretraining stream

@@ -9,8 +9,8 @@ error (positive on a miss, negative on a leak) and decoded with the previous low
 logits as ``mask_input``, as in SAM's interactive training. A single click is ambiguous:
 it is decoded with all three multimask outputs and only the best one (min over masks) is
 trained; the IoU head is regressed (MSE) onto the true IoU of every output.
-Mask loss: Dice at the decoder's low resolution against area-fraction targets. AdamW, linear warm-up then
-cosine decay. Deterministic given ``seed`` and the thread count.
+Mask loss: Dice + binary cross-entropy at the decoder's low resolution against
+area-fraction targets. AdamW, linear warm-up then cosine decay. Deterministic given ``seed`` and the thread count.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vplab.miniworld.clicks import depth
+from vplab.masks.geometry import depth
 from vplab.miniworld.domains import render
 from vplab.miniworld.evaluate import SOURCE_TRAIN_SEED, evaluate_clicks
 
 
 @dataclass
 class SamPretrainConfig:
-    steps: int = 600
+    steps: int = 1800
     batch_images: int = 6
     prompts_per_image: int = 4
     corrective_rounds: int = 1
@@ -48,12 +48,14 @@ class SamPretrainConfig:
     curriculum_steps: int = 100
     curriculum_min_area: int = 600
     seed: int = 0
-    threads: int = 1
-    eval_every: int = 100
+    threads: int = 2
+    eval_every: int = 300
     eval_images: int = 10
-    # stop after this many steps of the same schedule (the committed partial checkpoints
-    # are reproduced this way); None: all ``steps``
-    stop_after: int | None = None
+    # SGDR-style warm restarts: ``cycles`` cosine cycles of ``steps`` each, the peak lr
+    # multiplied by ``cycle_lr_decay`` per cycle (BENCHMARKS.md: one 1800-step cycle left
+    # the click mIoU rising)
+    cycles: int = 2
+    cycle_lr_decay: float = 0.5
 
 
 def _lr_factor(step: int, cfg: SamPretrainConfig) -> float:
@@ -108,11 +110,12 @@ def _noisy_boxes(gt: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _mask_losses(logits: torch.Tensor, gt_low: torch.Tensor):
-    """logits (P, M, L, L), gt_low (P, L, L) area fractions -> Dice loss (P, M), true IoU (P, M).
+    """logits (P, M, L, L), gt_low (P, L, L) area fractions -> loss (P, M), true IoU (P, M).
 
-    Dice only: with a cross-entropy term the randomly initialised model first collapses
-    to "no mask anywhere" (most pixels are background) and stayed there for 250+ steps in
-    our runs; Dice has no such minimum.
+    Dice + cross-entropy (weight 1 each). The random model first collapses to "no mask
+    anywhere" under the cross-entropy (most pixels are background) and leaves it after
+    ~100 steps; Dice alone has no such plateau but stalls at a blob around the click
+    (train IoU 0.05 vs 0.27 at step 200 of the same schedule, docs/MINIWORLD.md).
 
     At the decoder's low resolution (64 px for a 256 px image): the same optimum as in the
     full frame for anything wider than a low-res cell, at 1/16 of the cost.
@@ -121,11 +124,12 @@ def _mask_losses(logits: torch.Tensor, gt_low: torch.Tensor):
     prob = torch.sigmoid(logits)
     inter = (prob * g).sum((2, 3))
     dice = 1 - (2 * inter + 1) / (prob.sum((2, 3)) + g.sum((2, 3)) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits, g, reduction="none").mean((2, 3))
     with torch.no_grad():
         hard = logits > 0
         gb = g > 0.5
         iou = (hard & gb).sum((2, 3)).float() / ((hard | gb).sum((2, 3)).float().clamp(min=1))
-    return dice, iou
+    return dice + bce, iou
 
 
 def decode_per_prompt(sam, src, coords, labels, boxes, mask_in, multimask: bool):
@@ -263,11 +267,21 @@ def finish_pretraining(
     return report
 
 
+def _cycle_path(out: Path, cycle: int) -> Path:
+    return out / f"sam_mini.cycle{cycle}.safetensors"
+
+
 def pretrain_sam(
     out_dir: str | Path,
     config: SamPretrainConfig | None = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict:
+    """Run the recipe's ``cycles`` (warm restarts); ``resume``: start after the last cycle
+    whose checkpoint is in ``out_dir`` (each cycle starts from the previous one's fp16
+    file, so a resumed run equals an uninterrupted one)."""
+    from safetensors.torch import load_file
+
     from vplab.models import build_sam
 
     cfg = config or SamPretrainConfig()
@@ -278,28 +292,58 @@ def pretrain_sam(
     sam = build_sam("sam_mini", seed=cfg.seed, random_init=True)
     sam.mask_decoder.output_upscaling.to(memory_format=torch.contiguous_format)
     _position_aware_init(sam)
-    sam.train()
-    params = [p for p in sam.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     meta = {
         "name": "sam_mini",
         "recipe": "vplab.miniworld.pretrain_sam",
-        **{
-            k: str(v)
-            for k, v in asdict(cfg).items()
-            if k not in ("threads", "eval_every", "stop_after")
-        },
+        **{k: str(v) for k, v in asdict(cfg).items() if k not in ("threads", "eval_every")},
     }
+    first = 0
+    if resume:
+        while first < cfg.cycles and _cycle_path(out, first + 1).exists():
+            first += 1
     t0 = time.monotonic()
+    history: list[dict[str, Any]] = []
+    for cycle in range(first, cfg.cycles):
+        if cycle > 0:  # a warm restart from the previous cycle's file, with a fresh AdamW
+            state = load_file(str(_cycle_path(out, cycle)))
+            sam.load_state_dict({k: v.float() for k, v in state.items()})
+            log(f"cycle {cycle + 1}/{cfg.cycles} starts from {_cycle_path(out, cycle)}")
+        history += _train_cycle(sam, cfg, cycle, out, meta, log, t0)
+        save_fp16(sam, _cycle_path(out, cycle + 1), {**meta, "cycles_done": str(cycle + 1)})
+    train_s = time.monotonic() - t0
+    return finish_pretraining(
+        sam,
+        out,
+        "sam_mini",
+        meta,
+        {
+            "train_s": round(train_s, 1),
+            "resumed_at_cycle": first,
+            "threads": cfg.threads,
+            "config": asdict(cfg),
+            "history": history,
+        },
+        lambda path: evaluate_clicks(build_sam("sam_mini", path), n_images=cfg.eval_images),
+        "final_eval",
+        log,
+    )
+
+
+def _train_cycle(sam, cfg: SamPretrainConfig, cycle: int, out: Path, meta, log, t0):
+    """One cosine cycle of ``cfg.steps`` steps at peak lr ``lr x cycle_lr_decay^cycle``;
+    fresh images (the stream index continues across cycles), seeded per cycle."""
+    sam.train()
+    params = [p for p in sam.parameters() if p.requires_grad]
+    lr = cfg.lr * cfg.cycle_lr_decay**cycle
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    rng = np.random.default_rng(cfg.seed if cycle == 0 else [cfg.seed, cycle])
+    gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * cycle)
     history = []
-    n_steps = min(cfg.stop_after or cfg.steps, cfg.steps)
-    if n_steps < cfg.steps:
-        meta["steps_done"] = str(n_steps)
-    for step in range(n_steps):
-        images, targets = _image_batch(step, cfg, rng)
+    total = cfg.cycles * cfg.steps
+    for step in range(cfg.steps):
+        g = cycle * cfg.steps + step  # the global step: image stream and curriculum
+        images, targets = _image_batch(g, cfg, rng)
         loss, stats = _step_loss(sam, images, targets, cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -309,32 +353,14 @@ def pretrain_sam(
         if step % 20 == 0 or step == cfg.steps - 1:
             el = time.monotonic() - t0
             log(
-                f"step {step + 1}/{cfg.steps} loss {float(loss.detach()):.3f} train-iou first "
-                f"{stats.get('iou0', 0):.3f} last {stats.get('iou_last', 0):.3f} "
-                f"{el:.0f}s ({el / (step + 1):.2f}s/step)"
+                f"step {g + 1}/{total} loss {float(loss.detach()):.3f} train-iou first "
+                f"{stats.get('iou0', 0):.3f} last {stats.get('iou_last', 0):.3f} {el:.0f}s"
             )
-        if (step + 1) % cfg.eval_every == 0 and step + 1 < n_steps:
+        if (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             sam.eval()
             ev = evaluate_clicks(sam, n_images=cfg.eval_images)
             sam.train()
-            history.append({"step": step + 1, **ev})
-            log(f"eval step {step + 1}: {ev}")
-            save_fp16(
-                sam, out / "sam_mini.partial.safetensors", {**meta, "steps_done": str(step + 1)}
-            )
-    train_s = time.monotonic() - t0
-    return finish_pretraining(
-        sam,
-        out,
-        "sam_mini",
-        meta,
-        {
-            "train_s": round(train_s, 1),
-            "threads": cfg.threads,
-            "config": asdict(cfg),
-            "history": history,
-        },
-        lambda path: evaluate_clicks(build_sam("sam_mini", path), n_images=cfg.eval_images),
-        "final_eval",
-        log,
-    )
+            history.append({"step": g + 1, **ev})
+            log(f"eval step {g + 1}: {ev}")
+            save_fp16(sam, out / "sam_mini.partial.safetensors", {**meta, "steps_done": str(g + 1)})
+    return history

@@ -74,7 +74,7 @@ def click_figure(domain: str = "polyps", index: int = 0, models=("sam_tiny", "sa
     by each model (best of the 3 multimask outputs by predicted IoU), side by side with
     the ground truth. Returns (figure, {model: IoU})."""
     from vplab.masks import iou
-    from vplab.miniworld.clicks import deepest_point
+    from vplab.masks.geometry import deepest_point
     from vplab.models import build_sam
     from vplab.segmentation import PromptSegmenter
 
