@@ -168,7 +168,10 @@ def test_peft_describe_prints_exact_counts(capsys):
     assert main(["peft", "describe", "--method", "cellseg1", "--base", "sam_vit_b"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "trainable_params: 171008"
     assert main(["peft", "describe", "--method", "ptsam-md", "--base", "sam_vit_b"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "trainable_params: 2048"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "trainable_params: 2048"
+    # the per-method recipe (#12): PTSAM's paper learning rate, not one recipe for all
+    assert {"recipe.lr: 0.05", "recipe.steps: 400", "recipe.output: token0"} <= set(lines)
     assert main(["peft", "describe", "--method", "nope"]) == 2
     assert "unknown PEFT method" in capsys.readouterr().err
 

@@ -394,6 +394,10 @@ class SpySegmenter:
         self.inner = inner
         self.calls: list[dict] = []
 
+    @property
+    def output(self):
+        return self.inner.output
+
     def embed(self, image):
         return self.inner.embed(image)
 
@@ -472,7 +476,7 @@ def test_pipeline_multiclass_mechanics(models):
     # one decoder call per class, carrying every prompt of that class, multimask
     assert len(spy.calls) == 2
     for call, p in zip(spy.calls, res.classes.values()):
-        assert call["multimask_output"] is True
+        assert call["multimask_output"] is None  # the served output: the base model's 3 masks
         assert np.array_equal(call["coords"], p.point_coords.numpy())
         assert np.array_equal(call["labels"], p.point_labels.numpy())
     # points never on padded cells of the target grid
@@ -526,7 +530,7 @@ def test_pipeline_refine_and_prototype(models):
     vp, spy = _prompter(models, refine=True)
     vp.set_references([(ref, labels == 2)])
     res = vp.predict(tgt)
-    assert [c.get("multimask_output") for c in spy.calls] == [True, False]
+    assert [c.get("multimask_output") for c in spy.calls] == [None, False]
     refine_call = spy.calls[1]
     n = res.classes[1].points.positive.shape[0]
     assert refine_call["boxes"].shape[1] == 4 and refine_call["mask_input"].shape[1:] == (1, 64, 64)
@@ -584,3 +588,44 @@ def test_pipeline_with_constructed_features(models, feats):
         )
         best = alone.masks[0, alone.iou_predictions[0].argmax()]
         assert (best == p.prompt_masks[k]).float().mean() > 0.99
+
+
+def test_a_tuned_segmenter_is_decoded_through_its_trained_output(models):
+    """#12: visual prompting never picks among outputs a tuned model was not trained on."""
+    from vplab.matching.decoding import decode_class
+    from vplab.segmentation import PromptSegmenter
+
+    base, _ = models
+    _, _, tgt = _images()
+    emb = base.embed(tgt)
+    single = PromptSegmenter(base.sam, output="token0")
+    points = _points_for(tgt)
+    sim = torch.ones(tgt.shape[:2])
+    pred = decode_class(single, emb, points, sim, 1)
+    coords, labels = points.sam_prompts()
+    token0 = base.decode(emb, coords.numpy(), labels.numpy(), multimask_output=False)
+    assert torch.equal(pred.prompt_masks, token0.masks[:, 0])
+    assert torch.allclose(pred.prompt_iou, token0.iou_predictions[:, 0])
+    assert (
+        single.decode(emb, coords.numpy(), labels.numpy(), multimask_output=None).masks.shape[1]
+        == 1
+    )
+    assert (
+        base.decode(emb, coords.numpy(), labels.numpy(), multimask_output=None).masks.shape[1] == 3
+    )
+    first = PromptSegmenter(base.sam, output="token1").decode(
+        emb, coords.numpy(), labels.numpy(), multimask_output=None
+    )
+    three = base.decode(emb, coords.numpy(), labels.numpy(), multimask_output=True)
+    assert torch.equal(first.low_res_logits[:, 0], three.low_res_logits[:, 0])
+    with pytest.raises(InvalidInput):
+        PromptSegmenter(base.sam, output="token7")
+
+
+def _points_for(image):
+    from vplab.matching.points import PointPrompts
+
+    h, w = image.shape[:2]
+    pos = torch.tensor([[w * 0.3, h * 0.4], [w * 0.7, h * 0.6]])
+    neg = torch.tensor([[1.0, 1.0], [w - 2.0, h - 2.0]])
+    return PointPrompts(pos, neg, torch.ones(2), torch.zeros(2, 2).long(), torch.zeros(2, 2).long())

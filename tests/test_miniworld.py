@@ -156,23 +156,15 @@ def test_demo_data_is_miniworld(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the committed sam_mini is a non-converged checkpoint (saturated decoder, the same "
-    "mask for any prompt): measured 5-shot == 0-shot (0.080). Remove this marker with the "
-    "new weights; strict, so a passing run reports it.",
-)
 def test_five_shot_epeft_beats_zero_shot_on_a_target_domain():
     """Fails if tuning stops helping: 5-shot E-PEFT on sam_mini vs the stock decoder,
-    same prompts (GT-sampled points, as the trainer uses), held-out images."""
-    from vplab.bench.quality import decoder_eval, tune_decoder
-    from vplab.models import build_sam
+    same GT prompts through the serving path, held-out images."""
+    from vplab.bench.quality import base_model, decoder_eval, tune_decoder
 
     domain = "polyps"
     shots = list(range(5))
     test = list(range(100, 112))
-    base = build_sam("sam_mini")
-    zero = decoder_eval(base, domain, test, seed=0)
-    tuned = tune_decoder(build_sam("sam_mini"), "epeft", domain, shots, seed=0, steps=150)
-    five = decoder_eval(tuned, domain, test, seed=0)
+    zero = decoder_eval(base_model(), domain, test)
+    tuned = tune_decoder(base_model()[0], "epeft", domain, shots, seed=0, steps=150)
+    five = decoder_eval(tuned, domain, test)
     assert five > zero + 0.05, (zero, five)

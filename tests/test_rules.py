@@ -9,7 +9,7 @@ import pytest
 from vplab.datasets import DatasetStore
 from vplab.errors import InvalidInput, NotFound, PayloadTooLarge, QuotaExceeded
 from vplab.images import encode_png
-from vplab.jobs import DEFAULT_STEPS, JobStore, submit_job
+from vplab.jobs import JobStore, submit_job
 from vplab.method_names import METHOD_NAMES
 from vplab.settings import Settings
 from vplab.states import JobState
@@ -63,7 +63,7 @@ def test_submit_job_defaults_and_quota(lab):
     datasets, jobs, ds, ids, _, _ = lab
     _label(datasets, ds, ids[0])
     job = submit_job(datasets, jobs, "t1", ds)
-    assert (job.method, job.steps, job.state) == ("epeft", DEFAULT_STEPS, JobState.QUEUED)
+    assert (job.method, job.steps, job.state) == ("epeft", 200, JobState.QUEUED)  # the recipe's
     assert jobs.get("t1", job.job_id).state == "QUEUED" and jobs.active() == [("t1", job.job_id)]
     submit_job(datasets, jobs, "t1", ds, method="lora", steps=3, method_config={"r": 2})
     with pytest.raises(QuotaExceeded):

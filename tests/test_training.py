@@ -189,7 +189,9 @@ def test_bank_is_cached_in_the_store_and_reused(tmp_path):
     ]
     first = Trainer(build_sam("sam_tiny"), _config(steps=4), samples, feature_cache=cache).run()
     cached = store.list(keys.cache_prefix("t1"))
-    assert len(cached) == 2 + 1  # 2 dihedral views of the training image + the validation view
+    # 2 dihedral views of each of the 2 images: below 10 images every one trains (#12) and
+    # validation reads the identity views, which are already cached
+    assert len(cached) == 2 * 2
     assert all(".bank.emb." in k for k in cached)
 
     sam = build_sam("sam_tiny")
@@ -200,3 +202,97 @@ def test_bank_is_cached_in_the_store_and_reused(tmp_path):
     assert store.list(keys.cache_prefix("t1")) == cached
     a, b = _trainable(first.model), _trainable(second.model)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_trainer_trains_and_serves_one_output_and_validates_through_the_serving_path(tmp_path):
+    """#12: a 5-image job trains on all 5; the IoU it reports is what the saved model gives
+    through the serving path (load from disk -> PromptSegmenter with the adapter's output
+    -> decode_class), not a head or prompt form serving never uses."""
+    from vplab.masks import iou
+    from vplab.models.base import resolve_base_sam
+    from vplab.peft.adapter_io import (
+        adapter_output,
+        load_adapter,
+        read_adapter_config,
+        save_adapter,
+    )
+    from vplab.segmentation import PromptSegmenter
+    from vplab.training.prompts import validation_prompts
+    from vplab.training.validation import served_mask
+
+    samples = _samples(5)
+    trainer = Trainer(build_sam("sam_tiny"), _config(steps=8, eval_every=4), samples)
+    result = trainer.run()
+    assert len(trainer.bank) == 5 * 2 and result.val_on_train  # 5 images x 2 views, no holdout
+    assert result.output == "token0"  # E-PEFT's recipe
+    base = resolve_base_sam("sam_tiny")
+    out = save_adapter(
+        result.model, tmp_path / "a", "epeft", result.method_config, base.ref(), result.output
+    )
+    cfg = read_adapter_config(out)
+    assert adapter_output(cfg) == "token0"
+    served, _ = load_adapter(out, base.build(), base.sha256)
+    seg = PromptSegmenter(served, output=adapter_output(cfg))
+    ious = []
+    for s in samples:
+        emb = seg.embed(s.image)
+        ious.append(
+            iou(
+                served_mask(seg, emb, validation_prompts(torch.as_tensor(s.label))).numpy(), s.label
+            )
+        )
+    assert abs(sum(ious) / len(ious) - result.best_val_iou) < 0.02  # bf16 cache rounding aside
+    # a config the method cannot serve is refused before anything runs
+    with pytest.raises(InvalidInput):
+        Trainer(build_sam("sam_tiny"), _config(method="ptsam-md", output="best_of_3"), samples)
+    with pytest.raises(InvalidInput):
+        Trainer(build_sam("sam_tiny"), _config(augmentation="online"), samples)  # frozen encoder
+
+
+def test_best_of_3_trains_the_iou_head_that_serving_picks_with():
+    """With output "best_of_3" the decoder gives 3 masks and the loss reaches the IoU head
+    (the pipeline picks among the masks and scores them with it)."""
+    samples = _samples(3)
+    cfg = _config(method="freeze-encoder", steps=1, output="best_of_3", lr=1e-3)
+    trainer = Trainer(build_sam("sam_tiny"), cfg, samples)
+    trainer._prepare()
+    item = trainer.bank[0]
+    logits, iou_pred, _ = trainer._decode(item, trainer._embedding(item), trainer.sampler)
+    assert logits.shape[1] == 3 and iou_pred is not None and iou_pred.shape == (1, 3)
+    loss = trainer._loss([item])
+    loss.backward()
+    head = trainer.sam.mask_decoder.iou_prediction_head
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_vectors_are_not_weight_decayed():
+    """#12: AdamW's decay would pull IA3 scales to 0 (their identity is 1)."""
+    trainer = Trainer(
+        build_sam("sam_tiny"), _config(method="epeft-ia3", weight_decay=0.5), _samples(2)
+    )
+    trainer._prepare()
+    groups = trainer.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    assert all(p.ndim < 2 for p in groups[1]["params"]) and len(groups[1]["params"]) > 0
+    ia3 = [n for n, p in trainer.params.items() if p.ndim < 2]
+    assert ia3 and all(p.ndim >= 2 for p in groups[0]["params"])
+
+
+def test_online_augmentation_draws_fresh_views_for_encoder_methods():
+    from vplab.training.augment import random_view
+
+    image, label = _samples(1)[0].image, _samples(1)[0].label
+    torch.manual_seed(0)
+    views = [random_view(image, label) for _ in range(4)]
+    assert all(
+        v.shape == image.shape and m.shape == label.shape and m.dtype == bool for v, m in views
+    )
+    assert len({v.tobytes() for v, _ in views}) == 4  # fresh each time
+    torch.manual_seed(0)
+    again = random_view(image, label)
+    assert (again[0] == views[0][0]).all() and (again[1] == views[0][1]).all()  # seeded
+    cfg = TrainConfig(method="ptsam", steps=1)
+    assert (
+        cfg.resolved().augmentation == "online"
+        and TrainConfig(method="ptsam-md").resolved().augmentation == "bank"
+    )

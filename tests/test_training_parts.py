@@ -9,7 +9,7 @@ from vplab.training.augment import DIHEDRAL, View, views
 from vplab.training.checkpoint import TrainerState, decode_state, encode_state
 from vplab.training.data import LabeledImage, load_labeled_dir, split_train_val, validate_samples
 from vplab.training.losses import dice_loss, segmentation_loss
-from vplab.training.prompts import sample_points
+from vplab.training.prompts import sample_prompt, validation_prompts
 
 
 def _sample(name="a", h=20, w=30):
@@ -33,18 +33,18 @@ def test_dihedral_views_are_distinct_and_keep_label_aligned():
     assert im.dtype == np.uint8 and np.array_equal(lab, s.label)
 
 
-def test_sample_points_positive_inside_negative_outside():
+def test_sample_prompt_is_the_inference_form_one_positive_then_negatives():
     label = torch.zeros(50, 60, dtype=torch.bool)
     label[10:20, 30:45] = True
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
-        pts, labels = sample_points(label, g, max_pos=3, max_neg=2)
-        assert 1 <= int((labels == 1).sum()) <= 3 and int((labels == 0).sum()) <= 2
+        pts, labels = sample_prompt(label, g, num_negatives=2)
+        assert labels.tolist() == [1, 0, 0]  # as visual prompting sends: positive first
         for (x, y), lab in zip(pts.tolist(), labels.tolist()):
             assert bool(label[int(y), int(x)]) == (lab == 1)
 
 
-def test_sample_points_are_distinct_and_uniform_over_the_region():
+def test_prompt_cells_are_distinct_and_uniform_over_the_region():
     from collections import Counter
 
     from vplab.training.prompts import _distinct_cells
@@ -62,7 +62,7 @@ def test_sample_points_are_distinct_and_uniform_over_the_region():
     assert max(counts.values()) < 1.25 * 300 and min(counts.values()) > 0.75 * 300  # 6000 / 20 each
 
 
-def test_sample_points_tiny_empty_and_full_regions():
+def test_sample_prompt_tiny_empty_and_full_regions():
     from vplab.training.prompts import _distinct_cells
 
     g = torch.Generator().manual_seed(2)
@@ -71,12 +71,13 @@ def test_sample_points_tiny_empty_and_full_regions():
     assert sorted(map(tuple, _distinct_cells(big, 3, g).tolist())) == [(10, 990), (500, 500)]
     assert _distinct_cells(torch.zeros(8, 8, dtype=torch.bool), 2, g).shape == (0, 2)
     empty = torch.zeros(30, 30, dtype=torch.bool)
-    _pts, labels = sample_points(empty, g)
-    assert labels.tolist() and set(labels.tolist()) == {0}  # no object: background points only
+    _pts, labels = sample_prompt(empty, g)
+    assert labels.tolist() == [0, 0]  # no object: background points only
+    with pytest.raises(ValueError):
+        sample_prompt(empty, g, num_negatives=0)
     full = torch.ones(30, 30, dtype=torch.bool)
-    for _ in range(20):
-        _pts, labels = sample_points(full, g)
-        assert set(labels.tolist()) == {1} and 1 <= len(labels) <= 3
+    _pts, labels = sample_prompt(full, g)
+    assert labels.tolist() == [1]  # no background to put a negative on
 
 
 def test_loss_is_low_for_right_logits_and_high_for_wrong():
@@ -88,13 +89,15 @@ def test_loss_is_low_for_right_logits_and_high_for_wrong():
     assert dice_loss(good, target) < 0.01
 
 
-def test_split_is_seeded_and_holds_out_one():
-    samples = [_sample(str(i)) for i in range(5)]
+def test_split_is_seeded_and_five_shots_train_on_five():
+    samples = [_sample(str(i)) for i in range(12)]
     tr, va = split_train_val(samples, 0.2, seed=3)
-    assert len(va) == 1 and len(tr) == 4
+    assert len(va) == 2 and len(tr) == 10
     assert [s.name for s in va] == [s.name for s in split_train_val(samples, 0.2, seed=3)[1]]
-    tr, va = split_train_val(samples[:1], 0.2, seed=0)
-    assert len(tr) == 1 and va == []
+    tr, va = split_train_val(samples[:5], 0.2, seed=0)  # a 5-shot job trains on 5 (#12)
+    assert len(tr) == 5 and va == []
+    tr, va = split_train_val(samples[:5], 0.2, seed=0, min_images=2)
+    assert len(tr) == 4 and len(va) == 1
 
 
 def test_validate_samples_errors():
@@ -152,3 +155,24 @@ def test_checkpoint_codec_roundtrip():
     for k in ("exp_avg", "exp_avg_sq", "step"):
         assert torch.equal(opt2.state_dict()["state"][0][k], opt.state_dict()["state"][0][k])
     assert torch.equal(back.torch_rng, state.torch_rng)
+
+
+def test_validation_prompts_one_positive_per_component_and_far_negatives():
+    from vplab.masks.geometry import components
+
+    label = torch.zeros(60, 80, dtype=torch.bool)
+    label[5:15, 5:15] = True  # component A (100 px)
+    label[30:50, 40:70] = True  # component B (600 px): first
+    label[52:54, 2:4] = True  # component C (4 px)
+    comps, n = components(label)
+    assert n == 3 and int((comps == 1).sum()) == 100  # raster order of first pixels
+    pts = validation_prompts(label, max_points=2)
+    assert pts.positive.shape == (2, 2) and pts.negative.shape == (2, 2)
+    (bx, by), (ax, ay) = pts.positive.tolist()
+    assert 40 <= bx < 70 and 30 <= by < 50 and 5 <= ax < 15 and 5 <= ay < 15  # largest first
+    for x, y in pts.negative.tolist():
+        assert not label[int(y), int(x)]
+    (x0, y0), (x1, y1) = pts.negative.tolist()
+    assert abs(x0 - x1) + abs(y0 - y1) > 10  # spread out, not two adjacent cells
+    empty = validation_prompts(torch.zeros(20, 20, dtype=torch.bool))
+    assert empty.positive.shape == (0, 2) and empty.negative.shape == (2, 2)

@@ -163,8 +163,7 @@ def pretrain_promptable_tiny(steps: int = 600, seed: int = 0):
         n_dihedral=4,
         n_photometric=0,
         val_fraction=0.1,
-        max_pos_points=1,
-        max_neg_points=0,
+        num_negatives=0,  # a bare click -> its instance
     )
     result = Trainer(build_sam("sam_tiny"), config, promptable_pretraining_samples()).run()
     for p in result.model.parameters():

@@ -36,7 +36,6 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 )
 TERMINAL = TERMINAL_STATES
 ACTIVE = ACTIVE_STATES
-DEFAULT_STEPS = 200  # TrainConfig's default; "0 steps" on the wire means this
 
 
 def now() -> str:
@@ -176,7 +175,7 @@ def submit_job(
     """
     import math
 
-    from vplab.peft import make_config
+    from vplab.peft import get_method, make_config
 
     method = method or DEFAULT_METHOD
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -198,7 +197,7 @@ def submit_job(
         dataset_id=dataset_id,
         method=method,
         base_model=base_model,
-        steps=steps or DEFAULT_STEPS,
+        steps=steps or get_method(method).recipe.steps,  # 0 on the wire: the recipe's
         method_config=dict(method_config or {}),
         seed=seed,
         lr=lr,
@@ -319,6 +318,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
                 job.method,
                 result.method_config,
                 runtime.base.ref(),
+                result.output,
             )
             job.model_id, job.state = model_id, SUCCEEDED
     except VPLabError as e:

@@ -26,12 +26,13 @@ def save_tuned_model(
     method: str,
     config: Any,
     base: dict[str, str],
+    output: str | None = None,
 ) -> None:
     from vplab.peft.adapter_io import save_adapter
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "adapter"
-        save_adapter(sam, out, method, config, base)
+        save_adapter(sam, out, method, config, base, output)
         store.put_file(keys.model_adapter(tenant, model_id), out / ADAPTER_FILE)
         store.put_file(keys.model_config(tenant, model_id), out / CONFIG_FILE)
 

@@ -98,34 +98,48 @@ def test_indices(n: int) -> list[int]:
 # --- evaluation ---------------------------------------------------------------------------
 
 
+# A model under test: the SAM and the decoder output it serves (the base's, or the one a
+# tuning run trained - #12).
+Model = tuple[Any, str]
+
+
+def base_model(random_init: bool = False) -> Model:
+    from vplab.models import build_sam
+    from vplab.segmentation.predictor import BASE_OUTPUT
+
+    return build_sam("sam_mini", random_init=random_init), BASE_OUTPUT
+
+
 @torch.no_grad()
-def decoder_ious(sam, domain: str, indices, seed: int = 0) -> np.ndarray:
-    """Per-image IoU with GT prompts sampled the trainer's way (fixed per image and seed)."""
+def decoder_ious(model: Model, domain: str, indices) -> np.ndarray:
+    """Per-image IoU with GT prompts through the serving path: ``validation_prompts`` (one
+    positive per object, 2 background negatives) -> ``served_mask`` - exactly what a
+    training job validates with."""
     from vplab.masks import iou
     from vplab.segmentation import PromptSegmenter
-    from vplab.training.prompts import sample_points
+    from vplab.training.prompts import validation_prompts
+    from vplab.training.validation import served_mask
 
-    seg = PromptSegmenter(sam)
+    seg = PromptSegmenter(model[0], output=model[1])
     out = []
     for s in samples(domain, indices):
-        gen = torch.Generator().manual_seed(seed * 100_003 + int(s.name.rsplit("-", 1)[1]))
-        coords, labels = sample_points(torch.as_tensor(s.label), gen)
-        res = seg.decode(seg.embed(s.image), coords.numpy(), labels.numpy(), multimask_output=False)
-        out.append(iou(res.masks[0, 0].numpy(), s.label))
+        points = validation_prompts(torch.as_tensor(s.label))
+        out.append(iou(served_mask(seg, seg.embed(s.image), points).numpy(), s.label))
     return np.array(out)
 
 
-def decoder_eval(sam, domain: str, indices, seed: int = 0) -> float:
-    return float(decoder_ious(sam, domain, indices, seed).mean())
+def decoder_eval(model: Model, domain: str, indices) -> float:
+    return float(decoder_ious(model, domain, indices).mean())
 
 
 @torch.no_grad()
-def pipeline_ious(sam, dino, domain: str, ref, indices) -> np.ndarray:
+def pipeline_ious(model: Model, dino, domain: str, ref, indices) -> np.ndarray:
     from vplab.masks import iou
     from vplab.matching import VisualPromptConfig, VisualPrompter
     from vplab.segmentation import PromptSegmenter
 
-    prompter = VisualPrompter(PromptSegmenter(sam), dino, VisualPromptConfig())
+    segmenter = PromptSegmenter(model[0], output=model[1])
+    prompter = VisualPrompter(segmenter, dino, VisualPromptConfig())
     prompter.set_references([(ref.image, ref.label)])
     out = []
     for s in samples(domain, indices):
@@ -135,11 +149,14 @@ def pipeline_ious(sam, dino, domain: str, ref, indices) -> np.ndarray:
 
 
 @torch.no_grad()
-def ptsam_dice(sam, domain: str, indices) -> np.ndarray:
+def ptsam_dice(model: Model, domain: str, indices) -> np.ndarray:
     from vplab.masks import dice
     from vplab.peft.ptsam import ptsam_segment
 
-    return np.array([dice(ptsam_segment(sam, s.image), s.label) for s in samples(domain, indices)])
+    sam, output = model
+    return np.array(
+        [dice(ptsam_segment(sam, s.image, output), s.label) for s in samples(domain, indices)]
+    )
 
 
 # --- training (the existing trainer, nothing else) ------------------------------------------
@@ -156,7 +173,8 @@ def tune_decoder(
     labelled=None,
     views: tuple[int, int] = (4, 1),
 ):
-    """``Trainer`` on ``shots`` (LabeledImages or indices of ``domain``) -> the tuned model."""
+    """``Trainer`` on ``shots`` (LabeledImages or indices of ``domain``) -> the tuned model
+    and the output it was trained on."""
     from vplab.training import TrainConfig, Trainer
 
     data = labelled if labelled is not None else samples(domain, shots)
@@ -170,7 +188,8 @@ def tune_decoder(
         n_dihedral=views[0],
         n_photometric=views[1],
     )
-    return Trainer(sam, cfg, data).run().model
+    result = Trainer(sam, cfg, data).run()
+    return result.model, result.output
 
 
 def lora_rank_matching(target_params: int) -> tuple[int, int]:
@@ -271,7 +290,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     controls: dict[str, float] = {}
 
     for domain in domains:
-        zero[domain] = Cell([decoder_ious(build_sam("sam_mini"), domain, test, s) for s in seeds])
+        zero[domain] = Cell([decoder_ious(base_model(), domain, test) for _ in seeds])
         shots_by_seed = {s: shot_lists(domain, s, max(40, pt_shots)) for s in seeds}
         if "t1" not in skip:
             for label, (method, cfg) in methods.items():
@@ -288,7 +307,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                             cfg,
                             views=views,
                         )
-                        runs.append(decoder_ious(tuned, domain, test, s))
+                        runs.append(decoder_ious(tuned, domain, test))
                     t1.setdefault(label, {})[(domain, k)] = Cell(runs)
                     log(f"T1 {domain} {label} {k}-shot: {_fmt(t1[label][(domain, k)])}")
         if "t3" not in skip:
@@ -296,12 +315,12 @@ def run(args: argparse.Namespace) -> BenchResult:
                 runs = []
                 for s in seeds:
                     ref = samples(domain, shots_by_seed[s][:1])[0]
-                    sam = build_sam("sam_mini")
+                    model = base_model()
                     if k:
-                        sam = tune_decoder(
-                            sam, "epeft", domain, shots_by_seed[s][:k], s, steps, views=views
+                        model = tune_decoder(
+                            model[0], "epeft", domain, shots_by_seed[s][:k], s, steps, views=views
                         )
-                    runs.append(pipeline_ious(sam, dino, domain, ref, test))
+                    runs.append(pipeline_ious(model, dino, domain, ref, test))
                 t3[(domain, k)] = Cell(runs)
                 log(f"T3 {domain} {k} shots: {_fmt(t3[(domain, k)])}")
         if "ptsam" not in skip:
@@ -336,28 +355,27 @@ def run(args: argparse.Namespace) -> BenchResult:
         shuf = tune_decoder(
             build_sam("sam_mini"), "epeft", d0, shots, s0, steps, labelled=rolled, views=views
         )
-        controls["shuffled_labels_5shot"] = decoder_eval(shuf, d0, test, s0)
+        controls["shuffled_labels_5shot"] = decoder_eval(shuf, d0, test)
         controls["zero_shot_same_domain"] = float(zero[d0].per_image[0].mean())
-        rand = build_sam("sam_mini", random_init=True)
-        controls["random_init_0shot"] = decoder_eval(rand, d0, test, s0)
+        controls["random_init_0shot"] = decoder_eval(base_model(random_init=True), d0, test)
         rand_t = tune_decoder(
             build_sam("sam_mini", random_init=True), "epeft", d0, shots, s0, steps, views=views
         )
-        controls["random_init_5shot"] = decoder_eval(rand_t, d0, test, s0)
+        controls["random_init_5shot"] = decoder_eval(rand_t, d0, test)
         tuned = tune_decoder(build_sam("sam_mini"), "epeft", d0, shots, s0, steps, views=views)
-        controls["pretrained_5shot"] = decoder_eval(tuned, d0, test, s0)
+        controls["pretrained_5shot"] = decoder_eval(tuned, d0, test)
         # in-distribution: the source domain (class 1 = the blob family)
         src_shots = shot_lists("source", s0, 5)
         src_test = test_indices(n_test)
-        controls["source_0shot"] = decoder_eval(build_sam("sam_mini"), "source", src_test, s0)
+        controls["source_0shot"] = decoder_eval(base_model(), "source", src_test)
         src_t = tune_decoder(
             build_sam("sam_mini"), "epeft", "source", src_shots, s0, steps, views=views
         )
-        controls["source_5shot"] = decoder_eval(src_t, "source", src_test, s0)
+        controls["source_5shot"] = decoder_eval(src_t, "source", src_test)
         if "t3" not in skip:
             ref = samples("source", src_shots[:1])[0]
             controls["source_vp_0shot"] = float(
-                pipeline_ious(build_sam("sam_mini"), dino, "source", ref, src_test).mean()
+                pipeline_ious(base_model(), dino, "source", ref, src_test).mean()
             )
         log(f"controls: {controls}")
 

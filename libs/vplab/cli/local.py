@@ -164,12 +164,15 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _visual_prompter(args: argparse.Namespace, sam):
+def _visual_prompter(args: argparse.Namespace, sam, output: str | None = None):
+    """``output``: a tuned model's trained decoder output (None: the base model's)."""
     from vplab.matching import VisualPromptConfig, VisualPrompter
     from vplab.segmentation import PromptSegmenter
+    from vplab.segmentation.predictor import BASE_OUTPUT
 
     config = VisualPromptConfig(matcher=getattr(args, "matcher", "soft"), seed=args.seed)
-    return VisualPrompter(PromptSegmenter(sam), dino_model(args), config)
+    segmenter = PromptSegmenter(sam, output=output or BASE_OUTPUT)
+    return VisualPrompter(segmenter, dino_model(args), config)
 
 
 def _predict_folder(prompter, files: list[Path], out: Path) -> None:
@@ -242,7 +245,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     result = trainer.run()
     bar.close()
-    save_adapter(result.model, out, config.method, result.method_config, base.ref())
+    save_adapter(result.model, out, config.method, result.method_config, base.ref(), result.output)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(
         f"validation IoU {result.initial_val_iou:.3f} -> {result.best_val_iou:.3f} (best at step "
@@ -272,6 +275,7 @@ def _load_tuned(args: argparse.Namespace):
 def run_predict(args: argparse.Namespace) -> int:
     from vplab.images import read_image
     from vplab.peft import get_method
+    from vplab.peft.adapter_io import adapter_output
 
     sam, cfg = _load_tuned(args)
     files = _image_files(args.images)
@@ -281,7 +285,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         for path in tqdm(files, desc="predict", unit="img", file=sys.stderr):
-            mask = ptsam_segment(sam, read_image(path))
+            mask = ptsam_segment(sam, read_image(path), adapter_output(cfg))
             _write_png(out / f"{path.stem}.png", mask.astype(np.uint8) * 255)
     else:
         if not args.ref:
@@ -289,7 +293,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"method {cfg['method']!r} is prompted: give --ref IMAGE --ref-mask MASK"
             )
         args.demo = args.demo or cfg["base"]["name"] in ("sam_tiny", "sam_mini")
-        prompter = _visual_prompter(args, sam)
+        prompter = _visual_prompter(args, sam, adapter_output(cfg))
         prompter.set_references(_references(args))
         _predict_folder(prompter, files, out)
     print(f"wrote {len(files)} masks to {out}")

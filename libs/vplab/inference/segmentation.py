@@ -24,6 +24,7 @@ from vplab.inference.runtime import adapter_encoder_id
 from vplab.masks import decode_rle, encode_rle
 from vplab.matching import VisualPromptConfig, VisualPrompter
 from vplab.peft import get_method
+from vplab.peft.adapter_io import adapter_output
 from vplab.peft.ptsam import ptsam_decode
 from vplab.segmentation import PromptSegmenter
 from vplab.segmentation.mask_input import mask_to_mask_input
@@ -42,6 +43,7 @@ class TunedModel:
     encoder_id: str  # embeddings namespace: the base's unless the encoder is tuned
     encoder_tuned: bool
     prompt_free: bool
+    output: str  # the decoder output it was trained on (adapter config)
 
 
 @dataclass
@@ -95,14 +97,16 @@ class SegmentationEngine:
                 self.store.get_bytes(keys.model_adapter(tenant, model_id))
             ).hexdigest()
             encoder_id = adapter_encoder_id(encoder_id, digest)
+        output = adapter_output(cfg)
         return TunedModel(
             model_id,
             cfg["method"],
             sam,
-            PromptSegmenter(sam, self.rt.device),
+            PromptSegmenter(sam, self.rt.device, output=output),
             encoder_id,
             encoder_tuned,
             spec.prompt_free,
+            output,
         )
 
     def _embedding(self, tenant: str, image_id: str, model: TunedModel | None):
@@ -167,7 +171,7 @@ class SegmentationEngine:
             )
         emb = self._embedding(tenant, image_id, model).to(self.rt.device)
         with torch.no_grad():
-            logits = ptsam_decode(model.sam, emb.features)
+            logits = ptsam_decode(model.sam, emb.features, model.output)
             logits = postprocess_masks(
                 logits.float(), emb.input_size, emb.original_size, model.segmenter.img_size
             )

@@ -81,8 +81,9 @@ def decode_class(
     score_threshold: float = 0.42,
     nms_threshold: float = 0.5,
 ) -> ClassPrediction:
-    """Decode one prompt per positive point (negatives appended) in ONE decoder call,
-    keep each prompt's best-IoU mask, optionally refine, score, threshold, NMS, union.
+    """Decode one prompt per positive point (negatives appended) in ONE decoder call
+    through the segmenter's served output, keep each prompt's best-IoU mask, optionally
+    refine, score, threshold, NMS, union.
 
     segmenter: ``vplab.segmentation.PromptSegmenter`` (or a tuned one with the same API).
     similarity_img: (H, W) mean reference similarity upsampled to the target image.
@@ -104,7 +105,9 @@ def decode_class(
             torch.zeros(0, dtype=torch.long),
         )
 
-    out = segmenter.decode(embedding, coords.numpy(), labels.numpy(), multimask_output=True)
+    # The segmenter's served output: the base model's 3 masks (best by predicted IoU), or
+    # the one output a tuned model was trained on (#12: never a head it was not trained for).
+    out = segmenter.decode(embedding, coords.numpy(), labels.numpy(), multimask_output=None)
     masks, iou, low_res = _best(
         out.masks, out.iou_predictions, out.low_res_logits
     )  # (P, H, W), (P,), (P, g, g)
@@ -123,7 +126,11 @@ def decode_class(
                 labels[sel].numpy(),
                 boxes=boxes,
                 mask_input=low_res[nonempty][:, None],  # (n, 1, g, g)
-                multimask_output=refine_multimask,
+                # A tuned model keeps its one trained output; the base model gives token 0
+                # (the prompt is unambiguous) unless refine_multimask asks for its 3 masks.
+                multimask_output=None
+                if refine_multimask or segmenter.output != "best_of_3"
+                else False,
             )
             m2, i2, _ = _best(ref.masks, ref.iou_predictions, ref.low_res_logits)
             masks, iou = masks.clone(), iou.clone()

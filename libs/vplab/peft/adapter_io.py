@@ -4,7 +4,9 @@ An adapter directory holds
 - ``adapter.safetensors``: every trainable tensor, plus tensors the method *created* that
   are not in the base checkpoint but are frozen (e.g. quantisation state), and
 - ``config.json``: {"format": "vplab-adapter/1", "method", "config", "base": {"name",
-  "sha256"}, "trainable_params", "pieces"}.
+  "sha256"}, "trainable_params", "pieces", "output"}. ``output`` is the decoder output the
+  model was trained on and must be served through (``Recipe.output``; adapters written
+  before it existed were all trained on token 0).
 
 Which tensors were "created": everything inside a module that declares ``peft_piece``
 except its ``base`` child (wrappers keep the original layer there), plus everything in
@@ -29,7 +31,7 @@ from torch import nn
 
 from vplab.errors import CheckpointError, InvalidInput
 from vplab.peft.core import apply_method, count_trainable, trainable_by_piece
-from vplab.peft.registry import get_method
+from vplab.peft.registry import DECODER_OUTPUTS, get_method
 from vplab.storage import keys
 
 FORMAT = "vplab-adapter/1"
@@ -73,12 +75,21 @@ def _to_plain(t: torch.Tensor) -> torch.Tensor:
 
 
 def save_adapter(
-    sam: nn.Module, out_dir: str | os.PathLike, method: str, config: Any, base: dict[str, str]
+    sam: nn.Module,
+    out_dir: str | os.PathLike,
+    method: str,
+    config: Any,
+    base: dict[str, str],
+    output: str | None = None,
 ) -> Path:
-    """Write the adapter of ``sam`` (tuned with ``method``/``config``) to ``out_dir``."""
+    """Write the adapter of ``sam`` (tuned with ``method``/``config``, on decoder ``output``:
+    default the method's recipe) to ``out_dir``."""
     from safetensors.torch import save_file
 
-    get_method(method)  # unknown method -> InvalidInput, nothing written
+    spec = get_method(method)  # unknown method -> InvalidInput, nothing written
+    output = output or spec.recipe.output
+    if output not in DECODER_OUTPUTS:
+        raise InvalidInput(f"output must be one of {list(DECODER_OUTPUTS)}, got {output!r}")
     if not isinstance(base, dict) or not base.get("name") or not base.get("sha256"):
         raise InvalidInput("base must be a dict with 'name' and 'sha256' of the base checkpoint")
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
@@ -97,6 +108,7 @@ def save_adapter(
         "base": {"name": str(base["name"]), "sha256": str(base["sha256"])},
         "trainable_params": count_trainable(sam),
         "pieces": dict(trainable_by_piece(sam)),
+        "output": output,
     }
     text = json.dumps(meta, indent=2, sort_keys=True)  # fails here (not mid-write) if not JSON
 
@@ -136,6 +148,14 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta["base"], dict) or "sha256" not in meta["base"]:
         raise CheckpointError(f"adapter {adapter_dir}: {CONFIG} lacks base.sha256")
     return meta
+
+
+def adapter_output(meta: dict[str, Any]) -> str:
+    """The decoder output an adapter serves (its config.json's ``output``, else token 0)."""
+    output = meta.get("output", "token0")
+    if output not in DECODER_OUTPUTS:
+        raise CheckpointError(f"adapter config: unknown decoder output {output!r}")
+    return str(output)
 
 
 def load_adapter(

@@ -57,6 +57,14 @@ def describe(
 
 
 def describe_lines(method: str, base: str = "vit_b", config: dict | None = None) -> list[str]:
-    """Lines "piece: N" per piece, then exactly "trainable_params: N"."""
+    """Lines "recipe.FIELD: value" (how the method trains unless told otherwise), "piece: N"
+    per piece, then exactly "trainable_params: N"."""
+    import dataclasses
+
     pieces, total = describe(method, base, config)
-    return [f"{piece}: {n}" for piece, n in pieces.items()] + [f"trainable_params: {total}"]
+    recipe = dataclasses.asdict(get_method(method).recipe)
+    return (
+        [f"recipe.{k}: {v}" for k, v in recipe.items() if v != ""]
+        + [f"{piece}: {n}" for piece, n in pieces.items()]
+        + [f"trainable_params: {total}"]
+    )

@@ -27,6 +27,37 @@ from vplab.method_names import METHOD_NAMES
 #   "full":   the whole image encoder
 EncoderMode = Literal["frozen", "late", "full"]
 
+# The decoder output a tuned model is trained on - and therefore served through:
+#   "token0":    SAM's single-mask output (``multimask_output=False``)
+#   "best_of_3": the three multimask outputs, trained with the min-over-masks loss and the
+#                IoU head regressed to the true IoU; served by the IoU head's argmax
+#   "token1":    the first of the three multimask outputs (the PTSAM paper's choice for
+#                prompt-free decoding)
+DecoderOutput = Literal["token0", "best_of_3", "token1"]
+DECODER_OUTPUTS: tuple[str, ...] = ("token0", "best_of_3", "token1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a method is trained unless a job says otherwise (``vplab peft describe`` shows it).
+
+    ``augmentation``: "bank" - a precomputed bank of embeddings of augmented views (8
+    flips/rotations + 2 photometric), for methods that never run the encoder in the loop;
+    "online" - a fresh random augmentation per step (rotation, crop, elastic, flips, noise,
+    gamma, brightness, contrast), free when the encoder runs anyway.
+    """
+
+    lr: float = 1e-4  # AdamW
+    steps: int = 200
+    output: DecoderOutput = "token0"
+    augmentation: Literal["bank", "online"] = "bank"
+    weight_decay: float = 0.01  # on matrices only: vectors (biases, scales) are not decayed
+    source: str = ""  # where the numbers come from
+
+    def __post_init__(self) -> None:
+        if self.output not in DECODER_OUTPUTS:
+            raise ValueError(f"output must be one of {DECODER_OUTPUTS}, got {self.output!r}")
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -36,7 +67,7 @@ class MethodSpec:
     encoder_mode: EncoderMode
     prompt_free: bool = False  # PTSAM: no prompt encoder input; decode without prompts
     mergeable: bool = False  # pure weight delta: `vplab export --merge` supported
-    default_lr: float = 1e-4  # AdamW learning rate the trainer uses unless told otherwise
+    recipe: Recipe = Recipe()
     description: str = ""
 
 
@@ -50,6 +81,8 @@ def register(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"PEFT method {spec.name!r} is not listed in vplab.method_names")
     if not dataclasses.is_dataclass(spec.config_cls):
         raise TypeError(f"{spec.name}: config_cls must be a dataclass")
+    if spec.prompt_free and spec.recipe.output == "best_of_3":
+        raise ValueError(f"{spec.name}: a prompt-free method has no IoU-head choice to make")
     _REGISTRY[spec.name] = spec
     return spec
 

@@ -34,6 +34,21 @@ from vplab.segmentation.transforms import (
 
 PointsInput = np.ndarray | Sequence[np.ndarray] | None
 
+# The base models serve SAM's multimask outputs, picked by the IoU head (what they were
+# pretrained on); a tuned model serves the output its recipe trained (``Recipe.output``).
+BASE_OUTPUT = "best_of_3"
+
+
+def output_selection(output: str) -> tuple[bool, slice]:
+    """``DecoderOutput`` -> (multimask_output for the decoder, which of its masks to keep)."""
+    if output == "token0":
+        return False, slice(0, 1)
+    if output == "token1":
+        return True, slice(0, 1)
+    if output == "best_of_3":
+        return True, slice(0, 3)
+    raise InvalidInput(f"unknown decoder output {output!r}")
+
 
 @dataclass
 class DecodeResult:
@@ -86,7 +101,16 @@ def decode_torch(
 class PromptSegmenter:
     """Embed images with SAM's encoder and decode point/box/mask prompts."""
 
-    def __init__(self, sam: Sam, device: torch.device | str | None = None, amp: bool | None = None):
+    def __init__(
+        self,
+        sam: Sam,
+        device: torch.device | str | None = None,
+        amp: bool | None = None,
+        output: str = BASE_OUTPUT,
+    ):
+        output_selection(output)  # unknown -> InvalidInput
+        # The decoder output this model serves (``decode(multimask_output=None)``).
+        self.output = output
         if device is not None:
             sam = sam.to(device)
         self.sam = sam.eval()
@@ -140,7 +164,7 @@ class PromptSegmenter:
         point_labels: PointsInput = None,
         boxes: np.ndarray | None = None,
         mask_input: np.ndarray | torch.Tensor | None = None,
-        multimask_output: bool = True,
+        multimask_output: bool | None = True,
         return_logits: bool = False,
     ) -> DecodeResult:
         """Decode B prompt sets on one image in a single decoder call.
@@ -150,7 +174,8 @@ class PromptSegmenter:
         point_labels: matching (B, N) / list of (N_i,) / (N,), values in {0, 1}.
         boxes: (B, 4) or (4,) xyxy in original pixels. mask_input: (B, 1, 4g, 4g) logits,
         e.g. a previous ``low_res_logits`` entry. Every given prompt kind must have the
-        same B.
+        same B. ``multimask_output=None``: the output this model serves (``self.output``:
+        3 masks for "best_of_3", else the one trained mask) - what visual prompting uses.
         """
         emb = self._check_embedding(embedding)
         H, W = emb.original_size
@@ -188,10 +213,15 @@ class PromptSegmenter:
         if masks_in is not None:
             mask_t = masks_in.to(device=self.device, dtype=torch.float)
 
+        if multimask_output is None:
+            multimask, keep = output_selection(self.output)
+        else:
+            multimask, keep = multimask_output, slice(None)
         with torch.no_grad():
             low_res, iou = decode_torch(
-                self.sam, emb.features, coords_t, labels_t, boxes_t, mask_t, multimask_output
+                self.sam, emb.features, coords_t, labels_t, boxes_t, mask_t, multimask
             )
+            low_res, iou = low_res[:, keep], iou[:, keep]
             masks = postprocess_masks(low_res, emb.input_size, emb.original_size, self.img_size)
         if not return_logits:
             masks = masks > self.sam.mask_threshold

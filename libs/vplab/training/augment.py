@@ -44,3 +44,40 @@ def views(n_dihedral: int = 8, n_photometric: int = 2) -> list[View]:
     if not 1 <= n_dihedral <= 8 or not 0 <= n_photometric <= len(PHOTOMETRIC):
         raise ValueError("n_dihedral must be 1..8 and n_photometric 0..3")
     return [View(n) for n in DIHEDRAL[:n_dihedral] + PHOTOMETRIC[:n_photometric]]
+
+
+def random_view(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fresh random augmentation of one training image (``Recipe.augmentation="online"``):
+    the PTSAM paper's list - rotation, crop, elastic deformation, flips, Gaussian noise,
+    gamma, brightness and contrast - each applied at random, for methods whose encoder
+    runs in the loop anyway (so augmenting per step costs nothing extra).
+
+    torchvision's v2 transforms move the label with the image (nearest neighbour for the
+    mask); randomness comes from torch's global generator, which the trainer seeds and
+    checkpoints, so a resumed run draws the same views.
+    """
+    import torch
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    h, w = label.shape
+    geometric = v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomApply([v2.RandomRotation(180.0)], p=0.5),
+            v2.RandomApply([v2.RandomResizedCrop((h, w), scale=(0.5, 1.0), antialias=True)], p=0.5),
+            v2.RandomApply([v2.ElasticTransform(alpha=30.0, sigma=5.0)], p=0.2),
+        ]
+    )
+    img = tv_tensors.Image(torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1))
+    mask = tv_tensors.Mask(torch.as_tensor(np.ascontiguousarray(label)))
+    img, mask = geometric(img, mask)
+    x = v2.functional.to_dtype(img, torch.float32, scale=True)
+    x = v2.RandomApply([v2.ColorJitter(brightness=0.25, contrast=0.25)], p=0.5)(x)
+    if float(torch.rand(())) < 0.3:
+        x = x.clamp(0, 1) ** float(torch.empty(()).uniform_(0.7, 1.5))
+    if float(torch.rand(())) < 0.3:
+        x = v2.GaussianNoise(sigma=float(torch.empty(()).uniform_(0.0, 0.05)))(x)
+    out = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(out), mask.numpy().astype(bool)

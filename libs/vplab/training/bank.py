@@ -87,6 +87,32 @@ def encoder_input_to_feature(
     return h
 
 
+def make_item(
+    sam: Sam,
+    name: str,
+    view: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    mode: str,
+    start_block: int = 0,
+    feature: torch.Tensor | None = None,
+) -> BankItem:
+    """One view as the training loop reads it (``feature`` computed unless given)."""
+    grid = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.kernel_size[0]
+    x, input_size = preprocess(sam, image)
+    if feature is None:
+        feature = encoder_input_to_feature(sam, x, mode, start_block).cpu()
+    return BankItem(
+        name=name,
+        view=view,
+        feature=feature,
+        label=torch.as_tensor(np.ascontiguousarray(label)),
+        target=lowres_target(sam, label, 4 * grid),  # SAM's decoder upscales 4x
+        input_size=input_size,
+        original_size=(int(label.shape[0]), int(label.shape[1])),
+    )
+
+
 def build_bank(
     sam: Sam,
     samples: list[LabeledImage],
@@ -98,35 +124,21 @@ def build_bank(
 ) -> list[BankItem]:
     """Compute the bank, reading and filling ``cache`` for encoder outputs ("full" mode
     stores only the preprocessed input, which is cheap to recompute)."""
-    grid = sam.image_encoder.img_size // sam.image_encoder.patch_embed.proj.kernel_size[0]
-    lowres = 4 * grid  # SAM's decoder upscales the embedding 4x
     items, total = [], len(samples) * len(views)
     what = "emb" if mode == "frozen" else f"late{start_block}"
     feature_cache = cache if mode != "full" else None
     for sample in samples:
         for view in views:
             image, label = view.apply(sample.image, sample.label)
-            x, input_size = preprocess(sam, image)
             feature = (
                 feature_cache.get(sample.name, view.name, what)
                 if feature_cache is not None
                 else None
             )
-            if feature is None:
-                feature = encoder_input_to_feature(sam, x, mode, start_block).cpu()
-                if feature_cache is not None:
-                    feature = feature_cache.put(sample.name, view.name, what, feature)
-            items.append(
-                BankItem(
-                    name=sample.name,
-                    view=view.name,
-                    feature=feature,
-                    label=torch.as_tensor(np.ascontiguousarray(label)),
-                    target=lowres_target(sam, label, lowres),
-                    input_size=input_size,
-                    original_size=tuple(label.shape),
-                )
-            )
+            item = make_item(sam, sample.name, view.name, image, label, mode, start_block, feature)
+            if feature is None and feature_cache is not None:
+                item.feature = feature_cache.put(sample.name, view.name, what, item.feature)
+            items.append(item)
             if on_item is not None:
                 on_item(len(items), total)
     return items

@@ -61,15 +61,23 @@ def load_labeled_dir(images_dir: str | Path, labels_dir: str | Path) -> list[Lab
     return samples
 
 
+# Below this many labelled images every one of them trains: holding out 1 of 5 shots would
+# make "5-shot" train on 4 (#12), and one held-out image is too few to choose a checkpoint.
+MIN_IMAGES_FOR_HOLDOUT = 10
+
+
 def split_train_val(
-    samples: list[LabeledImage], val_fraction: float, seed: int
+    samples: list[LabeledImage],
+    val_fraction: float,
+    seed: int,
+    min_images: int = MIN_IMAGES_FOR_HOLDOUT,
 ) -> tuple[list[LabeledImage], list[LabeledImage]]:
-    """Hold out ``round(n * val_fraction)`` images (at least 1 when n >= 2 and fraction > 0)."""
+    """Hold out ``round(n * val_fraction)`` images (at least 1) when there are at least
+    ``min_images``; with fewer, all train and the validation split is empty."""
     n = len(samples)
-    n_val = round(n * val_fraction)
-    if val_fraction > 0 and n >= 2:
-        n_val = max(1, n_val)
-    n_val = min(n_val, n - 1)
+    if val_fraction <= 0 or n < max(2, min_images):
+        return list(samples), []
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     val = [samples[i] for i in sorted(order[:n_val])]
     train = [samples[i] for i in sorted(order[n_val:])]

@@ -1,14 +1,18 @@
-"""Training prompts drawn the way visual prompting produces them at inference.
+"""Training prompts of the form visual prompting sends at inference (#12).
 
-Visual prompting gives a few positive points on the object and up to two negatives on
-background (METHODS.md section 2); a tuned decoder sees the same kind of prompt in
-training: 1..``max_pos`` positives inside the label, 0..``max_neg`` negatives outside,
-as one multi-point prompt with labels 1/0.
+Visual prompting decodes one prompt per matched peak: ONE positive point on the object
+with the ``num_negatives`` (2) least-similar cells appended as negatives, and unions the
+masks (METHODS.md section 2). A tuned decoder is trained on exactly that form: one
+positive inside the label, ``num_negatives`` negatives on background, and as target the
+connected component of the label under the positive (the object that peak lies on; the
+union over peaks assembles the class).
 """
 
 from __future__ import annotations
 
 import torch
+
+from vplab.masks.geometry import components, depth
 
 # Candidate pixels drawn per rejection round. Regions covering more than ~0.1 % of the
 # image almost surely get their points from one round; smaller ones fall back to an exact
@@ -41,21 +45,69 @@ def _distinct_cells(region: torch.Tensor, n: int, generator: torch.Generator) ->
     return torch.stack([index // w, index % w], dim=1)
 
 
-def sample_points(
-    label: torch.Tensor, generator: torch.Generator, max_pos: int = 3, max_neg: int = 2
+def sample_prompt(
+    label: torch.Tensor, generator: torch.Generator, num_negatives: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points (N, 2) as (x, y) pixel centres of ``label`` (H, W bool), labels (N,) in {0, 1}."""
-    n_pos = int(torch.randint(1, max_pos + 1, (1,), generator=generator))
-    n_neg = int(torch.randint(0, max_neg + 1, (1,), generator=generator))
+    """Points (1 + Q, 2) as (x, y) pixel centres of ``label`` (H, W bool): one positive
+    uniform inside the label, then up to ``num_negatives`` distinct negatives uniform
+    outside it; labels (1 + Q,) = [1, 0, ...]. An empty label gets a negative first
+    point only (label 0): nothing to point at."""
     picks, labels = [], []
-    for region, n, value in ((label, n_pos, 1), (~label, n_neg, 0)):
+    for region, n, value in ((label, 1, 1), (~label, num_negatives, 0)):
         if n == 0:
             continue
         cells = _distinct_cells(region, n, generator)
         if len(cells):
             picks.append(cells)
             labels.append(torch.full((len(cells),), value, dtype=torch.int64))
-    if not picks:  # empty label and no negative drawn: one background point as a negative
-        picks, labels = [_distinct_cells(~label, 1, generator)], [torch.zeros(1, dtype=torch.int64)]
+    if not picks:  # an empty label and no negatives asked for
+        raise ValueError("an empty label needs num_negatives >= 1 (nothing to point at)")
     yx = torch.cat(picks).float()
     return torch.stack([yx[:, 1], yx[:, 0]], dim=1) + 0.5, torch.cat(labels)
+
+
+def validation_prompts(label: torch.Tensor, max_points: int = 40, num_negatives: int = 2):
+    """Fixed prompts for validating on one labelled image, in the form serving sends:
+    one positive at the deepest pixel of each connected component (largest first, at most
+    ``max_points``, like visual prompting's peaks) and ``num_negatives`` negatives at the
+    background points farthest from the label. Computed on the label subsampled to at most
+    256 px a side (fast; each point is a label pixel). -> ``PointPrompts``."""
+    from vplab.matching.points import PointPrompts
+
+    h, w = label.shape
+    step = max(1, -(-max(h, w) // 256))
+    sub = label[::step, ::step].bool()
+
+    def pixel(flat_index: int) -> tuple[float, float]:
+        y, x = divmod(flat_index, sub.shape[1])
+        return x * step + 0.5, y * step + 0.5
+
+    comps, n = components(sub)
+    positives: list[tuple[float, float]] = []
+    if n:
+        sizes = torch.bincount(comps.flatten(), minlength=n + 1)[1:]
+        order = torch.argsort(sizes, descending=True, stable=True)[:max_points]
+        d = depth(torch.stack([comps == int(k) + 1 for k in order]))
+        positives = [pixel(int(i)) for i in d.flatten(1).argmax(1)]
+    negatives: list[tuple[float, float]] = []
+    background = depth((~sub)[None])[0]
+    radius = max(1, max(sub.shape) // 8)
+    for _ in range(num_negatives):
+        if not bool((background > 0).any()):
+            break
+        i = int(background.argmax())
+        negatives.append(pixel(i))
+        y, x = divmod(i, sub.shape[1])  # the next negative away from this one
+        background[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1] = 0
+
+    def points(xy: list[tuple[float, float]]) -> torch.Tensor:
+        return torch.tensor(xy, dtype=torch.float32).reshape(-1, 2)
+
+    pos, neg = points(positives), points(negatives)
+    return PointPrompts(
+        positive=pos,
+        negative=neg,
+        positive_scores=torch.ones(len(pos)),
+        grid_cells=(pos.flip(1) // step).long(),
+        negative_cells=(neg.flip(1) // step).long(),
+    )

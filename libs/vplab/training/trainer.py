@@ -1,13 +1,20 @@
 """Few-shot semantic segmentation training of a PEFT method on SAM (METHODS.md section 6).
 
-0.2 x CE + 0.8 x Dice, AdamW, cosine schedule, batch 2, a held-out validation split with
-the best checkpoint kept, seeds everywhere. Checkpoints carry optimizer, schedule and RNG
-state, so a run resumed from its latest checkpoint ends exactly where an uninterrupted run
-would have.
+0.2 x CE + 0.8 x Dice, AdamW, cosine schedule, batch 2, the best checkpoint kept, seeds
+everywhere. Checkpoints carry optimizer, schedule and RNG state, so a run resumed from its
+latest checkpoint ends exactly where an uninterrupted run would have.
+
+Train what we deploy (#12): the trainer trains the decoder output the tuned model is
+served through (``Recipe.output``: token 0, or the three multimask outputs with the
+min-over-masks loss), regresses the IoU head onto the true IoU of what it trained (the
+pipeline scores masks with it), draws prompts of the form visual prompting sends (one
+positive + 2 negatives, target = the label's component under the positive), and validates
+through the serving code path (``decode_class`` on the tuned ``PromptSegmenter``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -15,48 +22,96 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from vplab.errors import InvalidInput
 from vplab.masks import iou as mask_iou
+from vplab.masks.geometry import components
 from vplab.peft import apply_method, count_trainable, get_method
-from vplab.segmentation.predictor import decode_torch
+from vplab.peft.registry import DECODER_OUTPUTS
+from vplab.segmentation.embedding import ImageEmbedding
+from vplab.segmentation.predictor import decode_torch, output_selection
 from vplab.segmentation.transforms import apply_coords_torch, postprocess_masks
+from vplab.training.augment import random_view
 from vplab.training.augment import views as bank_views
-from vplab.training.bank import BankItem, FeatureCache, build_bank
+from vplab.training.bank import BankItem, FeatureCache, build_bank, make_item
 from vplab.training.checkpoint import TrainerState, decode_state, encode_state
 from vplab.training.checkpoints import CheckpointStore
 from vplab.training.data import LabeledImage, split_train_val, validate_samples
 from vplab.training.losses import segmentation_loss
-from vplab.training.prompts import sample_points
+from vplab.training.prompts import sample_prompt, validation_prompts
+from vplab.training.validation import served_mask
 
 
 @dataclass
 class TrainConfig:
+    """A training run. ``None`` fields come from the method's ``Recipe`` (``resolved``)."""
+
     method: str = "epeft"
     method_config: dict[str, Any] = field(default_factory=dict)
-    steps: int = 200
+    steps: int | None = None
     batch_size: int = 2
-    lr: float | None = None  # None: the method's default_lr
-    weight_decay: float = 0.01
-    val_fraction: float = 0.2
+    lr: float | None = None
+    weight_decay: float | None = None  # on matrices; vectors (biases, scales) never decay
+    output: str | None = None  # the decoder output trained and served (DecoderOutput)
+    augmentation: str | None = None  # "bank" | "online" (encoder in the loop only)
+    val_fraction: float = 0.2  # only with >= MIN_IMAGES_FOR_HOLDOUT images (data.py)
     seed: int = 0
     eval_every: int = 25
     checkpoint_every: int = 50
     n_dihedral: int = 8  # views in the augmentation bank
     n_photometric: int = 2
-    max_pos_points: int = 3
-    max_neg_points: int = 2
+    num_negatives: int = 2  # per training prompt, as visual prompting sends them
 
     def validate(self) -> None:
-        get_method(self.method)  # unknown method -> InvalidInput
+        spec = get_method(self.method)  # unknown method -> InvalidInput
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InvalidInput(f"lr must be a positive number, got {self.lr}")
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InvalidInput(f"{name} must be > 0, got {value}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            ok = value is None or (math.isfinite(value) and (value > 0 or name != "lr"))
+            if not ok or (value is not None and value < 0):
+                raise InvalidInput(f"{name} must be a non-negative number (lr > 0), got {value}")
         if not 0 <= self.val_fraction < 1:
             raise InvalidInput("val_fraction must be in [0, 1)")
+        if self.num_negatives < 0:
+            raise InvalidInput("num_negatives must be >= 0")
+        if self.output is not None:
+            if self.output not in DECODER_OUTPUTS:
+                raise InvalidInput(
+                    f"output must be one of {list(DECODER_OUTPUTS)}, got {self.output!r}"
+                )
+            if spec.prompt_free and self.output == "best_of_3":
+                raise InvalidInput(f"{self.method} is prompt-free: output 'token0' or 'token1'")
+        if self.augmentation not in (None, "bank", "online"):
+            raise InvalidInput(
+                f"augmentation must be 'bank' or 'online', got {self.augmentation!r}"
+            )
+        if self.augmentation == "online" and spec.encoder_mode != "full":
+            raise InvalidInput(
+                f"online augmentation needs the encoder in the loop; {self.method} trains from "
+                "cached features (use 'bank')"
+            )
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled from the method's recipe."""
+        self.validate()
+        recipe = get_method(self.method).recipe
+        augmentation = self.augmentation or recipe.augmentation
+        if augmentation == "online" and get_method(self.method).encoder_mode != "full":
+            augmentation = "bank"
+        return dataclasses.replace(
+            self,
+            method_config=dict(self.method_config),
+            steps=self.steps or recipe.steps,
+            lr=self.lr or recipe.lr,
+            weight_decay=recipe.weight_decay if self.weight_decay is None else self.weight_decay,
+            output=self.output or recipe.output,
+            augmentation=augmentation,
+        )
 
 
 @dataclass
@@ -84,6 +139,7 @@ class TrainResult:
     cancelled: bool
     val_on_train: bool  # no held-out image was available
     history: list[dict[str, float]]
+    output: str  # the decoder output trained, which serving must use (save it with the model)
 
 
 class Trainer:
@@ -97,10 +153,13 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         feature_cache: FeatureCache | None = None,
     ):
-        config.validate()
+        config = config.resolved()
         validate_samples(samples)
         self.sam = sam
         self.config = config
+        # the recipe-resolved values, typed
+        self.steps, self.lr = int(config.steps or 0), float(config.lr or 0.0)
+        self.weight_decay, self.output = float(config.weight_decay or 0.0), str(config.output)
         self.spec = get_method(config.method)
         self.samples = samples
         self.checkpoints = checkpoints
@@ -108,6 +167,7 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.feature_cache = feature_cache
         self.device = sam.pixel_mean.device
+        self.t0 = time.monotonic()
 
     # -- setup ---------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -122,18 +182,22 @@ class Trainer:
         train, val = split_train_val(self.samples, cfg.val_fraction, cfg.seed)
         self.val_on_train = not val
         self.val = val or train
+        self.train_samples = train
         mode = self.spec.encoder_mode
+        self.online = cfg.augmentation == "online"
+        self._components: dict[int, tuple[torch.Tensor, int]] = {}
 
         def bank_progress(i: int, n: int) -> None:
             if i == n or i % max(1, n // 4) == 0:  # a few events, not one per view
                 self.on_progress(
-                    ProgressEvent("bank", 0, cfg.steps, elapsed_s=time.monotonic() - self.t0)
+                    ProgressEvent("bank", 0, self.steps, elapsed_s=time.monotonic() - self.t0)
                 )
 
         self.bank = build_bank(
             self.sam,
             train,
-            bank_views(cfg.n_dihedral, cfg.n_photometric),
+            # online: fresh views every step; the bank only indexes the images
+            bank_views(1, 0) if self.online else bank_views(cfg.n_dihedral, cfg.n_photometric),
             mode,
             self.start_block,
             self.feature_cache,
@@ -142,12 +206,21 @@ class Trainer:
         self.val_bank = build_bank(
             self.sam, self.val, bank_views(1, 0), mode, self.start_block, self.feature_cache
         )
+        self.val_prompts = [validation_prompts(item.label) for item in self.val_bank]
+        # AdamW's decay pulls a parameter towards 0: right for weight matrices, wrong for
+        # vectors initialised at 1 (IA3 and SSF scales, LayerNorm weights) or 0 (biases,
+        # shifts), whose identity is their init. Vectors are not decayed (timm/nanoGPT do
+        # the same).
+        matrices: list[torch.Tensor] = [p for p in self.params.values() if p.ndim >= 2]
+        vectors: list[torch.Tensor] = [p for p in self.params.values() if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()),
-            lr=cfg.lr or self.spec.default_lr,
-            weight_decay=cfg.weight_decay,
+            [
+                {"params": matrices, "weight_decay": self.weight_decay},
+                {"params": vectors, "weight_decay": 0.0},
+            ],
+            lr=self.lr,
         )
-        total = cfg.steps
+        total = self.steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
         )
@@ -166,26 +239,44 @@ class Trainer:
             x = blk(x)
         return enc.neck(x.permute(0, 3, 1, 2))
 
+    def _component_target(self, item: BankItem, coords: torch.Tensor) -> torch.Tensor:
+        """(1, L, L): the low-res target restricted to the component under ``coords[0]``
+        (the positive, in the resized img_size frame)."""
+        target = item.target
+        key = id(item)
+        if key not in self._components:
+            self._components[key] = components(target[0] > 0)
+        comps, n = self._components[key]
+        if n <= 1:
+            return target
+        lowres = target.shape[-1]
+        scale = lowres / self.sam.image_encoder.img_size
+        x = min(int(coords[0, 0] * scale), lowres - 1)
+        y = min(int(coords[0, 1] * scale), lowres - 1)
+        k = int(comps[y, x])
+        return target if k == 0 else target * (comps == k)[None]
+
     def _decode(
         self, item: BankItem, embedding: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Low-res logits (1, 1, L, L) for one item."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(low-res logits (1, M, L, L) of the trained output(s), their predicted IoU
+        (1, M) or None when prompt-free, the target (1, L, L))."""
         if self.spec.prompt_free:
             from vplab.peft.ptsam import ptsam_decode
 
-            return ptsam_decode(self.sam, embedding)
-        coords, labels = sample_points(
-            item.label, generator, self.config.max_pos_points, self.config.max_neg_points
-        )
+            return ptsam_decode(self.sam, embedding, self.output), None, item.target
+        coords, labels = sample_prompt(item.label, generator, self.config.num_negatives)
         coords = apply_coords_torch(coords, item.original_size, self.sam.image_encoder.img_size)
-        logits, _ = decode_torch(
+        target = self._component_target(item, coords) if labels[0] == 1 else item.target
+        multimask, keep = output_selection(self.output)
+        logits, iou_pred = decode_torch(
             self.sam,
             embedding,
             coords[None].to(self.device),
             labels[None].to(self.device),
-            multimask_output=False,
+            multimask_output=multimask,
         )
-        return logits
+        return logits[:, keep], iou_pred[:, keep], target
 
     def _valid_lowres(self, item: BankItem, lowres: int) -> tuple[int, int]:
         size = self.sam.image_encoder.img_size
@@ -194,30 +285,65 @@ class Trainer:
             math.ceil(item.input_size[1] * lowres / size),
         )
 
+    def _train_item(self, item: BankItem) -> BankItem:
+        if not self.online:
+            return item
+        sample = next(s for s in self.train_samples if s.name == item.name)
+        image, label = random_view(sample.image, sample.label)
+        return make_item(self.sam, sample.name, "online", image, label, "full")
+
     def _loss(self, items: list[BankItem]) -> torch.Tensor:
         losses = []
         for item in items:
+            item = self._train_item(item)
             # One decoder call per item: the decoder repeats the image embedding per prompt set.
-            logits = self._decode(item, self._embedding(item), self.sampler)[:, 0]
+            logits, iou_pred, target = self._decode(item, self._embedding(item), self.sampler)
             h, w = self._valid_lowres(item, logits.shape[-1])
-            target = item.target.to(self.device)
-            losses.append(segmentation_loss(logits[:, :h, :w].float(), target[:, :h, :w]))
+            logits = logits[..., :h, :w].float()
+            target = target.to(self.device)[:, :h, :w]
+            per_output = torch.stack(
+                [segmentation_loss(logits[:, m], target) for m in range(logits.shape[1])]
+            )
+            loss = per_output.min()  # min over the multimask outputs (one output: itself)
+            if iou_pred is not None:
+                with torch.no_grad():  # the IoU head learns the true IoU of each output
+                    hard, gt = logits > 0, (target > 0.5)[:, None]
+                    inter = (hard & gt).flatten(2).sum(-1).float()
+                    union = (hard | gt).flatten(2).sum(-1).float()
+                    true_iou = torch.where(union > 0, inter / union.clamp(min=1), 1.0)
+                loss = loss + F.mse_loss(iou_pred.float(), true_iou)
+            losses.append(loss)
         return torch.stack(losses).mean()
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean IoU on the validation images, with fixed prompts (same every evaluation)."""
+        """Mean IoU on the validation images through the serving code path: the tuned
+        model's ``PromptSegmenter`` (its served output) and ``decode_class`` (scores,
+        threshold, NMS, union) with the fixed prompts of ``validation_prompts``; prompt-free
+        methods through ``ptsam_decode`` with the served output token (``served_mask``)."""
+        from vplab.segmentation import PromptSegmenter
+
         was_training = self.sam.training
         self.sam.eval()
-        generator = torch.Generator().manual_seed(self.config.seed + 1_000_003)
         ious = []
-        for item in self.val_bank:
+        segmenter = (
+            None if self.spec.prompt_free else PromptSegmenter(self.sam, output=self.output)
+        )
+        for item, points in zip(self.val_bank, self.val_prompts):
             with self._autocast():
-                logits = self._decode(item, self._embedding(item), generator)
-            masks = postprocess_masks(
-                logits.float(), item.input_size, item.original_size, self.sam.image_encoder.img_size
-            )
-            ious.append(mask_iou((masks[0, 0] > 0).cpu().numpy(), item.label.numpy()))
+                embedding = self._embedding(item)
+            if segmenter is None:
+                from vplab.peft.ptsam import ptsam_decode
+
+                with self._autocast():
+                    logits = ptsam_decode(self.sam, embedding, self.output)
+                size = self.sam.image_encoder.img_size
+                masks = postprocess_masks(logits.float(), item.input_size, item.original_size, size)
+                pred = (masks[0, 0] > 0).cpu()
+            else:
+                emb = ImageEmbedding(embedding.float(), item.original_size, item.input_size)
+                pred = served_mask(segmenter, emb, points).cpu()
+            ious.append(mask_iou(pred.numpy(), item.label.numpy()))
         self.sam.train(was_training)
         return float(sum(ious) / len(ious))
 
@@ -270,7 +396,7 @@ class Trainer:
         loss_value = None
         cancelled = False
         step = start
-        while step < cfg.steps:
+        while step < self.steps:
             if self.should_stop():
                 cancelled = True
                 break
@@ -284,25 +410,25 @@ class Trainer:
             step += 1
             loss_value = float(loss.detach())
             val_iou = None
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or step == self.steps:
                 val_iou = self.evaluate()
                 info["history"].append({"step": step, "loss": loss_value, "val_iou": val_iou})
                 if val_iou > info["best_val_iou"]:
                     info.update(best_val_iou=val_iou, best_step=step)
                     self.best = {n: p.detach().clone() for n, p in self.params.items()}
-            if self.checkpoints and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            if self.checkpoints and (step % cfg.checkpoint_every == 0 or step == self.steps):
                 self.checkpoints.save(step, encode_state(self._state(step, info)))
             rate = (step - start) / max(time.monotonic() - t_loop, 1e-9)
             self.on_progress(
                 ProgressEvent(
                     "train",
                     step,
-                    cfg.steps,
+                    self.steps,
                     loss_value,
                     val_iou,
                     info["best_val_iou"],
                     time.monotonic() - self.t0,
-                    (cfg.steps - step) / rate if rate > 0 else None,
+                    (self.steps - step) / rate if rate > 0 else None,
                 )
             )
         if cancelled and self.checkpoints:
@@ -316,7 +442,7 @@ class Trainer:
             ProgressEvent(
                 "cancelled" if cancelled else "done",
                 step,
-                cfg.steps,
+                self.steps,
                 loss_value,
                 None,
                 info["best_val_iou"],
@@ -336,6 +462,7 @@ class Trainer:
             cancelled=cancelled,
             val_on_train=self.val_on_train,
             history=info["history"],
+            output=self.output,
         )
 
 

@@ -63,7 +63,7 @@ from vplab.peft.epeft.config import (
 )
 from vplab.peft.epeft.layer import IA3Scale, ImageContextAdapter, MemoryTokens
 from vplab.peft.layers.lora import LoRALinear
-from vplab.peft.registry import EncoderMode, MethodSpec, register
+from vplab.peft.registry import EncoderMode, MethodSpec, Recipe, register
 
 _ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -262,15 +262,19 @@ class _CommonFields(TypedDict):
     inject: Callable[[nn.Module, Any], None]
     encoder_mode: EncoderMode
     prompt_free: bool
-    default_lr: float
+    recipe: Recipe
 
 
-# default_lr is ours (the paper gives none): the best of a small sweep on the demo task.
 _COMMON: _CommonFields = {
     "inject": inject_epeft,
     "encoder_mode": "frozen",
     "prompt_free": False,
-    "default_lr": 3e-3,
+    "recipe": Recipe(
+        lr=3e-3,
+        steps=200,
+        output="token0",
+        source="lr ours (the paper gives none): the best of a small sweep on the demo task",
+    ),
 }
 
 register(

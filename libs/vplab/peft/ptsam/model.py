@@ -26,7 +26,7 @@ from torch import nn
 from vplab.errors import InvalidInput
 from vplab.peft.ptsam.config import PTSAMConfig, PTSAMDecoderConfig
 from vplab.peft.ptsam.layer import DecoderPrompts, PromptedBlock
-from vplab.peft.registry import MethodSpec, register
+from vplab.peft.registry import MethodSpec, Recipe, register
 
 
 class PTSAMMaskDecoder(MaskDecoder):
@@ -95,12 +95,13 @@ def inject_ptsam(sam: Sam, config: PTSAMConfig) -> None:
         inject_encoder_prompts(sam.image_encoder, config.n_ie)
 
 
-def ptsam_decode(sam: Sam, image_embeddings: torch.Tensor) -> torch.Tensor:
+def ptsam_decode(sam: Sam, image_embeddings: torch.Tensor, output: str = "token0") -> torch.Tensor:
     """Prompt-free decoding: (B, C, h, w) image embeddings -> (B, 1, 4h, 4w) low-res logits
     ((B, 1, 256, 256) for SAM).
 
-    No sparse prompts, the frozen no-mask embedding as the dense input, mask token 0
-    (``multimask_output=False``). ``MaskDecoder.predict_masks`` repeats the image
+    No sparse prompts, the frozen no-mask embedding as the dense input; ``output``: mask
+    token 0 (``multimask_output=False``, our default) or "token1", the first of the three
+    multimask outputs (the PTSAM paper's). ``MaskDecoder.predict_masks`` repeats the image
     embedding once per prompt set (B images with B prompt sets -> B^2 masks), so this
     decodes one image at a time with a single (empty) prompt set; the decoder is light
     next to the encoder, so the loop costs little. Gradients flow (used for training).
@@ -120,6 +121,9 @@ def ptsam_decode(sam: Sam, image_embeddings: torch.Tensor) -> torch.Tensor:
     image_pe = pe.get_dense_pe()  # (1, C, h, w)
     dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)  # (1, C, h, w)
     sparse = image_embeddings.new_zeros(1, 0, c)  # one empty prompt set
+    if output not in ("token0", "token1"):
+        raise InvalidInput(f"prompt-free decoding serves 'token0' or 'token1', not {output!r}")
+    multimask = output == "token1"
     out = []
     for i in range(b):
         masks, _ = sam.mask_decoder(
@@ -127,14 +131,14 @@ def ptsam_decode(sam: Sam, image_embeddings: torch.Tensor) -> torch.Tensor:
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=False,  # mask token 0
+            multimask_output=multimask,
         )
-        out.append(masks)  # (1, 1, 4h, 4w)
+        out.append(masks[:, :1])  # (1, 1, 4h, 4w): token 0, or token 1 of tokens 1-3
     return torch.cat(out, dim=0)  # (B, 1, 4h, 4w)
 
 
 @torch.no_grad()
-def ptsam_segment(sam: Sam, image: np.ndarray) -> np.ndarray:
+def ptsam_segment(sam: Sam, image: np.ndarray, output: str = "token0") -> np.ndarray:
     """One HxWx3 uint8 image -> HxW bool mask, prompt-free (for ``vplab predict``).
 
     SAM pre-processing (longest side to ``img_size``, normalise, pad), the (tuned)
@@ -157,7 +161,7 @@ def ptsam_segment(sam: Sam, image: np.ndarray) -> np.ndarray:
         image_to_tensor(resized, device), sam.pixel_mean.flatten(), sam.pixel_std.flatten(), size
     )
     x = x.to(next(sam.image_encoder.parameters()).dtype)
-    logits = ptsam_decode(sam, sam.image_encoder(x))  # (1, 1, 4g, 4g)
+    logits = ptsam_decode(sam, sam.image_encoder(x), output)  # (1, 1, 4g, 4g)
     logits = postprocess_masks(logits.float(), resized.shape[:2], image.shape[:2], size)
     return (logits[0, 0] > 0).cpu().numpy()
 
@@ -169,7 +173,15 @@ register(
         inject=inject_ptsam_md,
         encoder_mode="frozen",
         prompt_free=True,
-        default_lr=0.05,  # the PTSAM paper's recipe (decoder prompts only)
+        recipe=Recipe(
+            lr=0.05,
+            steps=400,
+            output="token0",
+            augmentation="bank",
+            source="PTSAM paper (decoder prompts only): lr 0.05, output 'token1' is the "
+            "paper's first multimask output; steps ours (paper: 20,000 on a GPU), 400 as "
+            "a 2,048-parameter prompt trains from cached embeddings",
+        ),
         description="PTSAM, mask decoder prompts only (8 x 256 = 2,048 params); prompt-free",
     )
 )
@@ -180,7 +192,15 @@ register(
         inject=inject_ptsam,
         encoder_mode="full",
         prompt_free=True,
-        default_lr=0.01,  # the PTSAM paper's recipe (with encoder prompts)
+        recipe=Recipe(
+            lr=0.01,
+            steps=200,
+            output="token0",
+            augmentation="online",
+            source="PTSAM paper (with encoder prompts): lr 0.01, on-the-fly augmentation "
+            "(rotation, crop, elastic, flips, noise, gamma, brightness, contrast); steps "
+            "ours (paper: 20,000): the encoder runs every step",
+        ),
         description="PTSAM: decoder prompts + deep prompts in every ViT block (75,776 for ViT-B); prompt-free",
     )
 )
