@@ -137,14 +137,14 @@ def test_demo_base_is_the_embedded_sam_mini():
 
 
 def test_sam_mini_beats_its_random_init_on_centre_clicks():
-    """A floor only: pretraining must have moved the model off its random init. (The
-    committed weights are far from the #11 targets; BENCHMARKS.md has the figures.)"""
+    """A floor: pretraining must give clicks a clear meaning (committed weights: 0.41 on
+    50 held-out images, random init 0.01; the #11 target 0.75 is not met, BENCHMARKS.md)."""
     from vplab.miniworld.evaluate import evaluate_clicks
     from vplab.models import build_sam
 
     pre = evaluate_clicks(build_sam("sam_mini"), n_images=4, n_clicks=1)["miou_1click"]
     rand = evaluate_clicks(build_sam("sam_mini", random_init=True), n_images=4, n_clicks=1)
-    assert pre > rand["miou_1click"], (pre, rand)
+    assert pre > rand["miou_1click"] + 0.15, (pre, rand)
 
 
 def test_demo_data_is_miniworld(tmp_path):

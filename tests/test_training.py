@@ -133,44 +133,37 @@ def test_late_methods_run_only_late_blocks_in_the_loop():
     assert len(late) > n_bank  # block 3 runs every step
 
 
+def _miniworld_shots(domain="polyps", n=6):
+    from vplab.bench.quality import samples
+
+    return samples(domain, list(range(n)))
+
+
 @pytest.mark.slow
-def test_epeft_learns_on_the_demo_task():
-    """Fails if gradients do not reach the adapter: IoU must rise clearly above the start."""
-    samples = [
-        LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(6, 256, 0))
-    ]
+def test_epeft_learns_on_the_embedded_sam_mini():
+    """Fails if gradients do not reach the adapter: on the pretrained sam_mini (#11), the
+    IoU through the serving path must rise clearly above the stock decoder's."""
     cfg = TrainConfig(
         method="epeft", steps=150, eval_every=50, checkpoint_every=10**6, n_photometric=0
     )
-    result = Trainer(build_sam("sam_tiny"), cfg, samples).run()
-    assert result.best_val_iou > result.initial_val_iou + 0.3, (
+    result = Trainer(build_sam("sam_mini"), cfg, _miniworld_shots()).run()
+    assert result.best_val_iou > result.initial_val_iou + 0.15, (
         result.initial_val_iou,
         result.history,
     )
 
 
 @pytest.mark.slow
-def test_ptsam_md_learns_on_a_promptable_pretrained_tiny_sam():
-    """PTSAM specialises a *pretrained* promptable SAM (see vplab.demo.pretrain_promptable_tiny).
-
-    The 40-second tiny stand-in for SAM's pretraining is a weak base, and whether decoder
-    prompts alone can steer it depends on the pretraining seed. With the current prompt
-    sampler, seed 1 learns (0.0 -> 0.79). Seeds 0 and 2 stay at a constant mask (0.49 and
-    0.23) for any lr from 0.01 to 0.2 (docs/DESIGN-NOTES.md). The test pins a base that can
-    learn: it then fails if PTSAM's prompts stop reaching the decoder or stop training.
-    """
-    from vplab.demo import pretrain_promptable_tiny
-
-    base = pretrain_promptable_tiny(steps=600, seed=1)
-    samples = [
-        LabeledImage(f"s{i}", im, m) for i, (im, m) in enumerate(load_demo_samples(6, 256, 0))
-    ]
+def test_ptsam_md_learns_on_the_embedded_sam_mini():
+    """PTSAM specialises a *pretrained* promptable SAM: 2,048 decoder-prompt parameters on
+    sam_mini's frozen decoder turn its prompt-free output into the domain's class mask.
+    Fails if PTSAM's prompts stop reaching the decoder or stop training."""
     cfg = TrainConfig(
         method="ptsam-md", steps=150, eval_every=50, checkpoint_every=10**6, n_photometric=0
     )
-    result = Trainer(base, cfg, samples).run()
+    result = Trainer(build_sam("sam_mini"), cfg, _miniworld_shots()).run()
     assert result.trainable_params == 2048
-    assert result.best_val_iou > result.initial_val_iou + 0.3, (
+    assert result.best_val_iou > result.initial_val_iou + 0.15, (
         result.initial_val_iou,
         result.history,
     )

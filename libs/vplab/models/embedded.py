@@ -32,7 +32,7 @@ EMBEDDED: dict[str, EmbeddedWeights] = {
         EmbeddedWeights(
             "sam_mini",
             "sam_mini.safetensors",
-            "4d1be7a9492bdda49c1c56f541bad66a33f14c7add199a380c47c4b6d43af966",
+            "7edef038043081963e49d38ec14a0990be7f6570486d8094bdd48a42a31b60bd",
         ),
         EmbeddedWeights(
             "dinov2_mini",

@@ -326,9 +326,7 @@ class Trainer:
         was_training = self.sam.training
         self.sam.eval()
         ious = []
-        segmenter = (
-            None if self.spec.prompt_free else PromptSegmenter(self.sam, output=self.output)
-        )
+        segmenter = None if self.spec.prompt_free else PromptSegmenter(self.sam, output=self.output)
         for item, points in zip(self.val_bank, self.val_prompts):
             with self._autocast():
                 embedding = self._embedding(item)
