@@ -394,8 +394,18 @@ def expected_serve_config(values: dict) -> dict:
     autoscaling = {
         name: v["autoscaling"] for name, v in apps_values.items() if v.get("autoscaling")
     }
+    names = {
+        "maxOngoingRequests": "max_ongoing_requests",
+        "maxQueuedRequests": "max_queued_requests",
+    }
+    admission = {
+        name: {names[k]: n for k, n in v.items() if k in names} for name, v in apps_values.items()
+    }
     return serving_apps.serve_config(
-        num_gpus=num_gpus, autoscaling=autoscaling, env=values["serve"].get("env") or None
+        num_gpus=num_gpus,
+        autoscaling=autoscaling,
+        env=values["serve"].get("env") or None,
+        admission=admission,
     )
 
 
@@ -487,6 +497,25 @@ def test_default_values_are_cpu_only():
     assert all(
         a["deployments"][0]["ray_actor_options"]["num_gpus"] == 0 for a in got["applications"]
     )
+
+
+def test_serve_config_v2_carries_the_admission_limits():
+    """#13: a Serve config document overrides what a replica's module sets, so the chart must
+    carry max_ongoing/max_queued_requests - Serve's default of 5 collapsed throughput."""
+    from vplab.settings import Settings
+
+    defaults = serve_config_doc(one(docs(render()), "RayService"))
+    for app in defaults["applications"]:
+        dep = app["deployments"][0]
+        assert dep["max_ongoing_requests"] == Settings().serve_max_ongoing_requests == 64
+        assert dep["max_queued_requests"] == Settings().serve_max_queued_requests
+    values = {"serve": {"applications": {"segmentation": {"maxQueuedRequests": 32}}}}
+    got = serve_config_doc(one(docs(render(values)), "RayService"))
+    deps = {a["name"]: a["deployments"][0] for a in got["applications"]}
+    assert deps["segmentation"]["max_queued_requests"] == 32
+    assert deps["features"]["max_queued_requests"] == Settings().serve_max_queued_requests
+    with pytest.raises(Exception, match="maxOngoingRequests"):
+        render({"serve": {"applications": {"features": {"maxOngoingRequests": 0}}}})
 
 
 def test_serve_service_exposes_grpc_and_http():

@@ -79,23 +79,41 @@ def deployment_options(settings: Settings, app_name: str) -> dict[str, Any]:
     return options
 
 
+def default_admission() -> dict[str, int]:
+    """Serve's admission limits per replica, the settings' defaults (BENCHMARKS.md section 8:
+    Serve's own default of 5 ongoing requests collapsed throughput under load)."""
+    from vplab.settings import Settings  # pydantic only: the gateway imports this module too
+
+    fields = Settings.model_fields
+    return {
+        "max_ongoing_requests": int(fields["serve_max_ongoing_requests"].default),
+        "max_queued_requests": int(fields["serve_max_queued_requests"].default),
+    }
+
+
 def serve_config(
     num_gpus: dict[str, float] | None = None,
     autoscaling: dict[str, dict[str, Any]] | None = None,
     env: dict[str, str] | None = None,
+    admission: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """A Serve config document (the shape of ``serveConfigV2`` / ``serve deploy``).
 
-    ``num_gpus`` and ``autoscaling`` are per app name; ``env`` goes into every app's
-    runtime_env (e.g. VPLAB_* settings).
+    ``num_gpus``, ``autoscaling`` and ``admission`` (``max_ongoing_requests`` /
+    ``max_queued_requests`` overrides) are per app name; ``env`` goes into every app's
+    runtime_env (e.g. VPLAB_* settings). A config document overrides what a replica's
+    module would set, so the admission limits must be in it.
     """
     num_gpus = num_gpus or {}
     autoscaling = autoscaling or {}
+    admission = admission or {}
     apps = []
     for app in APPS:
         deployment: dict[str, Any] = {
             "name": app.deployment,
             "ray_actor_options": {"num_gpus": num_gpus.get(app.name, app.default_num_gpus)},
+            **default_admission(),
+            **admission.get(app.name, {}),
         }
         if app.name in autoscaling:
             deployment["autoscaling_config"] = autoscaling[app.name]

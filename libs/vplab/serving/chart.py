@@ -34,6 +34,7 @@ def apps_document() -> dict[str, Any]:
         "http_port": _apps.HTTP_PORT,
         "gateway_port": _apps.GATEWAY_PORT,
         "proxy_location": base["proxy_location"],
+        "admission": _apps.default_admission(),
         "http_options": base["http_options"],
         "grpc_options": base["grpc_options"],
         "applications": [
