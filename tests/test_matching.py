@@ -179,6 +179,31 @@ def test_soft_match_excludes_padding(feats):
     assert 0.2 < float(dis_sim) < 0.4 and abs(float(bg_sim)) < 0.1
 
 
+def test_soft_match_geometric_mean_and_prototype_similarity_against_a_reference(feats):
+    """#12: the geometric-mean variant and the normalised-prototype similarity, checked
+    against a direct computation."""
+    from vplab.matching import VisualPromptConfig
+
+    _, _, pm, rf = _reference(feats, "obj")
+    _grid, tf, valid = _target(feats)
+    ref = masked_features(rf, pm)
+    maps = soft_match(ref, tf, valid, score_mean="geometric", similarity="prototype")
+    tgt = tf[valid]
+    logp = torch.log_softmax(ref @ tgt.T / 0.1, dim=1)
+    assert torch.allclose(maps.scores[valid], logp.mean(0).exp(), atol=1e-7)
+    proto = ref.mean(0) / ref.mean(0).norm()
+    assert torch.allclose(maps.similarity[valid], tgt @ proto, atol=1e-6)
+    mean_sim = soft_match(ref, tf, valid).similarity
+    # the plain mean is the prototype cosine shrunk by the mean's norm (< 1)
+    assert torch.allclose(mean_sim[valid], maps.similarity[valid] * ref.mean(0).norm(), atol=1e-6)
+    obj = _cells_box(*OBJ)
+    assert float(maps.scores[obj].mean()) > 10 * float(maps.scores[valid & ~obj].mean())
+    with pytest.raises(InvalidInput):
+        soft_match(ref, tf, valid, score_mean="median")
+    with pytest.raises(InvalidInput):
+        VisualPromptConfig(similarity="max")
+
+
 @pytest.mark.parametrize("combine", ["sum", "product"])
 def test_soft_match_bidirectional(feats, combine):
     _, _, pm, rf = _reference(feats, "obj")

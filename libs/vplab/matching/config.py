@@ -16,6 +16,8 @@ class VisualPromptConfig:
     temperature: float = 0.1
     bidirectional: bool = False
     bidirectional_combine: Literal["product", "sum"] = "product"  # ours; see soft_match
+    score_mean: Literal["arithmetic", "geometric"] = "arithmetic"  # see soft_match (#12)
+    similarity: Literal["mean", "prototype"] = "mean"  # the mask-score map; see soft_match
     prototype_threshold: float = 0.65
     # --- points (step 2)
     score_threshold: float = 0.4  # on min-max normalised soft scores
@@ -48,6 +50,12 @@ class VisualPromptConfig:
             raise InvalidInput(
                 f"bidirectional_combine must be 'product' or 'sum', got {self.bidirectional_combine!r}"
             )
+        if self.score_mean not in ("arithmetic", "geometric"):
+            raise InvalidInput(
+                f"score_mean must be 'arithmetic' or 'geometric', got {self.score_mean!r}"
+            )
+        if self.similarity not in ("mean", "prototype"):
+            raise InvalidInput(f"similarity must be 'mean' or 'prototype', got {self.similarity!r}")
         if self.temperature <= 0:
             raise InvalidInput("temperature must be > 0")
         if self.max_points < 1 or self.bin_grid < 1 or self.num_negatives < 0:

@@ -151,6 +151,8 @@ class VisualPrompter:
                 cfg.bidirectional,
                 ref.all_features if cfg.bidirectional else None,
                 cfg.bidirectional_combine,
+                cfg.score_mean,
+                cfg.similarity,
             )
         return MatchMaps(maps.scores.cpu(), maps.similarity.cpu())
 

@@ -41,6 +41,8 @@ def soft_match(
     bidirectional: bool = False,
     ref_all_feats: torch.Tensor | None = None,
     bidirectional_combine: Literal["product", "sum"] = "product",
+    score_mean: Literal["arithmetic", "geometric"] = "arithmetic",
+    similarity: Literal["mean", "prototype"] = "mean",
 ) -> MatchMaps:
     """Soft-matching score map for one target.
 
@@ -63,8 +65,18 @@ def soft_match(
         the backward term alone rates anything more foreground- than background-like
         (e.g. a distractor) near the top, and the sum lets that through the 0.4 threshold.
 
-    Returns MatchMaps(scores (Gh, Gw), similarity (Gh, Gw) = mean_i S[i, j]); both 0 in
-    invalid cells.
+    score_mean: how the reference patches' probabilities meet at a target patch.
+        "arithmetic" (METHODS' default) = the marginal probability mean_i P[i, j];
+        "geometric" = exp(mean_i log P[i, j]), the public SoftMatcher reimplementation's:
+        a patch must be likely under every reference patch, not very likely under a few.
+        The min-max normalised maps differ, so the point threshold must be calibrated per
+        variant (#12; BENCHMARKS.md section 7).
+    similarity: the map that scores masks. "mean" = mean_i S[i, j], i.e. the cosine to
+        the *unnormalised* mean reference feature - shrunk by that mean's norm (< 1, the
+        more varied the reference, the smaller), which deflates every mask score against
+        the fixed 0.42 threshold; "prototype" = the cosine to the normalised mean.
+
+    Returns MatchMaps(scores (Gh, Gw), similarity (Gh, Gw)); both 0 in invalid cells.
     """
     _check(ref_feats, tgt_feats, tgt_valid)
     gh, gw, _ = tgt_feats.shape
@@ -72,7 +84,12 @@ def soft_match(
     sim = ref_feats @ tgt.T  # (m, N) cosine similarities
     logits = sim / temperature
     prob = torch.softmax(logits, dim=1)  # (m, N): each reference patch over target patches
-    score = prob.mean(dim=0)  # (N,) marginal probability of each target patch
+    if score_mean == "arithmetic":
+        score = prob.mean(dim=0)  # (N,) marginal probability of each target patch
+    elif score_mean == "geometric":
+        score = torch.log_softmax(logits, dim=1).mean(dim=0).exp()
+    else:
+        raise InvalidInput(f"unknown score_mean {score_mean!r}")
 
     if bidirectional:
         m = ref_feats.shape[0]
@@ -92,6 +109,12 @@ def soft_match(
 
     scores = torch.zeros(gh, gw, dtype=score.dtype, device=score.device)
     scores[tgt_valid] = score
-    similarity = torch.zeros_like(scores)
-    similarity[tgt_valid] = sim.mean(dim=0)
-    return MatchMaps(scores, similarity)
+    sim_map = torch.zeros_like(scores)
+    if similarity == "mean":
+        sim_map[tgt_valid] = sim.mean(dim=0)
+    elif similarity == "prototype":
+        proto = torch.nn.functional.normalize(ref_feats.mean(dim=0), dim=0)
+        sim_map[tgt_valid] = tgt @ proto
+    else:
+        raise InvalidInput(f"unknown similarity {similarity!r}")
+    return MatchMaps(scores, sim_map)
