@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from vplab.miniworld.domains import render
 from vplab.miniworld.evaluate import SOURCE_TEST_SEED, SOURCE_TRAIN_SEED
-from vplab.miniworld.pretrain_sam import finish_pretraining, save_fp16
+from vplab.miniworld.pretrain_sam import finish_pretraining, optimizer_step, save_fp16
 
 BG = 100_000  # labels of image b are b * BG + id (id 0 = its background)
 IGNORE = -1
@@ -175,11 +175,7 @@ def pretrain_dino(
             if int(keep.sum()) > 1:
                 losses.append(supcon(feats[b][keep], labels[b][keep], cfg.temperature))
         loss = torch.stack(losses).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         if step % 20 == 0 or step == cfg.steps - 1:
             el = time.monotonic() - t0
             log(

@@ -233,13 +233,26 @@ def _position_aware_init(sam) -> None:
                 k.bias.copy_(q.bias)
 
 
+def optimizer_step(loss: torch.Tensor, opt, sched, params) -> None:
+    """Backward, clip the gradient norm at 1, step the optimizer and the schedule (both
+    mini-model recipes)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def save_fp16(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(dict(sorted(state.items())), str(tmp), metadata=metadata)
+    # One metadata key: safetensors writes its metadata map in hash order, so several keys
+    # give a different file (and sha256) per process for the same weights.
+    meta = {"vplab_recipe": json.dumps(metadata, sort_keys=True)}
+    save_file(dict(sorted(state.items())), str(tmp), metadata=meta)
     tmp.replace(path)
 
 
@@ -345,11 +358,7 @@ def _train_cycle(sam, cfg: SamPretrainConfig, cycle: int, out: Path, meta, log, 
         g = cycle * cfg.steps + step  # the global step: image stream and curriculum
         images, targets = _image_batch(g, cfg, rng)
         loss, stats = _step_loss(sam, images, targets, cfg, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         if step % 20 == 0 or step == cfg.steps - 1:
             el = time.monotonic() - t0
             log(
