@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -201,3 +202,12 @@ def test_dino_pretraining_runs(tmp_path):
     cfg = DinoPretrainConfig(steps=2, batch_images=2, warmup=1, eval_every=10**6, threads=1)
     report = pretrain_dino(tmp_path, cfg, log=lambda _m: None)
     assert (tmp_path / "dinov2_mini.safetensors").exists() and 0 <= report["final_retrieval"] <= 1
+
+
+def test_eval_clicks_command_prints_its_json(capsys):
+    from vplab.cli import main
+
+    assert main(["miniworld", "eval-clicks", "--n-images", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["domain"] == "source" and out["objects"] > 0 and 0 <= out["miou_1click"] <= 1
+    assert main(["miniworld", "eval-clicks", "--n-images", "0"]) == 2

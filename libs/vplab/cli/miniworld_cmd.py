@@ -35,6 +35,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     t.set_defaults(func=run_pretrain)
 
+    e = msub.add_parser(
+        "eval-clicks",
+        help="interactive-click mIoU of sam_mini (1..3 clicks) on held-out images; one JSON line",
+    )
+    e.add_argument("--domain", default="source", choices=DOMAINS)
+    e.add_argument("--n-images", type=int, default=50)
+    e.add_argument("--weights", help="a sam_mini safetensors file (default: the embedded one)")
+    e.add_argument("--random-init", action="store_true", help="the random-init control")
+    e.set_defaults(func=run_eval_clicks)
+
     s = msub.add_parser(
         "sheets",
         help="write the docs' PNGs: a contact sheet per domain, the demo click before/after",
@@ -72,6 +82,30 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
         report = pretrain_dino(args.out, DinoPretrainConfig(seed=args.seed, **overrides), log)
     print(f"{report['path']}  sha256 {report['sha256']}  trained in {report['train_s']:.0f} s")
+    return 0
+
+
+def run_eval_clicks(args: argparse.Namespace) -> int:
+    """The #11 click figures: held-out source images (seed 1), or a target domain's class
+    mask (instances for nuclei and instruments), as ``evaluate_clicks`` defines them."""
+    import json
+
+    from vplab.errors import InvalidInput
+    from vplab.miniworld.evaluate import SOURCE_TEST_SEED, evaluate_clicks
+    from vplab.models import build_sam
+
+    if args.n_images < 1:
+        raise InvalidInput("--n-images must be >= 1")
+    sam = build_sam("sam_mini", args.weights, random_init=args.random_init)
+    source = args.domain == "source"
+    result = evaluate_clicks(
+        sam,
+        domain=args.domain,
+        seed=SOURCE_TEST_SEED if source else 0,
+        n_images=args.n_images,
+        per_class=args.domain not in ("source", "nuclei", "instruments"),
+    )
+    print(json.dumps({"domain": args.domain, "n_images": args.n_images, **result}))
     return 0
 
 

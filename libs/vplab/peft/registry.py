@@ -81,6 +81,8 @@ def register(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"PEFT method {spec.name!r} is not listed in vplab.method_names")
     if not dataclasses.is_dataclass(spec.config_cls):
         raise TypeError(f"{spec.name}: config_cls must be a dataclass")
+    if spec.recipe.augmentation == "online" and spec.encoder_mode != "full":
+        raise ValueError(f"{spec.name}: online augmentation needs the encoder in the loop")
     if spec.prompt_free and spec.recipe.output == "best_of_3":
         raise ValueError(f"{spec.name}: a prompt-free method has no IoU-head choice to make")
     _REGISTRY[spec.name] = spec

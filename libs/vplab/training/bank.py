@@ -10,7 +10,7 @@ plus the low-res target and the view's label for prompt sampling.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from vplab.masks.geometry import components
 from vplab.segmentation.transforms import (
     image_to_tensor,
     normalize_pad,
@@ -37,6 +38,13 @@ class BankItem:
     target: torch.Tensor  # (1, L, L) float in [0, 1], the label in the low-res logit frame
     input_size: tuple[int, int]  # resized (h, w) before padding
     original_size: tuple[int, int]  # (H, W) of the view
+    _components: tuple[torch.Tensor, int] | None = field(default=None, repr=False)
+
+    def components(self) -> tuple[torch.Tensor, int]:
+        """The target's connected components in the low-res frame (computed once)."""
+        if self._components is None:
+            self._components = components(self.target[0] > 0)
+        return self._components
 
 
 class FeatureCache(Protocol):

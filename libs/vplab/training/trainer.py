@@ -27,7 +27,6 @@ from segment_anything.modeling import Sam
 
 from vplab.errors import InvalidInput
 from vplab.masks import iou as mask_iou
-from vplab.masks.geometry import components
 from vplab.peft import apply_method, count_trainable, get_method
 from vplab.peft.registry import DECODER_OUTPUTS
 from vplab.segmentation.embedding import ImageEmbedding
@@ -72,8 +71,10 @@ class TrainConfig:
                 raise InvalidInput(f"{name} must be > 0, got {value}")
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
-            ok = value is None or (math.isfinite(value) and (value > 0 or name != "lr"))
-            if not ok or (value is not None and value < 0):
+            bad = value is not None and (
+                not math.isfinite(value) or value < 0 or (name == "lr" and value == 0)
+            )
+            if bad:
                 raise InvalidInput(f"{name} must be a non-negative number (lr > 0), got {value}")
         if not 0 <= self.val_fraction < 1:
             raise InvalidInput("val_fraction must be in [0, 1)")
@@ -100,9 +101,6 @@ class TrainConfig:
         """A copy with every ``None`` filled from the method's recipe."""
         self.validate()
         recipe = get_method(self.method).recipe
-        augmentation = self.augmentation or recipe.augmentation
-        if augmentation == "online" and get_method(self.method).encoder_mode != "full":
-            augmentation = "bank"
         return dataclasses.replace(
             self,
             method_config=dict(self.method_config),
@@ -110,7 +108,7 @@ class TrainConfig:
             lr=self.lr or recipe.lr,
             weight_decay=recipe.weight_decay if self.weight_decay is None else self.weight_decay,
             output=self.output or recipe.output,
-            augmentation=augmentation,
+            augmentation=self.augmentation or recipe.augmentation,
         )
 
 
@@ -182,10 +180,9 @@ class Trainer:
         train, val = split_train_val(self.samples, cfg.val_fraction, cfg.seed)
         self.val_on_train = not val
         self.val = val or train
-        self.train_samples = train
         mode = self.spec.encoder_mode
         self.online = cfg.augmentation == "online"
-        self._components: dict[int, tuple[torch.Tensor, int]] = {}
+        self.samples_by_name = {s.name: s for s in train}
 
         def bank_progress(i: int, n: int) -> None:
             if i == n or i % max(1, n // 4) == 0:  # a few events, not one per view
@@ -243,10 +240,7 @@ class Trainer:
         """(1, L, L): the low-res target restricted to the component under ``coords[0]``
         (the positive, in the resized img_size frame)."""
         target = item.target
-        key = id(item)
-        if key not in self._components:
-            self._components[key] = components(target[0] > 0)
-        comps, n = self._components[key]
+        comps, n = item.components()
         if n <= 1:
             return target
         lowres = target.shape[-1]
@@ -288,7 +282,7 @@ class Trainer:
     def _train_item(self, item: BankItem) -> BankItem:
         if not self.online:
             return item
-        sample = next(s for s in self.train_samples if s.name == item.name)
+        sample = self.samples_by_name[item.name]
         image, label = random_view(sample.image, sample.label)
         return make_item(self.sam, sample.name, "online", image, label, "full")
 
