@@ -48,6 +48,14 @@ PEPPER = "test-pepper-gateway"
 SPECIAL = {
     "m-unavailable": (grpc.StatusCode.UNAVAILABLE, "connection refused to 10.0.0.7:9000", None),
     "m-internal": (grpc.StatusCode.INTERNAL, "Traceback: secret internals", None),
+    # What Serve's proxy answered when the replica's node was killed (test_multinode.py).
+    "m-replica-lost": (
+        grpc.StatusCode.INTERNAL,
+        "The actor 5d6e338ee61186b891299cf101000000 is unavailable: The actor is temporarily "
+        "unavailable: RpcError: RPC error: Socket closed rpc_code: 14. The task may or may "
+        "not have been executed on the actor.",
+        None,
+    ),
     "m-toolarge": (grpc.StatusCode.RESOURCE_EXHAUSTED, "image is too large for this model", 413),
     "m-quota": (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests for this tenant", 429),
     "m-exhausted": (grpc.StatusCode.RESOURCE_EXHAUSTED, "exhausted", None),

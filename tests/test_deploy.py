@@ -406,6 +406,7 @@ def expected_serve_config(values: dict) -> dict:
         autoscaling=autoscaling,
         env=values["serve"].get("env") or None,
         admission=admission,
+        pin_roles=values["ray"]["pinAppsToWorkerGroups"],
     )
 
 
@@ -414,14 +415,23 @@ def test_serve_config_v2_equals_serving_apps(rendered):
     values = effective_values(overrides)
     got = serve_config_doc(one(documents, "RayService"))
     roles = {a.name: a.role for a in serving_apps.APPS}
+    pinned = values["ray"]["pinAppsToWorkerGroups"]
     for app in got["applications"]:
         for dep in app["deployments"]:
-            pin = dep["ray_actor_options"].pop("resources", None)
-            if values["ray"]["pinAppsToWorkerGroups"]:
-                assert pin == {f"vplab_{roles[app['name']]}": 0.001}
-            else:
-                assert pin is None
+            pin = dep["ray_actor_options"].get("resources")
+            assert pin == ({f"vplab_{roles[app['name']]}": 0.001} if pinned else None)
+        # The training replica's tasks follow (Settings.ray_pin_roles from the app's env).
+        env = app.get("runtime_env", {}).get("env_vars", {})
+        assert (env.get("VPLAB_RAY_PIN_ROLES") == "true") == pinned
     assert got == expected_serve_config(values)
+
+
+def test_worker_groups_advertise_the_resources_their_apps_ask_for():
+    rc = one(docs(render()), "RayService")["spec"]["rayClusterConfig"]
+    groups = {g["groupName"]: g for g in rc["workerGroupSpecs"]}
+    for app in serving_apps.APPS:
+        assert groups[app.role]["resources"] == {serving_apps.role_resource(app.role): "1000"}
+    assert "resources" not in rc["headGroupSpec"]  # the head never runs replicas
 
 
 def test_serve_config_v2_names_ports_servicers():
@@ -448,7 +458,9 @@ def test_serve_env_goes_to_runtime_env():
         one(docs(render({"serve": {"env": {"VPLAB_MAX_TARGETS_PER_CALL": "64"}}})), "RayService")
     )
     for app in got["applications"]:
-        assert app["runtime_env"] == {"env_vars": {"VPLAB_MAX_TARGETS_PER_CALL": "64"}}
+        assert app["runtime_env"] == {
+            "env_vars": {"VPLAB_MAX_TARGETS_PER_CALL": "64", "VPLAB_RAY_PIN_ROLES": "true"}
+        }
 
 
 def test_ray_cluster_layout_production():
@@ -507,7 +519,7 @@ def test_serve_config_v2_carries_the_admission_limits():
     defaults = serve_config_doc(one(docs(render()), "RayService"))
     for app in defaults["applications"]:
         dep = app["deployments"][0]
-        assert dep["max_ongoing_requests"] == Settings().serve_max_ongoing_requests == 64
+        assert dep["max_ongoing_requests"] == Settings().serve_max_ongoing_requests == 256
         assert dep["max_queued_requests"] == Settings().serve_max_queued_requests
     values = {"serve": {"applications": {"segmentation": {"maxQueuedRequests": 32}}}}
     got = serve_config_doc(one(docs(render(values)), "RayService"))

@@ -569,6 +569,7 @@ def test_segment_forwards_metadata_and_formats(local_stack):
     [
         ("m-unavailable", 503, "unavailable"),
         ("m-internal", 502, "bad_gateway"),
+        ("m-replica-lost", 503, "unavailable"),  # its node died: retry once Serve replaced it
         ("m-slow", 504, "deadline_exceeded"),
         ("m-toolarge", 413, "payload_too_large"),
         ("m-quota", 429, "quota_exceeded"),

@@ -66,15 +66,24 @@ class Settings(BaseSettings):
     embedding_lru_bytes: int = 512 * 1024**2
     max_models_per_replica: int = 4
     # Serve admission (features and segmentation): requests a replica accepts at once (they
-    # wait in its FIFO for a model thread; above Serve's default of 5 the router backs off
-    # up to 0.5 s per retry and leaves the CPU idle), requests a caller's router may queue
-    # beyond that (then RESOURCE_EXHAUSTED: REST 429 + Retry-After), model calls a replica
-    # runs at once (each uses torch_threads), and an optional Serve autoscaling_config per
-    # app for the local stack (JSON, e.g. VPLAB_SEGMENTATION_AUTOSCALING='{"min_replicas":1,
+    # wait in its FIFO for a model thread), requests a caller's router may queue beyond that
+    # (then RESOURCE_EXHAUSTED: REST 429 + Retry-After), model calls a replica runs at once
+    # (each uses torch_threads), and an optional Serve autoscaling_config per app for the
+    # local stack (JSON, e.g. VPLAB_SEGMENTATION_AUTOSCALING='{"min_replicas":1,
     # "max_replicas":2,"target_ongoing_requests":4}'; the Helm chart sets its own).
-    serve_max_ongoing_requests: int = 64
-    serve_max_queued_requests: int = 256
+    # Requests in the router's queue are not FIFO: each retries with back-off (25 ms doubling
+    # to 0.5 s) and the replica idles between them - throughput fell 3x whenever clients
+    # outnumbered max_ongoing (BENCHMARKS.md section 8). So the replica takes the queue
+    # (cheap: a waiting request is a coroutine) and the router's is a short burst buffer.
+    serve_max_ongoing_requests: int = 256
+    serve_max_queued_requests: int = 64
     serve_model_threads: int = 1
+    # A Ray cluster to join instead of starting a local instance (``ray start --head``'s
+    # address, e.g. "127.0.0.1:6379"; KubeRay's head service), and whether Serve replicas and
+    # training tasks ask for their role's custom resource ``vplab_<role>`` so that they land
+    # on the worker nodes that advertise it (the chart's worker groups; docs/MULTI-NODE.md).
+    ray_address: str | None = None
+    ray_pin_roles: bool = False
     features_autoscaling: dict[str, Any] | None = None
     segmentation_autoscaling: dict[str, Any] | None = None
 

@@ -72,10 +72,25 @@ def import_app(import_path: str):
 
 
 def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
-    """Start a local Ray instance for the stack (nothing if this process already has one)."""
+    """Start a local Ray instance for the stack, or join ``settings.ray_address``'s cluster
+    (nothing if this process already has one)."""
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    if settings.ray_address:
+        # A cluster started with `ray start` (or KubeRay): its nodes bring their own CPUs and
+        # role resources; the settings still reach every worker through the runtime_env.
+        # The stack's driver runs where the head runs (as `serve deploy` does in KubeRay), so it
+        # attaches to the head's raylet: its address is the host of ``ray_address``.
+        ray.init(
+            address=settings.ray_address,
+            _node_ip_address=settings.ray_address.rpartition(":")[0] or None,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": settings_env(settings)},
+        )
+    else:
         # A local instance talks over loopback only. On Linux Ray otherwise picks the
         # address of the default route's interface for GCS, raylet and workers. Ray's switch
         # for its loopback-only mode is read once, when ray_constants is imported: set the
@@ -101,13 +116,17 @@ def start_serve(
     grpc_port: int = GRPC_PORT,
     http_port: int = HTTP_PORT,
     num_cpus: int | None = None,
+    proxy_location: str = "EveryNode",
 ) -> None:
-    """Start (or join) a local Ray instance and run every Serve app on it."""
+    """Start (or join) a Ray instance and run every Serve app on it. ``proxy_location``:
+    Serve's ("EveryNode", as in the chart; "HeadOnly" when several nodes share one host and
+    so its ports)."""
     from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
+    from ray.serve.config import HTTPOptions, ProxyLocation, gRPCOptions
 
     start_ray(settings, num_cpus)
     serve.start(
+        proxy_location=ProxyLocation(proxy_location),
         http_options=HTTPOptions(host="127.0.0.1", port=http_port),
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=servicer_functions()),
     )

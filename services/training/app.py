@@ -16,7 +16,7 @@ from services.common import Replica
 from vplab.jobs import JobStore, run_job, submit_job
 from vplab.rpc import convert
 from vplab.rpc.v1 import training_pb2 as pb
-from vplab.serving.apps import deployment_options
+from vplab.serving.apps import deployment_options, role_resources
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
 from vplab.settings import get_settings
 
@@ -38,7 +38,10 @@ class TrainingDeployment:
             "vplab_jobs", description="training jobs by state transition", tag_keys=("state",)
         )
         self._task = ray.remote(
-            num_cpus=1, num_gpus=s.train_num_gpus, max_retries=s.train_max_retries
+            num_cpus=1,
+            num_gpus=s.train_num_gpus,
+            max_retries=s.train_max_retries,
+            resources=role_resources(s, "training"),
         )(_run_job_task)
         self._running: dict[str, ray.ObjectRef] = {}
         for tenant, job_id in self.jobs.active():  # left unfinished by a previous replica

@@ -34,7 +34,13 @@ LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="levels 1, 4; 2 s each (for tests)")
-    p.add_argument("--seconds", type=float, default=8.0, help="duration of each level")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured duration of each level")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds each level runs before its answers count",
+    )
     p.add_argument(
         "--levels", default=",".join(map(str, LEVELS)), help="client counts, comma-separated"
     )
@@ -53,9 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-async def _level(send, clients: int, seconds: float) -> dict[str, Any]:
-    """Run ``clients`` closed loops for ``seconds``; latencies of the answers that were ok."""
-    stop = time.perf_counter() + seconds
+async def _level(send, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """Run ``clients`` closed loops for ``warmup + seconds``; count the answers that arrive in
+    the last ``seconds`` (the first ones of a level pay for opening its connections and for
+    the previous level's queue draining)."""
+    begin = time.perf_counter()
+    start, stop = begin + warmup, begin + warmup + seconds
     ok: list[float] = []
     counts = {"ok": 0, "shed": 0, "error": 0}
     errors: dict[str, int] = {}
@@ -64,19 +73,20 @@ async def _level(send, clients: int, seconds: float) -> dict[str, Any]:
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
             outcome, detail = await send()
+            t1 = time.perf_counter()
+            if not start <= t1 <= stop:
+                continue
             counts[outcome] += 1
             if outcome == "ok":
-                ok.append((time.perf_counter() - t0) * 1000)
+                ok.append((t1 - t0) * 1000)
             elif outcome == "error":
                 errors[detail] = errors.get(detail, 0) + 1
 
-    t0 = time.perf_counter()
     await asyncio.gather(*[loop() for _ in range(clients)])
-    wall = time.perf_counter() - t0
     total = sum(counts.values())
     return {
         "clients": clients,
-        "rps": counts["ok"] / wall,
+        "rps": counts["ok"] / seconds,
         "p50_ms": percentile(ok, 50) if ok else None,
         "p99_ms": percentile(ok, 99) if ok else None,
         "shed_fraction": counts["shed"] / total if total else 0.0,
@@ -112,6 +122,7 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     levels = (1, 4) if args.quick else tuple(int(x) for x in args.levels.split(","))
     seconds = 2.0 if args.quick else args.seconds
+    warmup = 0.5 if args.quick else args.warmup
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     work = Path(tempfile.mkdtemp(prefix="vplab-bench-load-"))
     results: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
@@ -170,7 +181,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                     try:
                         await send()  # warm
                         for n in levels:
-                            results["rest"].append(await _level(send, n, seconds))
+                            results["rest"].append(await _level(send, n, seconds, warmup))
                             log(f"rest {results['rest'][-1]}")
                     finally:
                         await client.aclose()
@@ -191,7 +202,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                     try:
                         await send()
                         for n in levels:
-                            results["grpc"].append(await _level(send, n, seconds))
+                            results["grpc"].append(await _level(send, n, seconds, warmup))
                             log(f"grpc {results['grpc'][-1]}")
                     finally:
                         await aio.close(None)
@@ -241,6 +252,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         config={
             "levels": list(levels),
             "seconds": seconds,
+            "warmup": warmup,
             "transports": transports,
             "max_ongoing": settings.serve_max_ongoing_requests,
             "max_queued": settings.serve_max_queued_requests,

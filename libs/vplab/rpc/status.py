@@ -59,6 +59,24 @@ RETRY_AFTER_S = 1
 _TOO_LARGE_HINTS = ("too many", "too large", "over the limit", "limit is", "exceeds the")
 
 
+# INTERNAL from Serve's proxy when the replica serving a call died with its node or process
+# (Ray's ActorUnavailableError / ActorDiedError text; no trailer of ours): the request may be
+# retried once Serve has replaced the replica, so it is a 503 with Retry-After, not a 502.
+_REPLICA_LOST_HINTS = ("actorunavailableerror", "actordiederror", "the actor died")
+
+
+def is_replica_lost(
+    code_name: str | None, details: str, trailers: Iterable[tuple[str, Any]] = ()
+) -> bool:
+    """Did the call fail because its Serve replica died (rather than through our code)?"""
+    if code_name != "INTERNAL" or any(key == HTTP_STATUS_TRAILER for key, _ in trailers):
+        return False
+    text = details.lower()
+    return any(h in text for h in _REPLICA_LOST_HINTS) or (
+        text.startswith("the actor ") and " is unavailable" in text
+    )
+
+
 def error_code(http_status: int) -> str:
     """The JSON error ``code`` for an HTTP status ("error" for one we never send)."""
     return ERROR_CODES.get(http_status, "error")
@@ -68,6 +86,8 @@ def http_status_of_grpc(
     code_name: str | None, details: str = "", trailers: Iterable[tuple[str, Any]] = ()
 ) -> int:
     """HTTP status for a gRPC status name, the reply's details and trailing metadata."""
+    if is_replica_lost(code_name, details, trailers):
+        return 503
     status = GRPC_TO_HTTP.get(code_name or "", UPSTREAM_FAILURE_HTTP)
     if code_name != "RESOURCE_EXHAUSTED":
         return status

@@ -66,6 +66,28 @@ def servicer_functions() -> list[str]:
     return [a.servicer for a in APPS]
 
 
+# Ray resources a pinned replica or task asks for: a sliver of its role's custom resource,
+# which only the nodes of that role's worker group advertise (the chart gives them 1000).
+ROLE_RESOURCE_SLIVER = 0.001
+# Set in every app's runtime_env when the chart pins roles, so that the training replica's
+# tasks ask for ``vplab_training`` too (Settings.ray_pin_roles).
+PIN_ROLES_ENV = "VPLAB_RAY_PIN_ROLES"
+
+
+def role_resource(role: str) -> str:
+    """The custom Ray resource a worker group of ``role`` advertises (chart: vplab.roleResource)."""
+    return f"vplab_{role}"
+
+
+def role_resources(settings: Settings, role: str) -> dict[str, float]:
+    """``resources`` for a replica or task of ``role``: empty unless ``ray_pin_roles``."""
+    return {role_resource(role): ROLE_RESOURCE_SLIVER} if settings.ray_pin_roles else {}
+
+
+def app_role(app_name: str) -> str:
+    return next(a.role for a in APPS if a.name == app_name)
+
+
 def deployment_options(settings: Settings, app_name: str) -> dict[str, Any]:
     """Serve options of an app's deployment, from the settings (read where the replica's
     module is imported). A Serve config document (the chart's serveConfigV2) overrides them."""
@@ -73,6 +95,9 @@ def deployment_options(settings: Settings, app_name: str) -> dict[str, Any]:
         "max_ongoing_requests": settings.serve_max_ongoing_requests,
         "max_queued_requests": settings.serve_max_queued_requests,
     }
+    resources = role_resources(settings, app_role(app_name))
+    if resources:
+        options["ray_actor_options"] = {"resources": resources}
     autoscaling = getattr(settings, f"{app_name}_autoscaling", None)
     if autoscaling:
         options["autoscaling_config"] = dict(autoscaling)
@@ -96,22 +121,29 @@ def serve_config(
     autoscaling: dict[str, dict[str, Any]] | None = None,
     env: dict[str, str] | None = None,
     admission: dict[str, dict[str, int]] | None = None,
+    pin_roles: bool = False,
 ) -> dict[str, Any]:
     """A Serve config document (the shape of ``serveConfigV2`` / ``serve deploy``).
 
     ``num_gpus``, ``autoscaling`` and ``admission`` (``max_ongoing_requests`` /
     ``max_queued_requests`` overrides) are per app name; ``env`` goes into every app's
     runtime_env (e.g. VPLAB_* settings). A config document overrides what a replica's
-    module would set, so the admission limits must be in it.
+    module would set, so the admission limits must be in it. ``pin_roles``: replicas ask
+    for their role's resource and the apps' training tasks do too (``PIN_ROLES_ENV``).
     """
     num_gpus = num_gpus or {}
     autoscaling = autoscaling or {}
     admission = admission or {}
+    if pin_roles:
+        env = {**(env or {}), PIN_ROLES_ENV: "true"}
     apps = []
     for app in APPS:
+        actor: dict[str, Any] = {"num_gpus": num_gpus.get(app.name, app.default_num_gpus)}
+        if pin_roles:
+            actor["resources"] = {role_resource(app.role): ROLE_RESOURCE_SLIVER}
         deployment: dict[str, Any] = {
             "name": app.deployment,
-            "ray_actor_options": {"num_gpus": num_gpus.get(app.name, app.default_num_gpus)},
+            "ray_actor_options": actor,
             **default_admission(),
             **admission.get(app.name, {}),
         }

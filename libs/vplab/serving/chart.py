@@ -35,6 +35,11 @@ def apps_document() -> dict[str, Any]:
         "gateway_port": _apps.GATEWAY_PORT,
         "proxy_location": base["proxy_location"],
         "admission": _apps.default_admission(),
+        "pin_roles": {
+            "env": _apps.PIN_ROLES_ENV,
+            "sliver": _apps.ROLE_RESOURCE_SLIVER,
+            "resources": {a.role: _apps.role_resource(a.role) for a in _apps.APPS},
+        },
         "http_options": base["http_options"],
         "grpc_options": base["grpc_options"],
         "applications": [

@@ -91,7 +91,11 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 
 {{/* Ray custom resource that pins Serve apps of a role to that worker group. */}}
 {{- define "vplab.roleResource" -}}
-{{- printf "vplab_%s" . -}}
+{{- $name := index .apps.pin_roles.resources .role | default "" -}}
+{{- if not $name -}}
+{{- fail (printf "ray.workerGroups.%s: no Serve application has role %s" .role .role) -}}
+{{- end -}}
+{{- $name -}}
 {{- end -}}
 
 {{/* Checksum of configuration so pods roll when it changes. */}}
