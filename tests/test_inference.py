@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from vplab.datasets import DatasetStore
 from vplab.demo import load_demo_samples
@@ -101,6 +102,74 @@ def test_segment_prompt_and_mask_input(env):
         engine.segment_prompt("t1", image, Prompt(points=[(1.0, 1.0, 1)] * 1000))
     with pytest.raises(InvalidInput, match="at least one"):
         engine.segment_prompt("t1", image, Prompt(points=[]))
+
+
+def test_segment_prompts_batches_what_shares_an_embedding_and_isolates_errors(env):
+    _, _, _, engine, ids, _ = env
+    a, b = ids["t1"][1][:2]
+    calls = [
+        ("t1", a, Prompt(points=[(40.0, 40.0, 1)], multimask=True)),
+        ("t1", a, Prompt(points=[(20.0, 60.0, 1)], multimask=True)),  # batched with the first
+        ("t1", a, Prompt(points=[(20.0, 60.0, 1), (2.0, 2.0, 0)], multimask=True)),  # 2 points
+        ("t1", b, Prompt(points=[(40.0, 40.0, 1)], multimask=True)),  # another embedding
+        ("t1", a, Prompt(points=[(500.0, 1.0, 1)])),  # invalid: fails alone
+        ("t1", a, Prompt(points=[], box=(10.0, 10.0, 60.0, 60.0))),  # a box: on its own
+        ("t1", a, Prompt(points=[(30.0, 30.0, 1)])),  # single mask output
+        ("t2", a, Prompt(points=[(40.0, 40.0, 1)])),  # t1's image: NotFound for t2
+    ]
+    decoded = []
+    original = engine.features.segmenter.decode
+
+    def counting(*args, **kwargs):
+        decoded.append(len(args[1]) if args[1] is not None else 1)
+        return original(*args, **kwargs)
+
+    engine.features.segmenter.decode = counting
+    try:
+        out = engine.segment_prompts([(t, i, p, None) for t, i, p in calls])
+    finally:
+        del engine.features.segmenter.decode
+    assert isinstance(out[4], InvalidInput) and isinstance(out[7], NotFound)
+    # Batch of 2 (same image, one point, multimask), then one call for each other shape.
+    assert sorted(decoded) == [1, 1, 1, 1, 2], decoded
+    for (tenant, image, prompt), got in zip(calls, out):
+        if isinstance(got, Exception):
+            continue
+        masks, size = engine.segment_prompt(tenant, image, prompt)
+        assert size == got[1] == (96, 96)
+        assert [m for m, _ in masks] == [m for m, _ in got[0]]  # the same masks, same order
+        np.testing.assert_allclose([x for _, x in masks], [x for _, x in got[0]], atol=1e-5)
+
+
+def test_segment_prompts_falls_back_to_one_call_each_when_a_batch_fails(env):
+    _, _, _, engine, ids, _ = env
+    a = ids["t1"][1][0]
+    calls = [("t1", a, Prompt(points=[(x, 40.0, 1)]), None) for x in (20.0, 40.0, 60.0)]
+    original = engine.features.segmenter.decode
+
+    def fails_in_batches(*args, **kwargs):
+        if len(args[1]) > 1:
+            raise RuntimeError("out of memory")
+        return original(*args, **kwargs)
+
+    engine.features.segmenter.decode = fails_in_batches
+    try:
+        out = engine.segment_prompts(calls)
+    finally:
+        del engine.features.segmenter.decode
+    for (tenant, image, prompt, _), got in zip(calls, out):
+        assert got[0][0][0] == engine.segment_prompt(tenant, image, prompt)[0][0][0]
+
+
+def test_decoder_batch_size_follows_the_measurement(env):
+    from vplab.inference.segmentation import decoder_batch_size
+
+    settings, _, features, _, _, _ = env
+    assert decoder_batch_size(settings, features.segmenter) == 1  # CPU: it did not pay
+    gpu = type("S", (), {"img_size": 1024, "device": torch.device("cuda")})()
+    assert decoder_batch_size(settings, gpu) == 16
+    forced = settings.model_copy(update={"segment_batch_max": 8})
+    assert decoder_batch_size(forced, features.segmenter) == 8
 
 
 def test_visual_prompt_validates_before_yielding(env):

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     serve_max_ongoing_requests: int = 256
     serve_max_queued_requests: int = 64
     serve_model_threads: int = 1
+    # Decoder batching across concurrent SegmentPrompt calls (Serve's @serve.batch): point
+    # prompts on one embedding go through the decoder together, at most this many. 0 = by
+    # measurement (``vplab.inference.segmentation.decoder_batch_size``: 16 on a GPU, off on
+    # CPU where it did not pay end to end, BENCHMARKS.md section 8); 1 = off.
+    segment_batch_max: int = 0
+    segment_batch_wait_s: float = 0.002
     # A Ray cluster to join instead of starting a local instance (``ray start --head``'s
     # address, e.g. "127.0.0.1:6379"; KubeRay's head service), and whether Serve replicas and
     # training tasks ask for their role's custom resource ``vplab_<role>`` so that they land

@@ -15,7 +15,12 @@ from ray import serve
 from services.common import Replica
 from vplab.inference.features import FeatureEngine
 from vplab.inference.runtime import ModelRuntime
-from vplab.inference.segmentation import Prompt, SegmentationEngine, TunedModel
+from vplab.inference.segmentation import (
+    Prompt,
+    SegmentationEngine,
+    TunedModel,
+    decoder_batch_size,
+)
 from vplab.rpc import convert
 from vplab.rpc.v1 import segmentation_pb2 as pb
 from vplab.serving.apps import deployment_options
@@ -38,6 +43,23 @@ class SegmentationDeployment:
             ModelRuntime(s, self.replica.store), s.embedding_lru_bytes, self.metrics.cache_lookup
         )
         self.engine = SegmentationEngine(features)
+        self.batch_max = decoder_batch_size(s, features.segmenter)
+        self._segment_batch.set_max_batch_size(self.batch_max)
+        self._segment_batch.set_batch_wait_timeout_s(s.segment_batch_wait_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)  # sizes set in __init__
+    async def _segment_batch(self, calls: list[tuple]) -> list:
+        return await self.replica.run_model(self.engine.segment_prompts, calls)
+
+    async def _segment(self, tenant: str, image_id: str, prompt: Prompt, model):
+        if self.batch_max <= 1 or prompt.box is not None or prompt.mask_input is not None:
+            return await self.replica.run_model(
+                self.engine.segment_prompt, tenant, image_id, prompt, model
+            )
+        out = await self._segment_batch((tenant, image_id, prompt, model))
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_model(self, tenant_model: str) -> TunedModel:
@@ -57,9 +79,7 @@ class SegmentationDeployment:
             model = await self._model(tenant, request.model_id)
             points, box, mask_input, multimask = convert.segment_request_from_pb(request)
             prompt = Prompt(points=points, box=box, mask_input=mask_input, multimask=multimask)
-            masks, (h, w) = await self.replica.run_model(
-                self.engine.segment_prompt, tenant, request.image_id, prompt, model
-            )
+            masks, (h, w) = await self._segment(tenant, request.image_id, prompt, model)
             return pb.SegmentPromptResponse(
                 masks=convert.mask_results_to_pb(masks), height=h, width=w
             )

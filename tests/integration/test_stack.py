@@ -70,6 +70,10 @@ def stack(s3_server, tmp_path_factory):
         train_eval_every=3,
         train_views=2,
         quota_concurrent_jobs=4,
+        # Decoder batching through @serve.batch (off by default on CPU): every point prompt
+        # of this module goes through it, concurrent ones in batches.
+        segment_batch_max=4,
+        segment_batch_wait_s=0.05,
     )
     store = open_store(settings)
     tenants = {}
@@ -284,6 +288,35 @@ def test_cross_tenant_grpc_is_not_found(stack, loops):
         training_pb2.ListJobsRequest(), metadata=_md(stack, "globex", "training")
     )
     assert a.job["job_id"] not in {j.job_id for j in listed.jobs}
+
+
+def test_concurrent_prompts_batched_answer_like_single_ones(stack, loops):
+    a = loops["acme"]
+    stub = segmentation_pb2_grpc.SegmentationStub(stack.channel)
+    md = _md(stack, "acme", "segmentation")
+    requests = [
+        segmentation_pb2.SegmentPromptRequest(
+            image_id=a.ids[0],
+            points=[common_pb2.Point(x=16.0 + 12 * i, y=64.0, label=1)],
+            multimask_output=True,
+        )
+        for i in range(8)
+    ]
+    bad = segmentation_pb2.SegmentPromptRequest(
+        image_id=a.ids[0], points=[common_pb2.Point(x=900.0, y=1.0, label=1)]
+    )
+    futures = [stub.SegmentPrompt.future(r, metadata=md, timeout=120) for r in requests]
+    bad_future = stub.SegmentPrompt.future(bad, metadata=md, timeout=120)
+    together = [f.result() for f in futures]
+    with pytest.raises(grpc.RpcError) as e:
+        bad_future.result()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # it failed alone
+    for request, got in zip(requests, together):
+        alone = stub.SegmentPrompt(request, metadata=md, timeout=120)
+        assert [m.mask.counts for m in got.masks] == [m.mask.counts for m in alone.masks]
+        assert [m.score for m in got.masks] == pytest.approx(
+            [m.score for m in alone.masks], abs=1e-4
+        )
 
 
 def test_grpc_visual_prompt_applies_the_dataset_rules(stack, loops):

@@ -28,6 +28,7 @@ from vplab.peft.adapter_io import adapter_output
 from vplab.peft.ptsam import ptsam_decode
 from vplab.segmentation import PromptSegmenter
 from vplab.segmentation.mask_input import mask_to_mask_input
+from vplab.segmentation.predictor import check_prompt
 from vplab.segmentation.transforms import postprocess_masks
 from vplab.storage import keys
 from vplab.tenancy.limits import RequestLimits
@@ -52,6 +53,19 @@ class Prompt:
     box: tuple[float, float, float, float] | None = None
     mask_input: dict[str, Any] | None = None  # COCO RLE of a previous mask, image size
     multimask: bool = False
+
+
+def decoder_batch_size(settings: Any, segmenter: PromptSegmenter) -> int:
+    """Prompts per decoder call when batching concurrent requests (1 = no batching).
+
+    Automatic (``segment_batch_max`` 0): batch on a GPU, where one decoder call is mostly
+    launch overhead; not on CPU, where it did not pay end to end (BENCHMARKS.md section 8:
+    requests reach the replica's loop one by one, batches were mostly of 1 at 64 clients,
+    and for ViT-B's 1024 frame a batch costs more per prompt than single calls).
+    """
+    if settings.segment_batch_max > 0:
+        return int(settings.segment_batch_max)
+    return 16 if segmenter.device.type == "cuda" else 1
 
 
 class SegmentationEngine:
@@ -121,6 +135,82 @@ class SegmentationEngine:
         self, tenant: str, image_id: str, prompt: Prompt, model: TunedModel | None = None
     ):
         """-> (list of (rle, score) best first, (H, W)). ``model``: from ``model()`` (None = base)."""
+        call = self._prepare(tenant, image_id, prompt, model)
+        with torch.no_grad():
+            result = call.segmenter.decode(
+                call.embedding,
+                call.coords,
+                call.labels,
+                boxes=call.boxes,
+                mask_input=call.mask_input,
+                multimask_output=prompt.multimask,
+            )
+        return _prompt_results(result.masks[0], result.iou_predictions[0]), call.size
+
+    def segment_prompts(self, calls: list[tuple[str, str, Prompt, TunedModel | None]]) -> list[Any]:
+        """``segment_prompt`` for several requests at once: the point prompts on one
+        embedding with the same shape (model, point count, multimask) go through the decoder
+        as one batch. Each entry of the result is what ``segment_prompt`` returns for that
+        request, or the exception it raises (one bad request fails alone)."""
+        out: list[Any] = [None] * len(calls)
+        groups: dict[tuple, list[tuple[int, _PreparedPrompt]]] = {}
+        for i, (tenant, image_id, prompt, model) in enumerate(calls):
+            try:
+                call = self._prepare(tenant, image_id, prompt, model)
+            except Exception as e:  # noqa: BLE001 - returned to its own caller
+                out[i] = e
+                continue
+            if call.boxes is not None or call.mask_input is not None or call.coords is None:
+                key: tuple = ("single", i)  # boxes / mask inputs: decoded on their own
+            else:
+                key = (
+                    tenant,
+                    image_id,
+                    model.model_id if model else "",
+                    prompt.multimask,
+                    call.coords.shape[1],  # same count: no padding tokens the call lacks
+                )
+            groups.setdefault(key, []).append((i, call))
+        for members in groups.values():
+            if len(members) > 1:
+                try:
+                    batch = self._decode_batch([c for _, c in members], calls[members[0][0]][2])
+                except Exception:  # noqa: BLE001 - find who fails: each member on its own
+                    batch = None
+                if batch is not None:
+                    for (i, _), result in zip(members, batch):
+                        out[i] = result
+                    continue
+            for i, call in members:
+                try:
+                    out[i] = self._decode_batch([call], calls[i][2])[0]
+                except Exception as e:  # noqa: BLE001 - returned to its own caller
+                    out[i] = e
+        return out
+
+    def _decode_batch(self, batch: list[_PreparedPrompt], prompt: Prompt) -> list[Any]:
+        """One decoder call for prepared prompts of one group (see ``segment_prompts``)."""
+        first = batch[0]
+        coords = None if first.coords is None else np.concatenate([c.coords for c in batch])
+        labels = None if first.labels is None else np.concatenate([c.labels for c in batch])
+        with torch.no_grad():
+            result = first.segmenter.decode(
+                first.embedding,
+                coords,
+                labels,
+                boxes=first.boxes,
+                mask_input=first.mask_input,
+                multimask_output=prompt.multimask,
+            )
+        return [
+            (_prompt_results(result.masks[b], result.iou_predictions[b]), call.size)
+            for b, call in enumerate(batch)
+        ]
+
+    def _prepare(
+        self, tenant: str, image_id: str, prompt: Prompt, model: TunedModel | None
+    ) -> _PreparedPrompt:
+        """Validate a prompt and fetch its embedding: the decoder's inputs for one request."""
         self.limits.check_points(len(prompt.points))
         if not prompt.points and prompt.box is None and prompt.mask_input is None:
             raise InvalidInput("give at least one point, a box or a mask_input")
@@ -146,19 +236,8 @@ class SegmentationEngine:
                 )
             low = segmenter.mask_input_size[0]
             mask_input = mask_to_mask_input(prev, segmenter.img_size, low).numpy()
-        with torch.no_grad():
-            result = segmenter.decode(
-                emb,
-                coords,
-                labels,
-                boxes=boxes,
-                mask_input=mask_input,
-                multimask_output=prompt.multimask,
-            )
-        scores = result.iou_predictions[0].float().cpu()
-        order = torch.argsort(scores, descending=True).tolist()
-        masks = _column_major(result.masks[0])
-        return [(encode_rle(masks[i]), float(scores[i])) for i in order], (H, W)
+        check_prompt(coords, labels, boxes, H, W)  # before it can share a batch
+        return _PreparedPrompt(emb, segmenter, coords, labels, boxes, mask_input, (H, W))
 
     # -- prompt-free (PTSAM) ---------------------------------------------------------------
     def auto_segment(self, tenant: str, image_id: str, model: TunedModel | None):
@@ -248,6 +327,25 @@ class SegmentationEngine:
                 )
             ]
             yield index, image_id, encode_rle(_column_major(pred.mask)), score, _unique(points)
+
+
+@dataclass
+class _PreparedPrompt:
+    embedding: Any  # ImageEmbedding
+    segmenter: PromptSegmenter
+    coords: np.ndarray | None  # (1, N, 2) original pixels
+    labels: np.ndarray | None  # (1, N)
+    boxes: np.ndarray | None  # (1, 4)
+    mask_input: np.ndarray | None  # (1, 1, 4g, 4g) logits
+    size: tuple[int, int]  # (H, W)
+
+
+def _prompt_results(masks: torch.Tensor, scores: torch.Tensor) -> list[tuple[Any, float]]:
+    """(rle, score) of one prompt's masks (K, H, W), best score first."""
+    scores = scores.float().cpu()
+    order = torch.argsort(scores, descending=True).tolist()
+    columns = _column_major(masks)
+    return [(encode_rle(columns[i]), float(scores[i])) for i in order]
 
 
 def _column_major(masks: torch.Tensor) -> np.ndarray:

@@ -284,6 +284,15 @@ def _check_in_image(coords: np.ndarray, H: int, W: int, field: str) -> None:
         )
 
 
+def check_prompt(
+    coords: PointsInput, labels: PointsInput, boxes: np.ndarray | None, H: int, W: int
+) -> None:
+    """Raise InvalidInput for the points / boxes ``decode`` would reject on an H x W image
+    (callers that batch several requests check each one first)."""
+    _parse_points(coords, labels, H, W)
+    _parse_boxes(boxes, H, W)
+
+
 def _parse_points(
     coords: PointsInput, labels: PointsInput, H: int, W: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
