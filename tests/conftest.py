@@ -23,6 +23,15 @@ class S3Server:
     secret_key: str
     region: str = "us-east-1"
 
+    def settings(self, bucket: str) -> dict[str, str]:
+        """``Settings`` fields for this server and a fresh bucket named ``bucket-<random>``."""
+        return dict(
+            s3_endpoint=self.endpoint,
+            s3_access_key=self.access_key,
+            s3_secret_key=self.secret_key,
+            s3_bucket=f"{bucket}-{uuid.uuid4().hex[:10]}",
+        )
+
 
 @pytest.fixture(scope="session")
 def s3_server():

@@ -138,6 +138,38 @@ def test_visual_prompt_folder(demo, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == [f"img_00{i}.png" for i in range(4)]
 
 
+def test_evaluate_scores_visual_prompting_output_against_the_masks(demo, tmp_path, capsys):
+    from vplab.masks import iou
+
+    out = tmp_path / "vp"
+    ref = ["--ref", str(demo / "images/img_000.png"), "--ref-mask", str(demo / "masks/img_000.png")]
+    assert (
+        main(
+            ["visual-prompt", "--demo", *ref, "--targets", str(demo / "images"), "--out", str(out)]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(out), "--gt", str(demo / "masks"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n_images"] == 4 and set(report["per_class"]) == {"1"}
+    # Per image: the binary IoU of the files, computed independently.
+    for row in report["per_image"]:
+        pred = read_binary_mask((out / f"{row['image_id']}.png").read_bytes())
+        gt = read_binary_mask((demo / f"masks/{row['image_id']}.png").read_bytes())
+        assert row["iou"] == pytest.approx(iou(pred, gt))
+    # The masks against themselves: perfect.
+    assert (
+        main(["evaluate", "--pred", str(demo / "masks"), "--gt", str(demo / "masks"), "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip())["miou"] == 1.0
+    # A missing prediction is a clear error, not a score.
+    (out / "img_003.png").unlink()
+    assert main(["evaluate", "--pred", str(out), "--gt", str(demo / "masks")]) != 0
+    assert "img_003" in capsys.readouterr().err
+
+
 def test_visual_prompt_rejects_empty_reference_mask(demo, tmp_path, capsys):
     from vplab.images import encode_png
 

@@ -33,6 +33,27 @@ def local_stack(tmp_path):
         yield st
 
 
+def test_rest_client_dataset_classes_and_label_maps(local_stack):
+    st = local_stack
+    with VPLabClient(st.url, st.keys["alpha"], timeout=30) as vp:
+        ds = vp.create_dataset("tissue", classes=["gland", {"name": "stroma", "color": "#00ff00"}])
+        assert [(c["id"], c["name"], c["color"]) for c in ds["classes"]] == [
+            (1, "gland", "#1f77b4"),
+            (2, "stroma", "#00ff00"),
+        ]
+        ds = vp.update_dataset(ds["id"], classes=[{"name": "lumen"}, {"id": 1, "name": "duct"}])
+        assert [c["name"] for c in ds["classes"]] == ["duct", "stroma", "lumen"]
+        image = vp.upload_image(ds["id"], png_bytes(24, 32, seed=4))
+        label = np.zeros((24, 32), np.uint8)
+        label[1:5, 1:5], label[6:9, 6:9], label[10:20, 2:4] = 1, 2, 3
+        assert vp.put_label(ds["id"], image, label) == 1
+        np.testing.assert_array_equal(vp.get_label_map(ds["id"], image), label)
+        label[0, 0] = 9
+        with pytest.raises(VPLabAPIError) as e:
+            vp.put_label(ds["id"], image, label)
+        assert e.value.status == 400 and "label value 9" in str(e.value)
+
+
 def test_rest_client_whole_loop(stack, tmp_path):
     st = stack
     with VPLabClient(st.url, st.keys["alpha"], timeout=30) as vp:

@@ -42,6 +42,28 @@ def ds(store) -> DatasetStore:
     return DatasetStore(store, Settings(max_image_pixels=100_000, max_image_bytes=200_000))
 
 
+def run_together(n: int, work) -> None:
+    """Run ``work(k)`` for k < n in n threads released at once by a barrier (each thread is
+    its own "gateway replica"); re-raise the first error any of them hit."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def run(k: int) -> None:
+        barrier.wait()
+        try:
+            work(k)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    if errors:
+        raise errors[0]
+
+
 def png(seed: int = 0, h: int = H, w: int = W) -> bytes:
     arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -192,28 +214,17 @@ def test_concurrent_uploads_lose_nothing(store):
     d = DatasetStore(store, settings).create_dataset(A, "d").id
     n_threads, per_thread = 6, 4
     ids: list[str] = []
-    errors: list[BaseException] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(n_threads)
 
     def worker(k: int) -> None:
         replica = DatasetStore(store, settings)  # one "gateway replica" per thread
-        barrier.wait()
-        try:
-            for i in range(per_thread):
-                image_id = replica.add_image(A, d, png(100 + k * per_thread + i))
-                with lock:
-                    ids.append(image_id)
-            replica.add_image(A, d, png(100))  # everyone also uploads one shared image
-        except BaseException as e:  # noqa: BLE001 - pragma: no cover - reported below
-            errors.append(e)
+        for i in range(per_thread):
+            image_id = replica.add_image(A, d, png(100 + k * per_thread + i))
+            with lock:
+                ids.append(image_id)
+        replica.add_image(A, d, png(100))  # everyone also uploads one shared image
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_together(n_threads, worker)
     assert len(set(ids)) == n_threads * per_thread
     assert DatasetStore(store, settings).list_images(A, d) == sorted(set(ids))
 
@@ -438,27 +449,15 @@ def test_concurrent_label_writers_lose_nothing(store):
     image = setup.add_image(A, d, png(1))
     n = 32
     told: dict[int, bytes] = {}
-    errors: list[BaseException] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(n)
 
     def writer(k: int) -> None:
         replica = DatasetStore(store, settings)
-        data = mask_png(seed=1000 + k)
-        barrier.wait()
-        try:
-            label = replica.put_label(A, d, image, data)
-            with lock:
-                told[label.version] = label.png
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        label = replica.put_label(A, d, image, mask_png(seed=1000 + k))
+        with lock:
+            told[label.version] = label.png
 
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors
+    run_together(n, writer)
     assert sorted(told) == list(range(1, n + 1))
     for version, data in told.items():
         assert setup.get_label(A, d, image, version).png == data
@@ -484,3 +483,107 @@ def test_if_match_is_optimistic_concurrency(ds):
     assert ds.put_label(A, d, i, mask_png(seed=3), if_match=f'W/{second.etag}, "x"').version == 3
     with pytest.raises(InvalidInput):
         ds.put_label(A, d, i, mask_png(seed=4), if_none_match='"v1"')
+
+
+# --- classes ---------------------------------------------------------------------------------
+
+
+def test_classes_ids_in_order_default_one_and_validation(ds, store):
+    one = ds.create_dataset(A, "binary")
+    assert [(c.id, c.name) for c in one.classes] == [(1, "object")]
+    three = ds.create_dataset(
+        A,
+        "tissue",
+        classes=[{"name": "gland"}, {"name": "stroma", "color": "#00FF00"}, {"name": "lumen"}],
+    )
+    assert [(c.id, c.name, c.color) for c in three.classes] == [
+        (1, "gland", "#1f77b4"),
+        (2, "stroma", "#00ff00"),
+        (3, "lumen", "#2ca02c"),
+    ]
+    assert ds.get_dataset(A, three.id) == three
+    before = set(store.list(keys.tenant_prefix(A)))
+    for bad, msg in [
+        ([], "non-empty"),
+        ([{"name": ""}], "class 1 name"),
+        ([{"name": "a", "color": "red"}], "#rrggbb"),
+        ([{"name": "a", "id": 4}], "name, color"),
+        ("gland", "non-empty list"),
+    ]:
+        with pytest.raises(InvalidInput, match=msg):
+            ds.create_dataset(A, "bad", classes=bad)
+    assert set(store.list(keys.tenant_prefix(A))) == before  # nothing written
+
+
+def test_update_dataset_edits_and_appends_never_reusing_ids(ds, store):
+    d = ds.create_dataset(A, "tissue", classes=[{"name": "gland"}, {"name": "stroma"}]).id
+    got = ds.update_dataset(
+        A, d, name="tissue v2", classes=[{"id": 2, "color": "#ABCDEF"}, {"name": "lumen"}]
+    )
+    assert got.name == "tissue v2"
+    assert [(c.id, c.name, c.color) for c in got.classes] == [
+        (1, "gland", "#1f77b4"),
+        (2, "stroma", "#abcdef"),
+        (3, "lumen", "#2ca02c"),
+    ]
+    assert ds.update_dataset(A, d, classes=[{"id": 3, "name": "duct"}]).classes[2].name == "duct"
+    twice = ds.update_dataset(A, d, classes=[{"id": 1, "name": "x"}, {"id": 1, "name": "gland"}])
+    assert twice.classes[0].name == "gland"  # the last edit of an id wins
+    assert ds.get_dataset(A, d) == ds.list_datasets(A)[0]
+    before = {k: store.get_bytes(k) for k in store.list(keys.tenant_prefix(A))}
+    for bad, error, msg in [
+        ([{"id": 9, "name": "x"}], NotFound, "has no class 9"),
+        ([{"id": 1, "name": "duct"}], Conflict, "is used by class"),
+        ([{"name": "gland"}], Conflict, "is used by class"),
+        ([{"id": True, "name": "y"}], InvalidInput, "must be an integer"),
+        ([{"name": "ok"}, {"id": 2, "color": "blue"}], InvalidInput, "#rrggbb"),  # none kept
+    ]:
+        with pytest.raises(error, match=msg):
+            ds.update_dataset(A, d, classes=bad)
+    with pytest.raises(InvalidInput):
+        ds.update_dataset(A, d, name="  ")
+    with pytest.raises(Conflict, match="is used by class 1"):
+        ds.create_dataset(A, "dup", classes=[{"name": "a"}, {"name": "A"}])
+    after = {k: store.get_bytes(k) for k in store.list(keys.tenant_prefix(A))}
+    assert after == before  # nothing written by any rejected update
+    with pytest.raises(NotFound):
+        ds.update_dataset(B, d, name="theirs")  # another tenant's dataset
+    ds.delete_dataset(A, d)
+    assert not list(store.list(keys.dataset_objects_prefix(A, d)))  # class objects too
+
+
+def test_concurrent_class_appends_get_distinct_ids(store):
+    settings = Settings()
+    d = DatasetStore(store, settings).create_dataset(A, "d").id
+    n = 12
+    run_together(
+        n,
+        lambda k: DatasetStore(store, settings).update_dataset(
+            A, d, classes=[{"name": f"class-{k}"}]
+        ),
+    )
+    classes = DatasetStore(store, settings).get_dataset(A, d).classes
+    assert [c.id for c in classes] == list(range(1, n + 2))  # 1 (default) + 12 appended
+    assert {c.name for c in classes[1:]} == {f"class-{k}" for k in range(n)}  # none lost
+
+
+def test_label_values_must_be_class_ids(ds, store):
+    three = ds.create_dataset(A, "t", classes=[{"name": "a"}, {"name": "b"}, {"name": "c"}]).id
+    one = ds.create_dataset(A, "binary").id
+    for d in (three, one):
+        ds.add_image(A, d, png(0))
+    image = ds.list_images(A, three)[0]
+    label = np.zeros((H, W), np.uint16)
+    label[1:4, 1:4], label[5:8, 5:8], label[9:11, 2:6] = 1, 2, 3
+    assert ds.put_label(A, three, image, encode_label_map(label)).version == 1
+    np.testing.assert_array_equal(ds.get_label(A, three, image).label_map(), label)
+    before = set(store.list(keys.tenant_prefix(A)))
+    label[0, 0] = 7
+    with pytest.raises(InvalidInput, match="label value 7 is above the dataset's 3 classes"):
+        ds.put_label(A, three, image, encode_label_map(label))
+    with pytest.raises(InvalidInput, match="above the dataset's 3 classes"):  # 0/255 mask
+        ds.put_label(A, three, image, encode_binary_mask(label > 0))
+    with pytest.raises(InvalidInput, match="has 1 class"):  # a label map on a binary dataset
+        ds.put_label(A, one, image, encode_label_map(np.minimum(label, 3)))
+    assert set(store.list(keys.tenant_prefix(A))) == before
+    assert ds.put_label(A, one, image, encode_binary_mask(label > 0)).version == 1  # binary ok

@@ -19,7 +19,7 @@ import pytest
 from _gateway_harness import bomb_png, mask_png, png_bytes, running_stack, write_model
 from PIL import Image
 
-from vplab.masks import decode_rle, encode_rle
+from vplab.masks import decode_rle, encode_label_map, encode_rle
 from vplab.storage import LocalStore
 
 pytestmark = pytest.mark.integration
@@ -79,12 +79,72 @@ def rle_of(mask) -> dict:
 # --- datasets, images, labels ---------------------------------------------------------------
 
 
+def test_dataset_classes_create_patch_and_label_values(local_stack):
+    st = local_stack
+    with client(st) as c, client(st, "beta") as b:
+        r = c.post(
+            "/v1/datasets",
+            json={
+                "name": "tissue",
+                "classes": [{"name": "gland"}, {"name": "stroma", "color": "#00ff00"}],
+            },
+        )
+        assert r.status_code == 201, r.text
+        ds = r.json()
+        assert ds["classes"] == [
+            {"id": 1, "name": "gland", "color": "#1f77b4"},
+            {"id": 2, "name": "stroma", "color": "#00ff00"},
+        ]
+        r = c.patch(
+            f"/v1/datasets/{ds['id']}",
+            json={"name": "tissue 2", "classes": [{"id": 1, "name": "duct"}, {"name": "lumen"}]},
+        )
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["name"] == "tissue 2"
+        assert [(k["id"], k["name"]) for k in got["classes"]] == [
+            (1, "duct"),
+            (2, "stroma"),
+            (3, "lumen"),
+        ]
+        assert c.get(f"/v1/datasets/{ds['id']}").json() == got
+        for bad, status in (
+            ({"classes": [{"id": 7, "name": "x"}]}, 404),  # no class 7
+            ({"classes": [{"name": "stroma"}]}, 409),  # a name in use
+            ({"classes": [{"color": "#123456"}]}, 400),  # an append needs a name
+            ({"classes": [{"name": "x", "color": "green"}]}, 400),
+            ({"colour": "#123456"}, 400),  # unknown field
+        ):
+            assert_error(c.patch(f"/v1/datasets/{ds['id']}", json=bad), status)
+        assert_error(c.post("/v1/datasets", json={"name": "x", "classes": []}), 400)
+        dup = {"name": "x", "classes": [{"name": "a"}, {"name": "a"}]}
+        assert_error(c.post("/v1/datasets", json=dup), 409)
+        assert c.get(f"/v1/datasets/{ds['id']}").json() == got  # nothing changed
+        assert_error(b.patch(f"/v1/datasets/{ds['id']}", json={"name": "mine"}), 404)
+
+        image = c.post(
+            f"/v1/datasets/{ds['id']}/images", files={"file": ("a.png", png_bytes(24, 32, seed=3))}
+        ).json()["image_id"]
+        label = np.zeros((24, 32), np.uint8)
+        label[2:6, 2:6], label[8:12, 8:12], label[14:18, 3:9] = 1, 2, 3
+        url = f"/v1/datasets/{ds['id']}/labels/{image}"
+        ok = c.put(url, content=encode_label_map(label), headers={"Content-Type": "image/png"})
+        assert ok.status_code == 200, ok.text
+        label[0, 0] = 4
+        err = assert_error(
+            c.put(url, content=encode_label_map(label), headers={"Content-Type": "image/png"}), 400
+        )
+        assert "label value 4" in err["message"]
+        assert c.get(f"/v1/datasets/{ds['id']}/labels").json() == {image: 1}
+
+
 def test_dataset_image_label_flow(stack):
     with client(stack) as c:
         r = c.post("/v1/datasets", json={"name": "cells"})
         assert r.status_code == 201
         ds = r.json()
-        assert set(ds) == {"id", "name", "created_at"} and ds["name"] == "cells"
+        assert set(ds) == {"id", "name", "created_at", "classes"} and ds["name"] == "cells"
+        assert ds["classes"] == [{"id": 1, "name": "object", "color": "#1f77b4"}]
         assert c.get("/v1/datasets").json() == {"datasets": [ds]}
         assert c.get(f"/v1/datasets/{ds['id']}").json() == ds
 
@@ -177,7 +237,7 @@ def contract_routes(app) -> list[tuple[str, str]]:
 def test_every_v1_route_requires_a_valid_key(local_stack):
     st = local_stack
     routes = contract_routes(st.app)
-    assert len(routes) == 23  # the whole REST contract
+    assert len(routes) == 24  # the whole REST contract
     bad = [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-key", "Bearer vpl_" + "A" * 43]
     with httpx.Client(base_url=st.url, timeout=30) as c:
         for method, path in routes:
@@ -431,7 +491,8 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
         assert_error(c.get("/v1/models/m-unknown"), 404)
         assert_error(c.get("/v1/models/BAD!/export"), 400)
         assert_error(c.get("/v1/nope"), 404)
-        assert_error(c.patch(f"/v1/datasets/{ds}"), 405)
+        assert_error(c.patch(f"/v1/datasets/{ds}"), 400)  # no body
+        assert_error(c.patch(f"/v1/images/{ids[0]}", json={}), 405)
         assert st.store.list("") == before
 
 
@@ -929,7 +990,7 @@ def test_openapi_lists_the_contract(local_stack):
         doc = c.get("/openapi.json").json()
     expected = {
         "/v1/datasets": {"get", "post"},
-        "/v1/datasets/{dataset_id}": {"get", "delete"},
+        "/v1/datasets/{dataset_id}": {"get", "patch", "delete"},
         "/v1/datasets/{dataset_id}/images": {"get", "post"},
         "/v1/images/{image_id}": {"get"},
         "/v1/datasets/{dataset_id}/images/{image_id}": {"delete"},

@@ -2,7 +2,8 @@
 
 Layout (keys built by ``vplab.storage.keys``)::
 
-    tenants/{t}/datasets/{d}.json                 metadata {id, name, created_at}
+    tenants/{t}/datasets/{d}.json                 metadata {id, name, created_at, classes}
+    tenants/{t}/datasets/{d}/classes/{id}.json    a class appended or edited later {name, color}
     tenants/{t}/datasets/{d}/images/{sha256}      membership marker {filename, added_at}
     tenants/{t}/images/{sha256}                   image bytes, shared by the tenant's datasets
     tenants/{t}/labels/{d}/{sha256}/v{n}.png      label versions, n = 1, 2, ...
@@ -24,16 +25,24 @@ Rules:
   create (S3 ``If-None-Match: *``; local ``link(2)``) and moves to the next number when
   another writer got there first: versions are unique and no accepted write is lost.
   Editors get optimistic concurrency through ``if_match`` (412 on a stale ETag).
+* Classes have ids 1..K in creation order, never reused (classes are never removed).
+  The dataset record holds the classes it was created with; a class appended later is a
+  conditional create of ``classes/{K+1}.json`` (the next id when another writer took it),
+  an edit overwrites ``classes/{id}.json`` (the last edit wins), and reading overlays the
+  objects on the record. A label is a label map of values 0..K; in a one-class dataset
+  any binary mask (one nonzero value, 1 or 255) is a label too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import random
+import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -52,11 +61,31 @@ _GC_BATCH = 32
 _MAX_CREATE_ATTEMPTS = 200  # label writers racing for v{n+1}; each loss moves one up
 
 
+MAX_CLASSES = 1024
+# Default class colours (Tableau 10), by id: the web app draws every class in a colour.
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+@dataclass(frozen=True)
+class DatasetClass:
+    id: int  # 1..K: the value of its pixels in label maps (0 = background)
+    name: str
+    color: str  # "#rrggbb"
+
+
 @dataclass(frozen=True)
 class Dataset:
     id: str
     name: str
     created_at: str
+    classes: tuple[DatasetClass, ...] = ()  # ids 1..K; () only before get_dataset fills it
+
+
+DEFAULT_CLASSES = (DatasetClass(1, "object", _PALETTE[0]),)
 
 
 @dataclass(frozen=True)
@@ -106,6 +135,49 @@ def _check_text(value: object, what: str, max_len: int) -> str:
     return value
 
 
+def _check_color(color: object, class_id: int) -> str:
+    if color is None:
+        return _PALETTE[(class_id - 1) % len(_PALETTE)]
+    if not isinstance(color, str) or not _COLOR.fullmatch(color):
+        raise InvalidInput(f"class {class_id}: color must be '#rrggbb', got {color!r}")
+    return color.lower()
+
+
+def _check_classes(classes: object) -> tuple[DatasetClass, ...]:
+    """``[{name, color?}, ...]`` -> classes with ids 1..K (None: the one default class)."""
+    if classes is None:
+        return DEFAULT_CLASSES
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise InvalidInput("classes must be a non-empty list of {name, color?}")
+    if len(classes) > MAX_CLASSES:
+        raise InvalidInput(f"at most {MAX_CLASSES} classes, got {len(classes)}")
+    out = []
+    for i, c in enumerate(classes, start=1):
+        if not isinstance(c, dict) or set(c) - {"name", "color"}:
+            raise InvalidInput(f"class {i} must be {{name, color?}}, got {c!r}")
+        out.append(
+            DatasetClass(
+                i,
+                _check_text(c.get("name"), f"class {i} name", _MAX_NAME),
+                _check_color(c.get("color"), i),
+            )
+        )
+    _check_unique_names(out)
+    return tuple(out)
+
+
+def _check_unique_names(classes: list[DatasetClass] | tuple[DatasetClass, ...]) -> None:
+    seen: dict[str, int] = {}
+    for c in classes:
+        if c.name.casefold() in seen:
+            raise Conflict(f"class name {c.name!r} is used by class {seen[c.name.casefold()]}")
+        seen[c.name.casefold()] = c.id
+
+
+def _class_record(c: DatasetClass) -> dict[str, object]:
+    return {"id": c.id, "name": c.name, "color": c.color}
+
+
 def _check_filename(filename: object) -> str | None:
     if filename is None:
         return None
@@ -126,17 +198,35 @@ class DatasetStore:
 
     # --- datasets ----------------------------------------------------------------------------
 
-    def create_dataset(self, tenant: str, name: str, dataset_id: str | None = None) -> Dataset:
-        """New dataset; its id is ``dataset_id`` (``Conflict`` if taken) or ``d-<12 hex>``."""
+    def create_dataset(
+        self,
+        tenant: str,
+        name: str,
+        dataset_id: str | None = None,
+        classes: list[dict[str, object]] | None = None,
+    ) -> Dataset:
+        """New dataset; its id is ``dataset_id`` (``Conflict`` if taken) or ``d-<12 hex>``.
+        ``classes``: ``[{name, color?}]``, ids 1..K in this order (None: one class)."""
         t = _tid(tenant)
         name = _check_text(name, "dataset name", _MAX_NAME)
+        checked = _check_classes(classes)
         if dataset_id is None:
             dataset_id = f"d-{secrets.token_hex(6)}"
         record = keys.dataset(t, keys.check_id(dataset_id, "dataset id"))
         if self.store.exists(record):
             raise Conflict(f"dataset {dataset_id!r} already exists")
-        ds = Dataset(id=dataset_id, name=name, created_at=_now())
-        self.store.put_json(record, {"id": ds.id, "name": ds.name, "created_at": ds.created_at})
+        # Leftovers of a dataset of this id deleted while a class was being appended.
+        self.store.delete_prefix(keys.dataset_classes_prefix(t, dataset_id))
+        ds = Dataset(id=dataset_id, name=name, created_at=_now(), classes=checked)
+        self.store.put_json(
+            record,
+            {
+                "id": ds.id,
+                "name": ds.name,
+                "created_at": ds.created_at,
+                "classes": [_class_record(c) for c in ds.classes],
+            },
+        )
         return ds
 
     def get_dataset(self, tenant: str, dataset_id: str) -> Dataset:
@@ -147,11 +237,100 @@ class DatasetStore:
             raise NotFound(f"dataset {dataset_id!r} not found") from None
         if not isinstance(data, dict):
             raise InvalidInput(f"dataset record {dataset_id!r} is corrupt")
-        return Dataset(
+        base = Dataset(
             id=dataset_id,
             name=str(data.get("name", dataset_id)),
             created_at=str(data.get("created_at", "")),
         )
+        by_id = {c.id: c for c in DEFAULT_CLASSES}  # records from before classes: one class
+        if isinstance(data.get("classes"), list):
+            by_id = {
+                int(c["id"]): DatasetClass(int(c["id"]), c["name"], c["color"])
+                for c in data["classes"]
+            }
+        for key in self.store.list(keys.dataset_classes_prefix(t, dataset_id)):
+            class_id = keys.parse_dataset_class(key, t, dataset_id)
+            if class_id is None:
+                continue
+            with contextlib.suppress(NotFound):
+                c = self.store.get_json(key)
+                by_id[class_id] = DatasetClass(class_id, str(c["name"]), str(c["color"]))
+        return replace(base, classes=tuple(by_id[i] for i in sorted(by_id)))
+
+    def update_dataset(
+        self,
+        tenant: str,
+        dataset_id: str,
+        name: str | None = None,
+        classes: list[dict[str, object]] | None = None,
+    ) -> Dataset:
+        """Rename the dataset; edit classes (``{id, name?, color?}``) and append classes
+        (``{name, color?}``: the next ids). Everything is checked before anything is written."""
+        t = _tid(tenant)
+        ds = self.get_dataset(t, dataset_id)
+        new_name = None if name is None else _check_text(name, "dataset name", _MAX_NAME)
+        if classes is not None and not isinstance(classes, (list, tuple)):
+            raise InvalidInput("classes must be a list of {id, name?, color?} or {name, color?}")
+        current = {c.id: c for c in ds.classes}
+        edits: dict[int, DatasetClass] = {}
+        appends: list[tuple[str, object]] = []
+        for c in classes or ():
+            if not isinstance(c, dict) or set(c) - {"id", "name", "color"}:
+                raise InvalidInput(f"a class edit must be {{id?, name?, color?}}, got {c!r}")
+            if "id" in c:
+                class_id = c["id"]
+                if not isinstance(class_id, int) or isinstance(class_id, bool):
+                    raise InvalidInput(f"class id must be an integer, got {class_id!r}")
+                if class_id not in current:
+                    raise NotFound(
+                        f"dataset {dataset_id!r} has no class {class_id} (ids 1..{len(current)})"
+                    )
+                old = edits.get(class_id, current[class_id])  # edited twice: the last wins
+                edits[class_id] = DatasetClass(
+                    class_id,
+                    old.name
+                    if c.get("name") is None
+                    else _check_text(c["name"], f"class {class_id} name", _MAX_NAME),
+                    old.color if c.get("color") is None else _check_color(c["color"], class_id),
+                )
+            else:
+                appends.append(
+                    (_check_text(c.get("name"), "new class name", _MAX_NAME), c.get("color"))
+                )
+        if len(current) + len(appends) > MAX_CLASSES:
+            raise Conflict(
+                f"dataset {dataset_id!r} has {len(current)} classes: {len(appends)} more would "
+                f"exceed {MAX_CLASSES}"
+            )
+        merged = {**current, **edits}
+        next_id = max(merged) + 1
+        preview = list(merged.values()) + [
+            DatasetClass(next_id + i, n, _check_color(col, next_id + i))
+            for i, (n, col) in enumerate(appends)
+        ]
+        _check_unique_names(preview)
+        # Writes: the record (name), each edit (last wins), each append (its own new id).
+        if new_name is not None:
+            record = self.store.get_json(keys.dataset(t, dataset_id))
+            record["name"] = new_name
+            self.store.put_json(keys.dataset(t, dataset_id), record)
+        for edited in edits.values():
+            self.store.put_json(keys.dataset_class(t, dataset_id, edited.id), _class_record(edited))
+        for class_name, color in appends:
+            self._append_class(t, dataset_id, class_name, color)
+        return self.get_dataset(t, dataset_id)
+
+    def _append_class(self, t: str, dataset_id: str, name: str, color: object) -> int:
+        for _ in range(_MAX_CREATE_ATTEMPTS):
+            class_id = max(c.id for c in self.get_dataset(t, dataset_id).classes) + 1
+            c = DatasetClass(class_id, name, _check_color(color, class_id))
+            body = json.dumps(_class_record(c)).encode()
+            if self.store.create_bytes(
+                keys.dataset_class(t, dataset_id, class_id), body, content_type="application/json"
+            ):
+                return class_id
+            time.sleep(random.uniform(0, 0.01))  # another writer took this id: the next
+        raise Conflict(f"dataset {dataset_id}: too many concurrent class appends, try again")
 
     def list_datasets(self, tenant: str) -> list[Dataset]:
         t = _tid(tenant)
@@ -331,6 +510,7 @@ class DatasetStore:
         arr = read_label_png(
             png_bytes, self.settings.max_image_bytes, self.settings.max_image_pixels
         )
+        _check_label_values(arr, self.get_dataset(t, dataset_id))
         height, width = self.get_image(t, sha).shape[:2]
         if arr.shape != (height, width):
             raise InvalidInput(
@@ -467,6 +647,28 @@ class DatasetStore:
                     if sha in referenced:  # an add_image raced us: put the bytes back
                         self.store.put_bytes(keys.image(t, sha), data)
         self.quotas.forget_usage(t)
+
+
+def _check_label_values(arr: np.ndarray, ds: Dataset) -> None:
+    """A label map's values must be class ids 0..K; a one-class dataset takes any binary
+    mask (a single nonzero value: 1, 255, ...)."""
+    values = np.unique(arr)
+    nonzero = values[values > 0]
+    k = len(ds.classes)
+    if k == 1:
+        if len(nonzero) > 1:
+            shown = ", ".join(map(str, nonzero[:5].tolist()))
+            raise InvalidInput(
+                f"label has {len(nonzero)} different nonzero values ({shown}...) but dataset "
+                f"{ds.id!r} has 1 class: give a binary mask, or add classes to the dataset"
+            )
+        return
+    above = nonzero[nonzero > k]
+    if len(above):
+        shown = ", ".join(map(str, above[:5].tolist()))
+        raise InvalidInput(
+            f"label value {shown} is above the dataset's {k} classes (ids 1..{k}, 0 = background)"
+        )
 
 
 def _image_id(image_id: object) -> str:

@@ -72,9 +72,50 @@ class ErrorResponse(BaseModel):
 _NAME_PATTERN = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
 
 
+_COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
+_ClassName = Annotated[str, Field(min_length=1, max_length=200, pattern=_NAME_PATTERN)]
+_Color = Annotated[str, Field(pattern=_COLOR_PATTERN, description="#rrggbb")]
+
+
+class ClassIn(_Body):
+    name: _ClassName
+    color: _Color | None = Field(default=None, description="Default: a palette colour by id")
+
+
+class ClassEdit(_Body):
+    """Edit the class ``id`` (name and/or colour)."""
+
+    id: int = Field(ge=1)
+    name: _ClassName | None = None
+    color: _Color | None = None
+
+
+class ClassOut(BaseModel):
+    id: int = Field(description="The value of the class's pixels in label maps (0 = background)")
+    name: str
+    color: str
+
+
 class DatasetCreate(_Body):
     name: str = Field(
         min_length=1, max_length=200, pattern=_NAME_PATTERN, description="A display name"
+    )
+    classes: list[ClassIn] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Classes, ids 1..K in this order; default: one class. Labels are label "
+        "maps of values 0..K (a one-class dataset also takes binary masks)",
+    )
+
+
+class DatasetPatch(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=_NAME_PATTERN)
+    classes: list[ClassEdit | ClassIn] | None = Field(
+        default=None,
+        max_length=1024,
+        description="With an id: edit that class (name and/or colour; the last edit of an id "
+        "wins). Without: append a class, which gets the next id. Ids are never reused",
     )
 
 
@@ -82,6 +123,7 @@ class DatasetOut(BaseModel):
     id: str
     name: str
     created_at: str
+    classes: list[ClassOut]
 
 
 class DatasetList(BaseModel):

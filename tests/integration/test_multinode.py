@@ -214,10 +214,7 @@ def cluster(s3_server, tmp_path_factory):
         settings = Settings(
             demo=True,
             data_dir=tmp_path_factory.mktemp("data"),
-            s3_endpoint=s3_server.endpoint,
-            s3_access_key=s3_server.access_key,
-            s3_secret_key=s3_server.secret_key,
-            s3_bucket=f"mn-{uuid.uuid4().hex[:10]}",
+            **s3_server.settings("mn"),
             grpc_target=f"127.0.0.1:{grpc_port}",
             ray_address=f"{HEAD_IP}:{gcs_port}",
             ray_pin_roles=True,

@@ -12,7 +12,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,10 +60,7 @@ def stack(s3_server, tmp_path_factory):
     settings = Settings(
         demo=True,
         data_dir=tmp_path_factory.mktemp("data"),
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_bucket=f"it-{uuid.uuid4().hex[:10]}",
+        **s3_server.settings("it"),
         grpc_target=f"127.0.0.1:{grpc_port}",
         train_checkpoint_every=3,
         train_eval_every=3,
@@ -583,4 +579,4 @@ def test_schemathesis_against_the_real_stack(stack, loops):
     """The OpenAPI contract holds against the real services too (its own tenant)."""
     _tenant, key = create_tenant(stack.store, "fuzz", stack.settings.api_key_pepper)
     report = run_schemathesis(stack.url, key, 4)
-    assert "Tested: 25" in report, report
+    assert "Tested: 26" in report, report

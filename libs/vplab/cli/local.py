@@ -50,6 +50,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_model_args(p, dino=True)
     p.set_defaults(func=run_visual_prompt)
 
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted masks / label maps against ground truth (mIoU, Dice per class)",
+        description="Score the PNGs of --pred against the same-named PNGs of --gt: per-class "
+        "IoU and Dice over all images, their means over classes 1..K, and per-image scores. "
+        "E.g. `vplab visual-prompt ... --out pred/` then `vplab evaluate --pred pred --gt masks`.",
+    )
+    p.add_argument("--pred", required=True, help="directory of predicted mask / label-map PNGs")
+    p.add_argument("--gt", required=True, help="directory of ground-truth PNGs (same names)")
+    p.add_argument("--classes", type=int, help="K: score classes 1..K (default: every id seen)")
+    p.add_argument("--json", action="store_true", help="print only the JSON report")
+    p.set_defaults(func=run_evaluate)
+
     p = sub.add_parser("train", help="fine-tune SAM with a PEFT method on labelled images")
     p.add_argument("--method", default="epeft", help="PEFT method (see `vplab peft list`)")
     p.add_argument("--images", required=True)
@@ -297,4 +310,16 @@ def run_predict(args: argparse.Namespace) -> int:
         prompter.set_references(_references(args))
         _predict_folder(prompter, files, out)
     print(f"wrote {len(files)} masks to {out}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from vplab.evaluation import evaluate_folders
+
+    report = evaluate_folders(args.pred, args.gt, args.classes)
+    if not args.json:
+        print(f"{report.n_images} images: mIoU {report.miou:.4f}, mean Dice {report.mean_dice:.4f}")
+        for class_id, score in report.per_class.items():
+            print(f"  class {class_id}: IoU {score.iou:.4f}  Dice {score.dice:.4f}")
+    print(json.dumps(report.to_json()))
     return 0

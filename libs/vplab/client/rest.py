@@ -185,9 +185,30 @@ class VPLabClient:
 
     # --- datasets and images -------------------------------------------------------------
 
-    def create_dataset(self, name: str) -> dict[str, Any]:
-        """-> ``{"id", "name", "created_at", ...}``."""
-        return self._json("POST", "/v1/datasets", json={"name": name})
+    def create_dataset(
+        self, name: str, classes: list[str | dict[str, str]] | None = None
+    ) -> dict[str, Any]:
+        """-> ``{"id", "name", "created_at", "classes": [{"id", "name", "color"}]}``.
+        ``classes``: names or ``{"name", "color"}``, ids 1..K in order (default: one class)."""
+        body: dict[str, Any] = {"name": name}
+        if classes is not None:
+            body["classes"] = [{"name": c} if isinstance(c, str) else c for c in classes]
+        return self._json("POST", "/v1/datasets", json=body)
+
+    def update_dataset(
+        self,
+        dataset_id: str,
+        name: str | None = None,
+        classes: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Rename; ``classes``: ``{"id", "name"?, "color"?}`` edits a class, ``{"name",
+        "color"?}`` appends one (the next id)."""
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if classes is not None:
+            body["classes"] = classes
+        return self._json("PATCH", f"/v1/datasets/{dataset_id}", json=body)
 
     def list_datasets(self) -> list[dict[str, Any]]:
         return self._json("GET", "/v1/datasets")["datasets"]
@@ -324,7 +345,8 @@ class VPLabClient:
         mask: np.ndarray | bytes,
         if_match: str | None = None,
     ) -> int:
-        """Store a refined mask ((H, W), nonzero = object, or PNG bytes); returns its version.
+        """Store a label; returns its version. ``mask``: PNG bytes, an (H, W) bool mask, or
+        an (H, W) integer label map of class ids 0..K (multi-class datasets).
 
         ``if_match``: the ETag of the label you edited (``get_label_etag``); if someone saved
         another version meanwhile the call raises ``VPLabAPIError`` 412 and writes nothing.
@@ -332,9 +354,11 @@ class VPLabClient:
         if isinstance(mask, (bytes, bytearray)):
             data = bytes(mask)
         else:
-            from vplab.masks import encode_binary_mask
+            from vplab.masks import encode_binary_mask, encode_label_map
 
-            data = encode_binary_mask(np.asarray(mask))
+            arr = np.asarray(mask)
+            is_map = np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_
+            data = encode_label_map(arr) if is_map else encode_binary_mask(arr)
         r = self._json(
             "PUT",
             f"/v1/datasets/{dataset_id}/labels/{image_id}",
@@ -352,6 +376,19 @@ class VPLabClient:
 
         params = {"version": version} if version is not None else None
         return read_binary_mask(
+            self._request(
+                "GET", f"/v1/datasets/{dataset_id}/labels/{image_id}", params=params
+            ).content
+        )
+
+    def get_label_map(
+        self, dataset_id: str, image_id: str, version: int | None = None
+    ) -> np.ndarray:
+        """The label as an (H, W) int32 map of class ids (0 = background)."""
+        from vplab.masks import read_label_png
+
+        params = {"version": version} if version is not None else None
+        return read_label_png(
             self._request(
                 "GET", f"/v1/datasets/{dataset_id}/labels/{image_id}", params=params
             ).content

@@ -44,17 +44,16 @@ def mean_iou(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
     return float(np.mean(scores))
 
 
-def per_class_iou(
+def class_overlaps(
     pairs: Iterable[tuple[np.ndarray, np.ndarray]],
     classes: Sequence[int] | None = None,
     ignore_index: int | None = None,
-) -> dict[int, float]:
-    """Per-class IoU of label maps, accumulated over all pairs (dataset-level, as in
-    semantic-segmentation benchmarks: sum of intersections / sum of unions per class).
+) -> dict[int, tuple[int, int]]:
+    """Per class: (intersection, union) pixel counts of label maps, summed over all pairs.
 
     ``classes`` defaults to every id seen in any prediction or ground truth; a requested
-    class absent from both everywhere scores 1.0. Pixels whose ground truth is
-    ``ignore_index`` are skipped.
+    class absent everywhere is (0, 0). Pixels whose ground truth is ``ignore_index`` are
+    skipped.
     """
     inter: dict[int, int] = {}
     union: dict[int, int] = {}
@@ -83,11 +82,34 @@ def per_class_iou(
             union[c] = union.get(c, 0) + int(un[i])
         n += 1
     if n == 0:
-        raise InvalidInput("per_class_iou needs at least one (prediction, ground truth) pair")
+        raise InvalidInput("class metrics need at least one (prediction, ground truth) pair")
     if ignore_index is not None:
         union.pop(ignore_index, None)
     wanted = sorted(union) if classes is None else [int(c) for c in classes]
-    return {c: (inter.get(c, 0) / union[c] if union.get(c) else 1.0) for c in wanted}
+    return {c: (inter.get(c, 0), union.get(c, 0)) for c in wanted}
+
+
+def per_class_iou(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    classes: Sequence[int] | None = None,
+    ignore_index: int | None = None,
+) -> dict[int, float]:
+    """Per-class IoU of label maps, accumulated over all pairs (dataset-level, as in
+    semantic-segmentation benchmarks: sum of intersections / sum of unions per class).
+    A class absent from every prediction and ground truth scores 1.0."""
+    overlaps = class_overlaps(pairs, classes, ignore_index)
+    return {c: (i / u if u else 1.0) for c, (i, u) in overlaps.items()}
+
+
+def per_class_dice(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    classes: Sequence[int] | None = None,
+    ignore_index: int | None = None,
+) -> dict[int, float]:
+    """Per-class Dice of label maps, accumulated like ``per_class_iou``:
+    2|P∩G| / (|P| + |G|), and |P| + |G| = intersection + union."""
+    overlaps = class_overlaps(pairs, classes, ignore_index)
+    return {c: (2 * i / (i + u) if u else 1.0) for c, (i, u) in overlaps.items()}
 
 
 def mean_class_iou(

@@ -161,6 +161,24 @@ def dataset_image(tenant: str, dataset_id: str, sha256: str) -> str:
     return f"{dataset_images_prefix(tenant, dataset_id)}{check_sha256(sha256)}"
 
 
+def dataset_classes_prefix(tenant: str, dataset_id: str) -> str:
+    return f"{dataset_objects_prefix(tenant, dataset_id)}classes/"
+
+
+def dataset_class(tenant: str, dataset_id: str, class_id: int) -> str:
+    """A class added or edited after the dataset was created: one object per class id, so
+    concurrent appends each get their own id (a conditional create) and lose nothing."""
+    return f"{dataset_classes_prefix(tenant, dataset_id)}{check_index(class_id, 'class id')}.json"
+
+
+def parse_dataset_class(key: str, tenant: str, dataset_id: str) -> int | None:
+    prefix = dataset_classes_prefix(tenant, dataset_id)
+    if not key.startswith(prefix) or not key.endswith(".json"):
+        return None
+    name = key[len(prefix) : -len(".json")]
+    return int(name) if name.isdigit() and not name.startswith("0") else None
+
+
 def parse_dataset_record(key: str, tenant: str) -> str | None:
     """``tenants/{t}/datasets/{d}.json`` -> d; None for other keys under the prefix
     (e.g. membership markers), so ``store.list(datasets_prefix(t))`` can be filtered."""

@@ -21,9 +21,43 @@ from services.gateway.params import (
 router = APIRouter(prefix=V1, tags=["datasets"], responses=ERROR_RESPONSES)
 
 
-@router.post("/datasets", summary="Create a dataset", status_code=201, response_model=S.DatasetOut)
+_CLASS_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": S.ErrorResponse, "description": "A class name is used twice"}
+}
+
+
+@router.post(
+    "/datasets",
+    summary="Create a dataset",
+    status_code=201,
+    response_model=S.DatasetOut,
+    responses=_CLASS_CONFLICT,
+)
 def create_dataset(body: S.DatasetCreate, tenant: TenantId, datasets: DatasetsDep) -> Any:
-    return plain(datasets.create_dataset(tenant, body.name))
+    classes = (
+        None if body.classes is None else [c.model_dump(exclude_none=True) for c in body.classes]
+    )
+    return plain(datasets.create_dataset(tenant, body.name, classes=classes))
+
+
+@router.patch(
+    "/datasets/{dataset_id}",
+    summary="Rename a dataset, edit its classes, append classes",
+    response_model=S.DatasetOut,
+    responses={
+        409: {
+            "model": S.ErrorResponse,
+            "description": "A class name in use, or more than 1024 classes",
+        }
+    },
+)
+def update_dataset(
+    dataset_id: DatasetIdPath, body: S.DatasetPatch, tenant: TenantId, datasets: DatasetsDep
+) -> Any:
+    classes = (
+        None if body.classes is None else [c.model_dump(exclude_none=True) for c in body.classes]
+    )
+    return plain(datasets.update_dataset(tenant, dataset_id, name=body.name, classes=classes))
 
 
 @router.get("/datasets", summary="List the tenant's datasets", response_model=S.DatasetList)
