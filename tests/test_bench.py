@@ -15,6 +15,7 @@ QUICK_KEYS = {
     "cache": {"miss_ms", "hit_ms", "hit_over_miss", "embedding_bytes"},
     "pipeline": {"per_image_s", "encoders_s", "overhead_ratio"},
     "late-cache": {"speedup_start1", "start1_cached_steps_per_s", "start1_recompute_steps_per_s"},
+    "decoder-batch": {"speedup_b4"},
 }
 
 
@@ -36,6 +37,7 @@ def test_every_benchmark_is_registered_with_quick():
         "late-cache",
         "gpu",
         "load",
+        "decoder-batch",
         "quality",
     ]
     parser = build_parser()

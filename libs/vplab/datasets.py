@@ -178,6 +178,10 @@ def _class_record(c: DatasetClass) -> dict[str, object]:
     return {"id": c.id, "name": c.name, "color": c.color}
 
 
+def _class_from_record(record: dict) -> DatasetClass:
+    return DatasetClass(int(record["id"]), str(record["name"]), str(record["color"]))
+
+
 def _check_filename(filename: object) -> str | None:
     if filename is None:
         return None
@@ -210,13 +214,14 @@ class DatasetStore:
         t = _tid(tenant)
         name = _check_text(name, "dataset name", _MAX_NAME)
         checked = _check_classes(classes)
+        reused_id = dataset_id is not None
         if dataset_id is None:
             dataset_id = f"d-{secrets.token_hex(6)}"
         record = keys.dataset(t, keys.check_id(dataset_id, "dataset id"))
         if self.store.exists(record):
             raise Conflict(f"dataset {dataset_id!r} already exists")
-        # Leftovers of a dataset of this id deleted while a class was being appended.
-        self.store.delete_prefix(keys.dataset_classes_prefix(t, dataset_id))
+        if reused_id:  # leftovers of a deleted dataset of this id, deleted mid class append
+            self.store.delete_prefix(keys.dataset_classes_prefix(t, dataset_id))
         ds = Dataset(id=dataset_id, name=name, created_at=_now(), classes=checked)
         self.store.put_json(
             record,
@@ -244,17 +249,13 @@ class DatasetStore:
         )
         by_id = {c.id: c for c in DEFAULT_CLASSES}  # records from before classes: one class
         if isinstance(data.get("classes"), list):
-            by_id = {
-                int(c["id"]): DatasetClass(int(c["id"]), c["name"], c["color"])
-                for c in data["classes"]
-            }
+            by_id = {int(c["id"]): _class_from_record(c) for c in data["classes"]}
         for key in self.store.list(keys.dataset_classes_prefix(t, dataset_id)):
             class_id = keys.parse_dataset_class(key, t, dataset_id)
             if class_id is None:
                 continue
             with contextlib.suppress(NotFound):
-                c = self.store.get_json(key)
-                by_id[class_id] = DatasetClass(class_id, str(c["name"]), str(c["color"]))
+                by_id[class_id] = _class_from_record(self.store.get_json(key))
         return replace(base, classes=tuple(by_id[i] for i in sorted(by_id)))
 
     def update_dataset(
@@ -317,12 +318,18 @@ class DatasetStore:
         for edited in edits.values():
             self.store.put_json(keys.dataset_class(t, dataset_id, edited.id), _class_record(edited))
         for class_name, color in appends:
-            self._append_class(t, dataset_id, class_name, color)
+            self._append_class(t, dataset_id, max(current), class_name, color)
         return self.get_dataset(t, dataset_id)
 
-    def _append_class(self, t: str, dataset_id: str, name: str, color: object) -> int:
+    def _append_class(
+        self, t: str, dataset_id: str, record_max: int, name: str, color: object
+    ) -> int:
+        """Create the class object of the next free id. Appends only add objects (the record's
+        classes never change), so the next id is above the record's and every listed one."""
+        prefix = keys.dataset_classes_prefix(t, dataset_id)
         for _ in range(_MAX_CREATE_ATTEMPTS):
-            class_id = max(c.id for c in self.get_dataset(t, dataset_id).classes) + 1
+            listed = (keys.parse_dataset_class(k, t, dataset_id) for k in self.store.list(prefix))
+            class_id = max([record_max, *(i for i in listed if i is not None)]) + 1
             c = DatasetClass(class_id, name, _check_color(color, class_id))
             body = json.dumps(_class_record(c)).encode()
             if self.store.create_bytes(
@@ -506,11 +513,11 @@ class DatasetStore:
         nothing is written. ``if_none_match="*"``: only if the image has no label yet.
         """
         t = _tid(tenant)
-        sha = self._require_member(t, dataset_id, image_id)
+        ds, sha = self._member(t, dataset_id, image_id)
         arr = read_label_png(
             png_bytes, self.settings.max_image_bytes, self.settings.max_image_pixels
         )
-        _check_label_values(arr, self.get_dataset(t, dataset_id))
+        _check_label_values(arr, ds)
         height, width = self.get_image(t, sha).shape[:2]
         if arr.shape != (height, width):
             raise InvalidInput(
@@ -609,11 +616,15 @@ class DatasetStore:
     # --- internals -----------------------------------------------------------------------------
 
     def _require_member(self, t: str, dataset_id: str, image_id: str) -> str:
-        self.get_dataset(t, dataset_id)
+        return self._member(t, dataset_id, image_id)[1]
+
+    def _member(self, t: str, dataset_id: str, image_id: str) -> tuple[Dataset, str]:
+        """(the dataset, the image's sha256) if the image is in the dataset, else NotFound."""
+        ds = self.get_dataset(t, dataset_id)
         sha = _image_id(image_id)
         if not self.store.exists(keys.dataset_image(t, dataset_id, sha)):
             raise NotFound(f"image {image_id} not found in dataset {dataset_id!r}")
-        return sha
+        return ds, sha
 
     def _referenced_images(self, t: str) -> set[str]:
         return {

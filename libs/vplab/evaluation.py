@@ -50,11 +50,9 @@ class Evaluation:
         return out
 
 
-def _scores(overlaps: dict[int, tuple[int, int]]) -> dict[int, ClassScore]:
-    return {
-        c: ClassScore(i / u if u else 1.0, 2 * i / (i + u) if u else 1.0)
-        for c, (i, u) in overlaps.items()
-    }
+def _score(inter: int, union: int) -> ClassScore:
+    """IoU and Dice from pixel counts (|P| + |G| = intersection + union); 1.0 when empty."""
+    return ClassScore(inter / union, 2 * inter / (inter + union)) if union else ClassScore(1.0, 1.0)
 
 
 def evaluate(
@@ -62,38 +60,34 @@ def evaluate(
 ) -> Evaluation:
     """``items``: (image id, predicted label map, ground-truth label map), (H, W) ints with
     0 = background. ``classes``: the foreground class ids (default: every nonzero id seen)."""
-    items = list(items)
-    if not items:
+    per_image_overlaps = [(image_id, class_overlaps([(p, g)])) for image_id, p, g in items]
+    if not per_image_overlaps:
         raise InvalidInput("nothing to evaluate: no (prediction, ground truth) pairs")
-    if classes is None:
-        seen = set()
-        for _, pred, gt in items:
-            seen |= set(np.unique(pred).tolist()) | set(np.unique(gt).tolist())
-        classes = sorted(c for c in seen if c != 0) or [1]
-    wanted = [int(c) for c in classes]
+    totals: dict[int, tuple[int, int]] = {}
+    for _, overlaps in per_image_overlaps:
+        for c, (i, u) in overlaps.items():
+            ti, tu = totals.get(c, (0, 0))
+            totals[c] = (ti + i, tu + u)
+    wanted = [int(c) for c in classes] if classes is not None else sorted(set(totals) - {0})
+    wanted = wanted or [1]
     per_image = []
-    for image_id, pred, gt in items:
-        overlaps = class_overlaps([(pred, gt)], wanted)
-        present = {c: s for c, s in _scores(overlaps).items() if overlaps[c][1]}
+    for image_id, overlaps in per_image_overlaps:
+        present = [_score(*overlaps[c]) for c in wanted if overlaps.get(c, (0, 0))[1]]
         per_image.append(
             ImageScore(
                 image_id,
-                float(np.mean([s.iou for s in present.values()])) if present else 1.0,
-                float(np.mean([s.dice for s in present.values()])) if present else 1.0,
+                float(np.mean([s.iou for s in present])) if present else 1.0,
+                float(np.mean([s.dice for s in present])) if present else 1.0,
             )
         )
-    per_class = _scores(class_overlaps([(p, g) for _, p, g in items], wanted))
+    per_class = {c: _score(*totals.get(c, (0, 0))) for c in wanted}
     return Evaluation(
         miou=float(np.mean([s.iou for s in per_class.values()])),
         mean_dice=float(np.mean([s.dice for s in per_class.values()])),
-        n_images=len(items),
+        n_images=len(per_image),
         per_class=per_class,
         per_image=per_image,
     )
-
-
-def _read(path: Path, what: str) -> np.ndarray:
-    return read_label_png(path, what=what)
 
 
 def evaluate_folders(
@@ -119,7 +113,8 @@ def evaluate_folders(
         raise InvalidInput(f"{len(missing)} ground truths have no prediction: {shown}")
     items = []
     for stem, gt_path in gts.items():
-        gt, pred = _read(gt_path, f"ground truth {stem}"), _read(preds[stem], f"prediction {stem}")
+        gt = read_label_png(gt_path, what=f"ground truth {stem}")
+        pred = read_label_png(preds[stem], what=f"prediction {stem}")
         if gt.shape != pred.shape:
             raise InvalidInput(
                 f"{stem}: prediction is {pred.shape[1]}x{pred.shape[0]}, ground truth "

@@ -16,7 +16,7 @@ from services.common import Replica
 from vplab.jobs import JobStore, run_job, submit_job
 from vplab.rpc import convert
 from vplab.rpc.v1 import training_pb2 as pb
-from vplab.serving.apps import deployment_options, role_resources
+from vplab.serving.apps import app_role, deployment_options, role_resources
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
 from vplab.settings import get_settings
 
@@ -41,7 +41,7 @@ class TrainingDeployment:
             num_cpus=1,
             num_gpus=s.train_num_gpus,
             max_retries=s.train_max_retries,
-            resources=role_resources(s, "training"),
+            resources=role_resources(app_role(convert.TRAINING), s.ray_pin_roles),
         )(_run_job_task)
         self._running: dict[str, ray.ObjectRef] = {}
         for tenant, job_id in self.jobs.active():  # left unfinished by a previous replica

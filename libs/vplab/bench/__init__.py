@@ -14,7 +14,17 @@ from types import ModuleType
 
 from vplab.bench._common import BenchResult, Target
 
-_MODULES = ("interactive", "cache", "train", "pipeline", "late_cache", "gpu", "load", "quality")
+_MODULES = (
+    "interactive",
+    "cache",
+    "train",
+    "pipeline",
+    "late_cache",
+    "gpu",
+    "load",
+    "decoder_batch",
+    "quality",
+)
 
 
 @dataclass(frozen=True)

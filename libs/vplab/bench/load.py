@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             "transports": transports,
             "max_ongoing": settings.serve_max_ongoing_requests,
             "max_queued": settings.serve_max_queued_requests,
-            "segment_batch_max": settings.segment_batch_max,  # 0: by measurement (8 here)
+            "segment_batch_max": settings.segment_batch_max,  # 0: automatic (off on CPU)
             "quick": bool(args.quick),
         },
     )

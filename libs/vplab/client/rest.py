@@ -374,12 +374,7 @@ class VPLabClient:
     def get_label(self, dataset_id: str, image_id: str, version: int | None = None) -> np.ndarray:
         from vplab.masks import read_binary_mask
 
-        params = {"version": version} if version is not None else None
-        return read_binary_mask(
-            self._request(
-                "GET", f"/v1/datasets/{dataset_id}/labels/{image_id}", params=params
-            ).content
-        )
+        return read_binary_mask(self._label_png(dataset_id, image_id, version))
 
     def get_label_map(
         self, dataset_id: str, image_id: str, version: int | None = None
@@ -387,12 +382,12 @@ class VPLabClient:
         """The label as an (H, W) int32 map of class ids (0 = background)."""
         from vplab.masks import read_label_png
 
+        return read_label_png(self._label_png(dataset_id, image_id, version))
+
+    def _label_png(self, dataset_id: str, image_id: str, version: int | None) -> bytes:
         params = {"version": version} if version is not None else None
-        return read_label_png(
-            self._request(
-                "GET", f"/v1/datasets/{dataset_id}/labels/{image_id}", params=params
-            ).content
-        )
+        url = f"/v1/datasets/{dataset_id}/labels/{image_id}"
+        return self._request("GET", url, params=params).content
 
     def get_label_etag(self, dataset_id: str, image_id: str) -> str:
         """The ETag of the latest label (pass it as ``put_label(..., if_match=)``)."""

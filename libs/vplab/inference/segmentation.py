@@ -135,17 +135,7 @@ class SegmentationEngine:
         self, tenant: str, image_id: str, prompt: Prompt, model: TunedModel | None = None
     ):
         """-> (list of (rle, score) best first, (H, W)). ``model``: from ``model()`` (None = base)."""
-        call = self._prepare(tenant, image_id, prompt, model)
-        with torch.no_grad():
-            result = call.segmenter.decode(
-                call.embedding,
-                call.coords,
-                call.labels,
-                boxes=call.boxes,
-                mask_input=call.mask_input,
-                multimask_output=prompt.multimask,
-            )
-        return _prompt_results(result.masks[0], result.iou_predictions[0]), call.size
+        return self._decode([self._prepare(tenant, image_id, prompt, model)])[0]
 
     def segment_prompts(self, calls: list[tuple[str, str, Prompt, TunedModel | None]]) -> list[Any]:
         """``segment_prompt`` for several requests at once: the point prompts on one
@@ -174,7 +164,7 @@ class SegmentationEngine:
         for members in groups.values():
             if len(members) > 1:
                 try:
-                    batch = self._decode_batch([c for _, c in members], calls[members[0][0]][2])
+                    batch = self._decode([c for _, c in members])
                 except Exception:  # noqa: BLE001 - find who fails: each member on its own
                     batch = None
                 if batch is not None:
@@ -183,13 +173,14 @@ class SegmentationEngine:
                     continue
             for i, call in members:
                 try:
-                    out[i] = self._decode_batch([call], calls[i][2])[0]
+                    out[i] = self._decode([call])[0]
                 except Exception as e:  # noqa: BLE001 - returned to its own caller
                     out[i] = e
         return out
 
-    def _decode_batch(self, batch: list[_PreparedPrompt], prompt: Prompt) -> list[Any]:
-        """One decoder call for prepared prompts of one group (see ``segment_prompts``)."""
+    def _decode(self, batch: list[_PreparedPrompt]) -> list[Any]:
+        """One decoder call for prepared prompts of one group (see ``segment_prompts``):
+        ``segment_prompt``'s answer for each."""
         first = batch[0]
         coords = None if first.coords is None else np.concatenate([c.coords for c in batch])
         labels = None if first.labels is None else np.concatenate([c.labels for c in batch])
@@ -200,7 +191,7 @@ class SegmentationEngine:
                 labels,
                 boxes=first.boxes,
                 mask_input=first.mask_input,
-                multimask_output=prompt.multimask,
+                multimask_output=first.multimask,
             )
         return [
             (_prompt_results(result.masks[b], result.iou_predictions[b]), call.size)
@@ -237,7 +228,9 @@ class SegmentationEngine:
             low = segmenter.mask_input_size[0]
             mask_input = mask_to_mask_input(prev, segmenter.img_size, low).numpy()
         check_prompt(coords, labels, boxes, H, W)  # before it can share a batch
-        return _PreparedPrompt(emb, segmenter, coords, labels, boxes, mask_input, (H, W))
+        return _PreparedPrompt(
+            emb, segmenter, coords, labels, boxes, mask_input, prompt.multimask, (H, W)
+        )
 
     # -- prompt-free (PTSAM) ---------------------------------------------------------------
     def auto_segment(self, tenant: str, image_id: str, model: TunedModel | None):
@@ -337,6 +330,7 @@ class _PreparedPrompt:
     labels: np.ndarray | None  # (1, N)
     boxes: np.ndarray | None  # (1, 4)
     mask_input: np.ndarray | None  # (1, 1, 4g, 4g) logits
+    multimask: bool
     size: tuple[int, int]  # (H, W)
 
 

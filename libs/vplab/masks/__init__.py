@@ -6,7 +6,6 @@ from vplab.masks.metrics import (
     iou,
     mean_class_iou,
     mean_iou,
-    per_class_dice,
     per_class_iou,
 )
 from vplab.masks.png import (
@@ -28,7 +27,6 @@ __all__ = [
     "iou",
     "mean_class_iou",
     "mean_iou",
-    "per_class_dice",
     "per_class_iou",
     "read_binary_mask",
     "read_label_map",

@@ -101,17 +101,6 @@ def per_class_iou(
     return {c: (i / u if u else 1.0) for c, (i, u) in overlaps.items()}
 
 
-def per_class_dice(
-    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
-    classes: Sequence[int] | None = None,
-    ignore_index: int | None = None,
-) -> dict[int, float]:
-    """Per-class Dice of label maps, accumulated like ``per_class_iou``:
-    2|P∩G| / (|P| + |G|), and |P| + |G| = intersection + union."""
-    overlaps = class_overlaps(pairs, classes, ignore_index)
-    return {c: (2 * i / (i + u) if u else 1.0) for c, (i, u) in overlaps.items()}
-
-
 def mean_class_iou(
     pairs: Iterable[tuple[np.ndarray, np.ndarray]],
     classes: Sequence[int] | None = None,

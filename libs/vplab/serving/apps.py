@@ -79,9 +79,9 @@ def role_resource(role: str) -> str:
     return f"vplab_{role}"
 
 
-def role_resources(settings: Settings, role: str) -> dict[str, float]:
-    """``resources`` for a replica or task of ``role``: empty unless ``ray_pin_roles``."""
-    return {role_resource(role): ROLE_RESOURCE_SLIVER} if settings.ray_pin_roles else {}
+def role_resources(role: str, pinned: bool) -> dict[str, float]:
+    """``resources`` for a replica or task of ``role``: empty unless pinned to its group."""
+    return {role_resource(role): ROLE_RESOURCE_SLIVER} if pinned else {}
 
 
 def app_role(app_name: str) -> str:
@@ -95,7 +95,7 @@ def deployment_options(settings: Settings, app_name: str) -> dict[str, Any]:
         "max_ongoing_requests": settings.serve_max_ongoing_requests,
         "max_queued_requests": settings.serve_max_queued_requests,
     }
-    resources = role_resources(settings, app_role(app_name))
+    resources = role_resources(app_role(app_name), settings.ray_pin_roles)
     if resources:
         options["ray_actor_options"] = {"resources": resources}
     autoscaling = getattr(settings, f"{app_name}_autoscaling", None)
@@ -140,7 +140,7 @@ def serve_config(
     for app in APPS:
         actor: dict[str, Any] = {"num_gpus": num_gpus.get(app.name, app.default_num_gpus)}
         if pin_roles:
-            actor["resources"] = {role_resource(app.role): ROLE_RESOURCE_SLIVER}
+            actor["resources"] = role_resources(app.role, pinned=True)
         deployment: dict[str, Any] = {
             "name": app.deployment,
             "ray_actor_options": actor,
