@@ -116,17 +116,17 @@ def start_serve(
     grpc_port: int = GRPC_PORT,
     http_port: int = HTTP_PORT,
     num_cpus: int | None = None,
-    proxy_location: str = "EveryNode",
+    proxy_location: str | None = None,
 ) -> None:
     """Start (or join) a Ray instance and run every Serve app on it. ``proxy_location``:
-    Serve's ("EveryNode", as in the chart; "HeadOnly" when several nodes share one host and
-    so its ports)."""
+    Serve's (None: Serve's default; "HeadOnly" when several nodes share one host and so
+    its ports)."""
     from ray import serve
     from ray.serve.config import HTTPOptions, ProxyLocation, gRPCOptions
 
     start_ray(settings, num_cpus)
     serve.start(
-        proxy_location=ProxyLocation(proxy_location),
+        proxy_location=None if proxy_location is None else ProxyLocation(proxy_location),
         http_options=HTTPOptions(host="127.0.0.1", port=http_port),
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=servicer_functions()),
     )
