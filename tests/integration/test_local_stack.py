@@ -68,6 +68,28 @@ def _tagged(tag: str) -> list[tuple[int, str]]:
     return found
 
 
+def _describe(pids: list[tuple[int, str]]) -> list[str]:
+    """What a failure needs to name a survivor's cause: its state, parent, age and whether it
+    still carries the stack's own id (the reaper's tag) besides the test's."""
+    ticks, uptime = os.sysconf("SC_CLK_TCK"), float(Path("/proc/uptime").read_text().split()[0])
+    out = []
+    for pid, cmd in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(fields[1])
+        parent = Path(f"/proc/{ppid}/cmdline").read_bytes()[:80] if ppid > 1 else b""
+        stack_tag = any(e.startswith(b"VPLAB_STACK_ID=") for e in env)
+        age = uptime - int(fields[19]) / ticks
+        out.append(
+            f"pid {pid} state {fields[0]} ppid {ppid} ({parent!r}) age {age:.1f}s "
+            f"stack_tag {stack_tag}: {cmd}"
+        )
+    return out
+
+
 def _wait_gone(tag: str, ports: list[int], timeout_s: float) -> tuple[float, list, list]:
     """(seconds until no tagged process is left and the ports are free, processes left,
     ports still taken), waiting at most ``timeout_s``."""
@@ -197,7 +219,7 @@ def test_sigkill_of_a_foreground_up_leaves_no_process_and_frees_its_ports(stack)
     os.kill(stack.proc.pid, signal.SIGKILL)
     elapsed, left, taken = _wait_gone(stack.tag, stack.ports, timeout_s=20)
     print(f"\nSIGKILL: {len(running)} processes gone, ports free after {elapsed:.1f}s")
-    assert not left and not taken, (left, taken)
+    assert not left and not taken, (_describe(left), taken, elapsed)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
