@@ -107,6 +107,30 @@ def test_the_reaper_kills_every_tagged_process_once_its_parent_is_killed(spawn):
     assert _wait(lambda: not procs.tagged(procs.STACK_ENV, tag)), procs.tagged(procs.STACK_ENV, tag)
 
 
+def test_the_reaper_kills_what_it_saw_in_the_stack_even_without_a_tag(spawn):
+    # A title set with setproctitle overwrites what /proc/PID/environ shows: such a process
+    # (Ray's DashboardAgent) is found by the tree the reaper records while the stack lives.
+    tag = uuid.uuid4().hex
+    parent = spawn(
+        f"""
+        import os, subprocess, time
+        from vplab import procs
+        os.environ[procs.STACK_ENV] = "{tag}"
+        procs.start_reaper(procs.STACK_ENV, "{tag}")
+        hidden = subprocess.Popen(["sleep", "60"], env={{"PATH": os.environ["PATH"]}})
+        time.sleep(2.5)  # the reaper records the tree every second
+        print("ready", flush=True)
+        print(hidden.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    hidden = int(parent.stdout.readline())
+    assert procs.alive(hidden) and hidden not in procs.tagged(procs.STACK_ENV, tag)
+    parent.kill()
+    parent.wait()
+    assert _wait(lambda: not procs.alive(hidden)), "an untagged child outlived the stack"
+
+
 def test_kill_children_escalates_to_sigkill(spawn):
     # In a parent of its own: kill_children here would kill pytest's other children.
     parent = spawn(

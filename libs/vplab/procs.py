@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -208,16 +209,64 @@ def start_reaper(name: str, value: str) -> int:
     return proc.pid
 
 
+def descendants(root: int) -> dict[int, int]:
+    """``{pid: start_time}`` of ``root``'s live descendants (one pass over ``/proc``)."""
+    kids: dict[int, list[tuple[int, int]]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields and fields[0] != "Z":
+                kids.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        for pid, started in kids.get(frontier.pop(), []):
+            if pid not in found:
+                found[pid] = started
+                frontier.append(pid)
+    return found
+
+
+def _kill_known(known: dict[int, int]) -> list[int]:
+    """SIGKILL the ``known`` processes that are still the ones recorded (same start time:
+    a recycled pid is left alone), and their children; the pids signalled."""
+    killed = []
+    for pid, started in list(known.items()):
+        if start_time(pid) != started or not alive(pid):  # gone, recycled or a zombie
+            known.pop(pid)
+            continue
+        for child, child_started in descendants(pid).items():
+            known.setdefault(child, child_started)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            known.pop(pid)
+    return killed
+
+
 def _reap_main(name: str, value: str) -> None:
     for sig in (signal.SIGINT, signal.SIGHUP):  # Ctrl-C / a closed terminal are the parent's
         signal.signal(sig, signal.SIG_IGN)
-    while os.read(0, 4096):
-        pass
+    # While the stack lives, record its process tree every second: a process found only by
+    # its tag can hide, since a title set with setproctitle overwrites the memory that
+    # /proc/PID/environ reads (Ray's DashboardAgent survived a SIGKILL that way).
+    stack, me = os.getppid(), os.getpid()
+    known: dict[int, int] = {}
+    while True:
+        readable, _, _ = select.select([0], [], [], 1.0)
+        if readable:
+            if not os.read(0, 4096):
+                break
+            continue
+        known = {p: t for p, t in known.items() if start_time(p) == t}
+        known.update(descendants(stack))
+        known.pop(me, None)
     # Processes may still be starting children as we kill (a raylet spawning its agents
-    # when the stack died): sweep until nothing tagged has appeared for 3 s, 20 s at most.
+    # when the stack died): sweep until nothing has appeared for 3 s, 20 s at most.
     deadline, quiet_since = time.monotonic() + 20, time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - quiet_since < 3:
-        if kill_tagged(name, value):
+        if _kill_known(known) + kill_tagged(name, value):
             quiet_since = time.monotonic()
         time.sleep(0.2)
 
