@@ -26,13 +26,23 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from vplab.datasets import DatasetStore
 from vplab.errors import InvalidInput, NotFound, VPLabError
 from vplab.masks import decode_rle, encode_rle
 from vplab.method_names import METHOD_NAMES
+from vplab.predictions import (
+    evaluations,
+    prediction_runs,
+    submit_evaluation,
+    submit_prediction,
+)
+from vplab.rpc import convert
 from vplab.rpc.v1 import (
     common_pb2,
     features_pb2,
     features_pb2_grpc,
+    predictions_pb2,
+    predictions_pb2_grpc,
     segmentation_pb2,
     segmentation_pb2_grpc,
     training_pb2,
@@ -74,10 +84,103 @@ def _fail(context, code: grpc.StatusCode, message: str, http_status: int | None 
     context.abort(code, message)
 
 
+class FakePredictions(predictions_pb2_grpc.PredictionsServicer):
+    """Prediction runs and evaluations: the library's real rules on the fake's store (a
+    run is recorded, never executed: no worker takes it). Mixed into ``FakeServices``."""
+
+    store: Any
+    settings: Settings
+
+    def _call(self, context, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VPLabError as e:
+            self._lib_error(context, e)  # type: ignore[attr-defined]
+
+    def _runs(self):
+        datasets = DatasetStore(self.store, self.settings)
+        return datasets, prediction_runs(self.store), evaluations(self.store)
+
+    def StartPrediction(self, request, context):
+        tenant = self._enter("StartPrediction", "training", context)
+        datasets, runs, _ = self._runs()
+        run = self._call(
+            context,
+            submit_prediction,
+            datasets,
+            runs,
+            tenant,
+            request.dataset_id,
+            convert.prediction_references_from_pb(request.references),
+            request.model_id,
+            list(request.target_image_ids),
+            request.matcher,
+            request.seed,
+        )
+        return predictions_pb2.StartPredictionResponse(run=convert.run_to_pb(run))
+
+    def GetPrediction(self, request, context):
+        tenant = self._enter("GetPrediction", "training", context)
+        run = self._call(context, self._runs()[1].get, tenant, request.run_id)
+        return predictions_pb2.GetPredictionResponse(run=convert.run_to_pb(run))
+
+    def CancelPrediction(self, request, context):
+        tenant = self._enter("CancelPrediction", "training", context)
+        run = self._call(context, self._runs()[1].request_cancel, tenant, request.run_id)
+        return predictions_pb2.CancelPredictionResponse(run=convert.run_to_pb(run))
+
+    def WatchPrediction(self, request, context):
+        tenant = self._enter("WatchPrediction", "training", context)
+        runs = self._runs()[1]
+        self._call(context, runs.get, tenant, request.run_id)
+        for event in runs.events(tenant, request.run_id, request.after_seq):  # no live events
+            yield convert.prediction_event_to_pb(event)
+
+    def ListPredictions(self, request, context):
+        tenant = self._enter("ListPredictions", "training", context)
+        datasets, runs, _ = self._runs()
+        self._call(context, datasets.get_dataset, tenant, request.dataset_id)
+        found = runs.list(tenant, limit=request.limit or 100, dataset_id=request.dataset_id)
+        return predictions_pb2.ListPredictionsResponse(runs=[convert.run_to_pb(r) for r in found])
+
+    def StartEvaluation(self, request, context):
+        tenant = self._enter("StartEvaluation", "training", context)
+        datasets, _, evals = self._runs()
+        evaluation = self._call(
+            context,
+            submit_evaluation,
+            datasets,
+            evals,
+            tenant,
+            request.dataset_id,
+            convert.prediction_references_from_pb(request.references),
+            request.model_id,
+            list(request.image_ids),
+            request.matcher,
+            request.seed,
+        )
+        return predictions_pb2.EvaluationResponse(evaluation=convert.evaluation_to_pb(evaluation))
+
+    def GetEvaluation(self, request, context):
+        tenant = self._enter("GetEvaluation", "training", context)
+        found = self._call(context, self._runs()[2].get, tenant, request.evaluation_id)
+        return predictions_pb2.EvaluationResponse(evaluation=convert.evaluation_to_pb(found))
+
+    def ListEvaluations(self, request, context):
+        tenant = self._enter("ListEvaluations", "training", context)
+        datasets, _, evals = self._runs()
+        self._call(context, datasets.get_dataset, tenant, request.dataset_id)
+        found = evals.list(tenant, limit=request.limit or 100, dataset_id=request.dataset_id)
+        return predictions_pb2.ListEvaluationsResponse(
+            evaluations=[convert.evaluation_to_pb(e) for e in found]
+        )
+
+
 class FakeServices(
     features_pb2_grpc.FeaturesServicer,
     segmentation_pb2_grpc.SegmentationServicer,
     training_pb2_grpc.TrainingServicer,
+    FakePredictions,
 ):
     def __init__(self, store, settings: Settings):
         self.store, self.settings = store, settings
@@ -373,6 +476,7 @@ def start_grpc(fake: FakeServices) -> tuple[grpc.Server, int]:
     features_pb2_grpc.add_FeaturesServicer_to_server(fake, server)
     segmentation_pb2_grpc.add_SegmentationServicer_to_server(fake, server)
     training_pb2_grpc.add_TrainingServicer_to_server(fake, server)
+    predictions_pb2_grpc.add_PredictionsServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port

@@ -165,9 +165,10 @@ def test_dataset_image_label_flow(stack):
         other = c.post(
             f"/v1/datasets/{ds['id']}/images", files={"file": ("b.png", png_bytes(seed=2))}
         ).json()
-        assert c.get(f"/v1/datasets/{ds['id']}/images").json() == {
-            "images": sorted([image_id, other["image_id"]])
-        }
+        listed = c.get(f"/v1/datasets/{ds['id']}/images").json()
+        assert listed["images"] == sorted([image_id, other["image_id"]])
+        assert [d["image_id"] for d in listed["details"]] == listed["images"]
+        assert all(d["label_version"] is None for d in listed["details"])
 
         r = c.get(f"/v1/images/{image_id}")
         assert (
@@ -204,7 +205,7 @@ def test_dataset_image_label_flow(stack):
         )
 
         assert c.delete(f"/v1/datasets/{ds['id']}/images/{image_id}").status_code == 204
-        assert c.get(f"/v1/datasets/{ds['id']}/images").json() == {"images": [other["image_id"]]}
+        assert c.get(f"/v1/datasets/{ds['id']}/images").json()["images"] == [other["image_id"]]
         assert_error(c.get(f"/v1/images/{image_id}"), 404)  # no dataset uses it any more
         assert_error(c.delete(f"/v1/datasets/{ds['id']}/images/{image_id}"), 404)
         assert c.delete(f"/v1/datasets/{ds['id']}").status_code == 204
@@ -221,6 +222,8 @@ def contract_routes(app) -> list[tuple[str, str]]:
         "image_id": UNKNOWN_SHA,
         "job_id": "j-000000000000",
         "model_id": "m-000000000000",
+        "run_id": "p-000000000000",
+        "evaluation_id": "e-000000000000",
     }
     from services.gateway.errors import app_routes
 
@@ -237,7 +240,7 @@ def contract_routes(app) -> list[tuple[str, str]]:
 def test_every_v1_route_requires_a_valid_key(local_stack):
     st = local_stack
     routes = contract_routes(st.app)
-    assert len(routes) == 24  # the whole REST contract
+    assert len(routes) == 36  # the whole REST contract
     bad = [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-key", "Bearer vpl_" + "A" * 43]
     with httpx.Client(base_url=st.url, timeout=30) as c:
         for method, path in routes:

@@ -13,6 +13,7 @@ from vplab.inference.runtime import ModelRuntime
 from vplab.inference.segmentation import Prompt, SegmentationEngine
 from vplab.jobs import Job, JobStore, run_job
 from vplab.masks import decode_rle, encode_rle
+from vplab.predictions import training_gain
 from vplab.settings import Settings
 from vplab.storage import LocalStore, keys
 
@@ -211,7 +212,15 @@ def test_run_job_trains_saves_and_the_model_serves(env):
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["state"] == "SUCCEEDED" and events[-1]["model_id"] == done.model_id
     assert run_job(settings, "t1", job.job_id) == "SUCCEEDED"  # idempotent once ended
+    # 3 labels: no held-out image, so every one was trained on and there is no gain to show.
+    assert done.train_images == sorted(ids["t1"][1])
+    assert (done.zero_shot_miou, done.tuned_miou, done.gain_images) == (None, None, 0)
     model = engine.model("t1", done.model_id)
+    # The gain on images it did not train on: the stock and the tuned pipeline, both scored.
+    datasets = DatasetStore(store, settings)
+    assert training_gain(engine, datasets, "t1", ids["t1"][0], done.train_images, model) is None
+    gain = training_gain(engine, datasets, "t1", ids["t1"][0], done.train_images[:2], model)
+    assert gain is not None and gain[2] == 1 and all(0.0 <= g <= 1.0 for g in gain[:2])
     masks, _ = engine.segment_prompt("t1", ids["t1"][1][0], Prompt(points=[(40.0, 40.0, 1)]), model)
     assert len(masks) == 1
     with pytest.raises(NotFound):

@@ -176,3 +176,40 @@ def test_validation_prompts_one_positive_per_component_and_far_negatives():
     assert abs(x0 - x1) + abs(y0 - y1) > 10  # spread out, not two adjacent cells
     empty = validation_prompts(torch.zeros(20, 20, dtype=torch.bool))
     assert empty.positive.shape == (0, 2) and empty.negative.shape == (2, 2)
+
+
+def test_a_multi_class_label_trains_as_one_sample_per_class_split_by_image():
+    from vplab.training.data import per_class_samples
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    label_map = np.zeros((8, 8), np.uint8)
+    label_map[:2], label_map[-2:] = 1, 3  # class 2 absent here
+    one = per_class_samples("a" * 64, image, label_map > 0, 1)
+    assert [(s.name, s.key) for s in one] == [("a" * 64, "a" * 64)]
+    many = per_class_samples("a" * 64, image, label_map, 3)
+    assert [s.name for s in many] == ["a" * 64 + ".c1", "a" * 64 + ".c3"]
+    assert {s.key for s in many} == {"a" * 64}
+    assert np.array_equal(many[1].label, label_map == 3)
+    empty = per_class_samples("a" * 64, image, np.zeros((8, 8), np.uint8), 3)
+    assert [s.name for s in empty] == ["a" * 64] and not empty[0].label.any()
+    samples = [s for i in range(12) for s in per_class_samples(f"{i:064x}", image, label_map, 3)]
+    train, val = split_train_val(samples, 0.2, seed=1)
+    assert len({s.key for s in val}) == 2 and len(val) == 4  # two images, both classes each
+    assert not {s.key for s in train} & {s.key for s in val}
+
+
+def test_the_classes_of_one_image_share_its_bank_features():
+    from vplab.models.sam import build_sam
+    from vplab.training.augment import views as all_views
+    from vplab.training.bank import build_bank
+    from vplab.training.data import per_class_samples
+
+    sam = build_sam("sam_tiny", random_init=True)
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    label_map = np.zeros((32, 32), np.uint8)
+    label_map[:8], label_map[-8:] = 1, 2
+    samples = per_class_samples("b" * 64, image, label_map, 2)
+    bank = build_bank(sam, samples, all_views(1, 0), "frozen")
+    assert [item.name for item in bank] == [s.name for s in samples]
+    assert bank[0].feature is bank[1].feature  # computed once for the image
+    assert not torch.equal(bank[0].label, bank[1].label)

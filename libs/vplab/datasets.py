@@ -44,6 +44,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -458,13 +459,15 @@ class DatasetStore:
         dataset_id: str,
         reference_ids: list[str],
         targets: list[str] | None = None,
+        per_call_limits: bool = True,
     ) -> list[str]:
         """The images a visual-prompt call segments, checked against the dataset.
 
         References and explicit targets must be images of the dataset (``NotFound``
         otherwise, like any unknown id); ``targets`` None or empty means every image of
         the dataset that is not a reference. The request limits apply to the references
-        and to the resolved targets (the whole-dataset default too: pass batches).
+        and to the resolved targets (the whole-dataset default too: pass batches), unless
+        ``per_call_limits`` is False (a prediction run: a job, not one call).
         """
         t = _tid(tenant)
         self.limits.check_references(len(reference_ids))
@@ -473,7 +476,8 @@ class DatasetStore:
         for i, ref in enumerate(reference_ids):
             keys.check_sha256(ref, f"references[{i}].image_id")
         if targets:
-            self.limits.check_targets(len(targets))
+            if per_call_limits:
+                self.limits.check_targets(len(targets))
             for i, target in enumerate(targets):
                 keys.check_sha256(target, f"targets[{i}]")
         members = self.list_images(t, dataset_id)
@@ -486,7 +490,8 @@ class DatasetStore:
         else:
             refs = set(reference_ids)
             resolved = [i for i in members if i not in refs]
-        self.limits.check_targets(len(resolved))
+        if per_call_limits:
+            self.limits.check_targets(len(resolved))
         if not resolved:
             raise InvalidInput("no target images: the dataset has no images besides the references")
         return resolved
@@ -501,6 +506,7 @@ class DatasetStore:
         png_bytes: bytes,
         if_match: str | None = None,
         if_none_match: str | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> Label:
         """Store a new label version for an image of the dataset; return it (version 1, 2...).
 
@@ -511,6 +517,8 @@ class DatasetStore:
         Editors pass ``if_match`` (the ``etag`` of the label they edited, or ``*``: "some
         label exists"): if another version was saved meanwhile, ``PreconditionFailed`` and
         nothing is written. ``if_none_match="*"``: only if the image has no label yet.
+        ``provenance``: where the version came from (an accepted prediction: run, model,
+        accepted / edited), stored beside it; a version without one was drawn by hand.
         """
         t = _tid(tenant)
         ds, sha = self._member(t, dataset_id, image_id)
@@ -537,6 +545,11 @@ class DatasetStore:
             version = latest + 1
             key = keys.label(t, dataset_id, sha, version)
             if self.store.create_bytes(key, canonical, content_type="image/png"):
+                if provenance is not None:
+                    # After the version: a writer dying in between leaves a hand-drawn label.
+                    self.store.put_json(
+                        keys.label_provenance(t, dataset_id, sha, version), provenance
+                    )
                 return Label(image_id=sha, version=version, png=canonical)
             if if_match is not None or if_none_match is not None:
                 raise PreconditionFailed(
@@ -580,6 +593,18 @@ class DatasetStore:
             raise NotFound(f"label version {version} of image {sha} not found") from None
         return Label(image_id=sha, version=version, png=png)
 
+    def label_provenance(
+        self, tenant: str, dataset_id: str, image_id: str, version: int
+    ) -> dict[str, Any]:
+        """Where a label version came from: ``{"source": "manual"}`` unless it was an
+        accepted prediction (then ``run_id``, ``model_id``, ``source`` accepted / edited)."""
+        t = _tid(tenant)
+        try:
+            record = self.store.get_json(keys.label_provenance(t, dataset_id, image_id, version))
+        except NotFound:
+            return {"source": "manual"}
+        return record if isinstance(record, dict) else {"source": "manual"}
+
     def list_labels(self, tenant: str, dataset_id: str) -> dict[str, int]:
         """``{image_id: latest label version}`` for the labelled images of the dataset."""
         t = _tid(tenant)
@@ -595,17 +620,19 @@ class DatasetStore:
         return dict(sorted(latest.items()))
 
     def labeled_samples(
-        self, tenant: str, dataset_id: str
+        self, tenant: str, dataset_id: str, label_maps: bool = False
     ) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """``[(image_id, (H, W, 3) uint8 image, (H, W) bool label)]``, latest labels,
-        sorted by image id. Images removed concurrently are skipped."""
+        sorted by image id (``label_maps``: the labels as int class-id maps). Images
+        removed concurrently are skipped."""
         t = _tid(tenant)
         samples = []
         for sha, version in self.list_labels(t, dataset_id).items():
             try:
                 image = self.get_image(t, sha)
                 png = self.store.get_bytes(keys.label(t, dataset_id, sha, version))
-                label = Label(image_id=sha, version=version, png=png).mask()
+                stored = Label(image_id=sha, version=version, png=png)
+                label = stored.label_map() if label_maps else stored.mask()
             except NotFound:
                 continue
             if label.shape != image.shape[:2]:

@@ -14,10 +14,10 @@ import os
 import secrets
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from vplab.errors import Conflict, InvalidInput, NotFound, VPLabError
 from vplab.method_names import DEFAULT_METHOD
@@ -63,46 +63,87 @@ class Job:
     updated_at: str = field(default_factory=now)
     attempts: int = 0
     worker_pid: int = 0
+    train_images: list[str] = field(default_factory=list)  # what the model was trained on
+    # The round's gain: visual prompting with the stock pipeline and with the tuned model on
+    # the labelled images it did not train on (None when there were none).
+    zero_shot_miou: float | None = None
+    tuned_miou: float | None = None
+    gain_images: int = 0
 
     @property
     def total_steps(self) -> int:
         return self.steps
 
+    @property
+    def id(self) -> str:
+        return self.job_id
 
-class JobStore:
-    def __init__(self, store: ArtifactStore):
+
+class JobRecord(Protocol):
+    """What a ``JobStore`` needs of its records (dataclasses: ``Job``, ``PredictionRun``)."""
+
+    tenant: str
+    state: str
+    created_at: str
+    updated_at: str
+
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=JobRecord)
+
+
+class JobStore(Generic[R]):
+    """Durable job records of one kind (``folder``): training jobs by default; prediction
+    runs (``vplab.predictions``) share the layout, the event log and the cancel marker."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        record: Callable[..., R] = Job,  # type: ignore[assignment]  # R is Job by default
+        folder: str = keys.JOBS,
+        id_prefix: str = "j-",
+        noun: str = "job",
+    ):
         self.store = store
+        self.record, self.folder, self.id_prefix, self.noun = record, folder, id_prefix, noun
 
     def new_id(self) -> str:
-        return f"j-{secrets.token_hex(6)}"
+        return f"{self.id_prefix}{secrets.token_hex(6)}"
 
-    def create(self, job: Job) -> Job:
-        self.store.put_bytes(keys.active_job(job.tenant, job.job_id), b"")
+    def create(self, job: R) -> R:
+        self.store.put_bytes(keys.active_job(job.tenant, job.id), b"")
         self.save(job)
         return job
 
-    def active(self) -> list[tuple[str, str]]:
-        """(tenant, job) of every job not yet ended, across tenants (for restarts)."""
-        return [keys.parse_active_job(k) for k in self.store.list(keys.active_jobs_prefix())]
+    def active(self) -> builtins.list[tuple[str, str]]:
+        """(tenant, id) of every job of this kind not yet ended, across tenants (restarts)."""
+        found = [keys.parse_active_job(k) for k in self.store.list(keys.active_jobs_prefix())]
+        return [(t, j) for t, j in found if j.startswith(self.id_prefix)]
 
-    def finish(self, job: Job) -> None:
+    def finish(self, job: R) -> None:
         self.save(job)
-        self.store.delete(keys.active_job(job.tenant, job.job_id))
+        self.store.delete(keys.active_job(job.tenant, job.id))
 
-    def save(self, job: Job) -> None:
+    def save(self, job: R) -> None:
         job.updated_at = now()
-        self.store.put_json(keys.job_state(job.tenant, job.job_id), asdict(job))
+        self.store.put_json(keys.job_state(job.tenant, job.id, self.folder), asdict(cast(Any, job)))
 
-    def get(self, tenant: str, job_id: str) -> Job:
+    def get(self, tenant: str, job_id: str) -> R:
         try:
-            data = self.store.get_json(keys.job_state(tenant, keys.check_id(job_id, "job_id")))
-        except NotFound:
-            raise NotFound(f"job {job_id} not found") from None
-        return Job(**data)
+            key = keys.job_state(tenant, keys.check_id(job_id, f"{self.noun} id"), self.folder)
+            data = self.store.get_json(key)
+        except (NotFound, InvalidInput):
+            raise NotFound(f"{self.noun} {job_id} not found") from None
+        return self.record(**data)
 
-    def list(self, tenant: str, state: str | None = None, limit: int = 100) -> list[Job]:
-        prefix = keys.jobs_prefix(tenant)
-        parsed = (keys.parse_job_state(k, tenant) for k in self.store.list(prefix))
+    def list(
+        self, tenant: str, state: str | None = None, limit: int = 100, **match: Any
+    ) -> builtins.list[R]:
+        """Newest first; ``state`` and ``match`` (field=value) filter."""
+        prefix = keys.jobs_prefix(tenant, self.folder)
+        parsed = (keys.parse_job_state(k, tenant, self.folder) for k in self.store.list(prefix))
         ids = sorted({job_id for job_id in parsed if job_id is not None})
         jobs = []
         for job_id in ids:
@@ -110,24 +151,26 @@ class JobStore:
                 job = self.get(tenant, job_id)
             except NotFound:
                 continue
-            if state is None or job.state == state:
+            if state is not None and job.state != state:
+                continue
+            if all(getattr(job, k) == v for k, v in match.items()):
                 jobs.append(job)
         jobs.sort(key=lambda j: j.created_at, reverse=True)
         return jobs[:limit]
 
-    def request_cancel(self, tenant: str, job_id: str) -> Job:
+    def request_cancel(self, tenant: str, job_id: str) -> R:
         job = self.get(tenant, job_id)
         if job.state in TERMINAL:
-            raise Conflict(f"job {job_id} already ended ({job.state})")
-        self.store.put_bytes(keys.job_cancel(tenant, job_id), b"1")
+            raise Conflict(f"{self.noun} {job_id} already ended ({job.state})")
+        self.store.put_bytes(keys.job_cancel(tenant, job_id, self.folder), b"1")
         return job
 
     def cancel_requested(self, tenant: str, job_id: str) -> bool:
-        return self.store.exists(keys.job_cancel(tenant, job_id))
+        return self.store.exists(keys.job_cancel(tenant, job_id, self.folder))
 
     def events(self, tenant: str, job_id: str, after_seq: int = 0) -> builtins.list[dict[str, Any]]:
         try:
-            text = self.store.get_bytes(keys.job_events(tenant, job_id)).decode()
+            text = self.store.get_bytes(keys.job_events(tenant, job_id, self.folder)).decode()
         except NotFound:
             return []
         events = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -156,7 +199,7 @@ class JobStore:
 
 def submit_job(
     datasets: DatasetStore,
-    jobs: JobStore,
+    jobs: JobStore[Job],
     tenant: str,
     dataset_id: str,
     method: str = "",
@@ -205,23 +248,25 @@ def submit_job(
     return jobs.create(job)
 
 
-class _EventLog:
-    """The worker's progress log; flushed at most every ``interval_s`` (and when forced)."""
+class EventLog:
+    """A worker's progress log (the job's one writer); written with the job's record at
+    most every ``interval_s`` (and when forced). ``id_field`` names the job in each event."""
 
-    def __init__(self, jobs: JobStore, job: Job, interval_s: float = 0.5):
-        self.jobs, self.job, self.interval_s = jobs, job, interval_s
-        self.events = jobs.events(job.tenant, job.job_id)  # keep numbering across restarts
+    def __init__(self, jobs: JobStore, job: Any, interval_s: float = 0.5, id_field: str = "job_id"):
+        self.jobs, self.job, self.interval_s, self.id_field = jobs, job, interval_s, id_field
+        self.events = jobs.events(job.tenant, job.id)  # keep numbering across restarts
         self.last_flush = 0.0
 
     def add(self, force: bool = False, **fields: Any) -> None:
         seq = self.events[-1]["seq"] + 1 if self.events else 1
-        self.events.append({"seq": seq, "job_id": self.job.job_id, "time": now(), **fields})
+        self.events.append({"seq": seq, self.id_field: self.job.id, "time": now(), **fields})
         if force or time.monotonic() - self.last_flush >= self.interval_s:
             self.flush()
 
     def flush(self) -> None:
         data = "".join(json.dumps(e) + "\n" for e in self.events).encode()
-        self.jobs.store.put_bytes(keys.job_events(self.job.tenant, self.job.job_id), data)
+        key = keys.job_events(self.job.tenant, self.job.id, self.jobs.folder)
+        self.jobs.store.put_bytes(key, data)
         self.jobs.save(self.job)
         self.last_flush = time.monotonic()
 
@@ -232,18 +277,19 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     from vplab.inference.runtime import ModelRuntime
     from vplab.models import configure_compute
     from vplab.storage import open_store
-    from vplab.training import CheckpointStore, LabeledImage, TrainConfig, Trainer
+    from vplab.training import CheckpointStore, TrainConfig, Trainer
+    from vplab.training.data import per_class_samples
     from vplab.training.feature_cache import StoreFeatureCache
     from vplab.tuned import save_tuned_model
 
     store = open_store(settings)
-    jobs = JobStore(store)
+    jobs: JobStore[Job] = JobStore(store)
     job = jobs.get(tenant, job_id)
     if job.state in TERMINAL:
         return job.state
     configure_compute(settings)  # a Ray task would otherwise train on one thread
     job.state, job.attempts, job.worker_pid, job.error = RUNNING, job.attempts + 1, os.getpid(), ""
-    log = _EventLog(jobs, job)
+    log = EventLog(jobs, job)
     log.add(
         force=True,
         state=RUNNING,
@@ -275,11 +321,15 @@ def run_job(settings, tenant: str, job_id: str) -> str:
             raise InvalidInput(
                 f"base model {job.base_model!r} is not served here; available: {runtime.base.name!r}"
             )
+        datasets = DatasetStore(store, settings)
+        n_classes = len(datasets.get_dataset(tenant, job.dataset_id).classes)
+        # A multi-class dataset trains one adapter on every class (one sample per class).
         samples = [
-            LabeledImage(image_id, image, label)
-            for image_id, image, label in DatasetStore(store, settings).labeled_samples(
-                tenant, job.dataset_id
+            sample
+            for image_id, image, label_map in datasets.labeled_samples(
+                tenant, job.dataset_id, label_maps=True
             )
+            for sample in per_class_samples(image_id, image, label_map, n_classes)
         ]
         config = TrainConfig(
             method=job.method,
@@ -320,6 +370,12 @@ def run_job(settings, tenant: str, job_id: str) -> str:
                 runtime.base.ref(),
                 result.output,
             )
+            job.train_images = list(result.trained_on)
+            try:
+                _report_gain(settings, store, runtime, job, model_id)
+            except Exception as e:  # noqa: BLE001 - a report: the trained model stands without it
+                traceback.print_exc()
+                log.add(state=RUNNING, phase="gain", message=f"no gain report: {e}")
             job.model_id, job.state = model_id, SUCCEEDED
     except VPLabError as e:
         job.state, job.error = FAILED, e.message
@@ -338,3 +394,21 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     )
     jobs.finish(job)
     return job.state
+
+
+def _report_gain(settings, store, runtime, job: Job, model_id: str) -> None:
+    """The round's gain on the labelled images the model did not train on (if any)."""
+    from vplab.datasets import DatasetStore
+    from vplab.inference.features import FeatureEngine
+    from vplab.inference.segmentation import SegmentationEngine
+    from vplab.predictions import training_gain
+
+    engine = SegmentationEngine(FeatureEngine(runtime))
+    model = engine.load_model(job.tenant, model_id)
+    if model.prompt_free:
+        return  # PTSAM does not visual-prompt
+    gain = training_gain(
+        engine, DatasetStore(store, settings), job.tenant, job.dataset_id, job.train_images, model
+    )
+    if gain is not None:
+        job.zero_shot_miou, job.tuned_miou, job.gain_images = gain

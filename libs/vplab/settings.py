@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     train_eval_every: int = 10
     train_views: int = 8  # dihedral views per image in the augmentation bank
     train_max_retries: int = 3  # worker deaths survived (the job resumes from its checkpoint)
+    # Prediction runs: targets in flight at once (spread over the segmentation replicas), and
+    # how long one target may take before it is tried again elsewhere.
+    prediction_concurrency: int = 4
+    prediction_target_timeout_s: float = 600.0
     train_num_gpus: float = 0.0
 
     # Services.

@@ -22,7 +22,16 @@ from fastapi import FastAPI
 
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import GatewayMetrics, MetricsAndLimitsMiddleware
-from services.gateway.routers import datasets, labels, models, ops, segmentation, trainings
+from services.gateway.routers import (
+    datasets,
+    evaluations,
+    labels,
+    models,
+    ops,
+    predictions,
+    segmentation,
+    trainings,
+)
 from services.gateway.upstream import ChannelSource, Timeouts, upstream_lifespan
 from vplab.datasets import DatasetStore
 from vplab.settings import Settings, get_settings
@@ -36,11 +45,16 @@ TAGS = [
     },
     {"name": "labels", "description": "Refined masks, versioned per image"},
     {"name": "segmentation", "description": "Prompted, visual-prompt and prompt-free segmentation"},
+    {
+        "name": "predictions",
+        "description": "Prediction runs over whole datasets, their results and their review",
+    },
+    {"name": "evaluations", "description": "mIoU / Dice of a pipeline on labelled images"},
     {"name": "training", "description": "Fine-tuning jobs and their progress events"},
     {"name": "models", "description": "Tuned models: list, export, delete"},
     {"name": "ops", "description": "Health, metrics"},
 ]
-V1_ROUTERS = (datasets, labels, segmentation, trainings, models)
+V1_ROUTERS = (datasets, labels, segmentation, predictions, evaluations, trainings, models)
 
 
 def create_app(

@@ -132,6 +132,10 @@ class DatasetList(BaseModel):
 
 class ImageList(BaseModel):
     images: list[str] = Field(description="Image ids (sha256), sorted")
+    details: list[ImageDetail] = Field(
+        description="Per image, in the same order: its latest label, where it came from, and "
+        "its latest prediction"
+    )
 
 
 class ImageUploaded(BaseModel):
@@ -279,6 +283,12 @@ class JobOut(BaseModel):
     created_at: str
     updated_at: str
     attempts: int
+    zero_shot_miou: float | None = Field(
+        description="The round's gain: visual-prompting mIoU of the stock pipeline on the "
+        "labelled images the model did not train on (null: there were none)"
+    )
+    tuned_miou: float | None = Field(description="The same with the tuned model")
+    gain_images: int = Field(description="How many images the gain was measured on")
 
 
 class JobList(BaseModel):
@@ -295,3 +305,187 @@ class ModelOut(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelOut]
+
+
+# --- prediction runs and review ------------------------------------------------------------
+
+
+class LabelReference(_Body):
+    """An image whose latest label is the reference (every class in it)."""
+
+    image_id: ImageId
+
+
+class MaskReference(_Body):
+    """One class's mask on an image."""
+
+    image_id: ImageId
+    mask_rle: Rle
+    class_id: StrictInt = Field(ge=1, le=INT32_MAX)
+
+
+PredictionReferenceIn = LabelReference | MaskReference
+
+
+class PredictionCreate(_Body):
+    references: list[PredictionReferenceIn] = Field(min_length=1)
+    model_id: Id | None = Field(
+        default=None, description="A tuned model; default: the stock pipeline"
+    )
+    targets: list[ImageId] | None = Field(
+        default=None, description="Default: every image of the dataset that is not a reference"
+    )
+    matcher: Literal["soft", "prototype"] = "soft"
+    seed: StrictInt = Field(default=0, ge=0, le=INT32_MAX)
+
+
+class PredictionReferenceOut(BaseModel):
+    image_id: str
+    class_id: int | None = None
+    mask_rle: Rle | None = None
+    label_version: int | None = Field(default=None, description="The label version pinned")
+
+
+class PredictionErrorOut(BaseModel):
+    image_id: str
+    error: str
+
+
+class PredictionRunOut(BaseModel):
+    run_id: str
+    dataset_id: str
+    model_id: str
+    state: JobState
+    done: int = Field(description="Targets finished (with a result or an error)")
+    total: int
+    errors: list[PredictionErrorOut]
+    references: list[PredictionReferenceOut]
+    matcher: str
+    seed: int
+    error: str
+    created_at: str
+    updated_at: str
+    attempts: int
+
+
+class PredictionRunList(BaseModel):
+    runs: list[PredictionRunOut]
+
+
+class PredictionSummary(BaseModel):
+    image_id: str
+    score: float = Field(description="Mean over the run's classes of the best mask score")
+    uncertainty: float = Field(description="Higher: correct this one first")
+    scores: dict[str, float] = Field(description="Class id -> score")
+    points: dict[str, list[tuple[float, float, int]]] = Field(
+        description="Class id -> the point prompts used, [x, y, label]"
+    )
+
+
+class PredictionResultPage(BaseModel):
+    results: list[PredictionSummary]
+    next: str | None = Field(description="Pass as `after` for the next page; null at the end")
+
+
+class ClassResult(BaseModel):
+    mask_rle: Rle
+    score: float
+    points: list[tuple[float, float, int]]
+
+
+class PredictionResultOut(BaseModel):
+    image_id: str
+    run_id: str
+    model_id: str
+    height: int
+    width: int
+    score: float
+    uncertainty: float
+    classes: dict[str, ClassResult] = Field(description="Class id -> its mask (no overlaps)")
+    review: str | None = Field(description="accepted | edited | rejected, or null")
+    created_at: str
+
+
+class ReviewOut(BaseModel):
+    image_id: str
+    run_id: str
+    model_id: str
+    verdict: Literal["accepted", "edited", "rejected"]
+    label_version: int | None = None
+    reviewed_at: str
+
+
+class Provenance(BaseModel):
+    source: Literal["manual", "accepted", "edited"]
+    run_id: str | None = None
+    model_id: str | None = None
+
+
+class LatestPrediction(BaseModel):
+    run_id: str
+    model_id: str
+    score: float
+    uncertainty: float
+    review: str | None
+
+
+class ImageDetail(BaseModel):
+    image_id: str
+    label_version: int | None
+    provenance: Provenance | None = Field(description="Of the latest label version")
+    prediction: LatestPrediction | None = Field(description="From the newest run that has one")
+
+
+class EvaluationCreate(_Body):
+    dataset_id: Id
+    references: list[PredictionReferenceIn] = Field(min_length=1)
+    model_id: Id | None = Field(
+        default=None, description="A tuned model; default: the stock pipeline"
+    )
+    images: list[ImageId] | None = Field(
+        default=None,
+        description="Labelled images to score; default: every labelled image that is not a "
+        "reference and, for a tuned model, not in its training set",
+    )
+    matcher: Literal["soft", "prototype"] = "soft"
+    seed: StrictInt = Field(default=0, ge=0, le=INT32_MAX)
+
+
+class ClassScoreOut(BaseModel):
+    iou: float
+    dice: float
+
+
+class ImageScoreOut(BaseModel):
+    image_id: str
+    iou: float
+    dice: float
+
+
+class EvaluationOut(BaseModel):
+    evaluation_id: str
+    dataset_id: str
+    model_id: str
+    state: JobState
+    done: int
+    total: int
+    errors: list[PredictionErrorOut]
+    references: list[PredictionReferenceOut]
+    matcher: str
+    seed: int
+    error: str
+    created_at: str
+    updated_at: str
+    attempts: int
+    miou: float | None = Field(description="Mean over the dataset's classes (set when SUCCEEDED)")
+    mean_dice: float | None
+    per_class: dict[str, ClassScoreOut] = Field(description="Class id -> IoU / Dice")
+    per_image: list[ImageScoreOut]
+    n_images: int
+
+
+class EvaluationList(BaseModel):
+    evaluations: list[EvaluationOut]
+
+
+ImageList.model_rebuild()  # its details are declared below it

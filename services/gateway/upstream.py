@@ -16,7 +16,12 @@ from fastapi import FastAPI
 
 from services.gateway.metrics import GatewayMetrics
 from vplab.rpc import convert
-from vplab.rpc.v1 import features_pb2_grpc, segmentation_pb2_grpc, training_pb2_grpc
+from vplab.rpc.v1 import (
+    features_pb2_grpc,
+    predictions_pb2_grpc,
+    segmentation_pb2_grpc,
+    training_pb2_grpc,
+)
 
 ChannelSource = grpc.aio.Channel | Callable[[], grpc.aio.Channel] | None
 
@@ -39,6 +44,7 @@ class Upstream:
         self.features = features_pb2_grpc.FeaturesStub(channel)
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(channel)
         self.training = training_pb2_grpc.TrainingStub(channel)
+        self.predictions = predictions_pb2_grpc.PredictionsStub(channel)
 
     async def unary(
         self,
@@ -49,7 +55,7 @@ class Upstream:
         model_id: str | None = None,
     ) -> Any:
         """Call ``app``'s unary ``method``; a failed call raises its ``grpc.RpcError``."""
-        call = getattr(self._stub(app), method)
+        call = self._method(app, method)
         try:
             response = await call(
                 request,
@@ -72,7 +78,7 @@ class Upstream:
         deadline: bool = True,
     ) -> Any:
         """Start a server-streaming call (iterate it; the caller counts its outcome)."""
-        call = getattr(self._stub(app), method)
+        call = self._method(app, method)
         return call(
             request,
             metadata=convert.call_metadata(app, authorization, model_id),
@@ -81,19 +87,25 @@ class Upstream:
 
     async def probe(self, app: str, method: str, request: Any) -> None:
         """An unauthenticated call for health checks: raises the RpcError it gets."""
-        call = getattr(self._stub(app), method)
+        call = self._method(app, method)
         await call(request, metadata=convert.call_metadata(app), timeout=self.timeouts.health_s)
 
     def count(self, app: str, method: str, error: grpc.RpcError | None = None) -> None:
         code = "OK" if error is None else (error.code().name if error.code() else "UNKNOWN")
         self.metrics.upstream.labels(app, method, code).inc()
 
-    def _stub(self, app: str) -> Any:
-        return {
-            convert.FEATURES: self.features,
-            convert.SEGMENTATION: self.segmentation,
-            convert.TRAINING: self.training,
+    def _method(self, app: str, method: str) -> Any:
+        """``app``'s stub method ``method``: an app may serve several gRPC services (the
+        training app serves Training and Predictions)."""
+        stubs = {
+            convert.FEATURES: (self.features,),
+            convert.SEGMENTATION: (self.segmentation,),
+            convert.TRAINING: (self.training, self.predictions),
         }[app]
+        for stub in stubs:
+            if hasattr(stub, method):
+                return getattr(stub, method)
+        raise AttributeError(f"app {app!r} has no method {method!r}")
 
 
 @contextlib.asynccontextmanager

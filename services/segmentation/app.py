@@ -1,4 +1,5 @@
-"""Ray Serve app ``segmentation``: SegmentPrompt, VisualPrompt (streamed), AutoSegment.
+"""Ray Serve app ``segmentation``: SegmentPrompt, VisualPrompt (streamed), AutoSegment, and
+the targets of prediction runs (``predict_target``, called by the run's worker).
 
 Tuned adapters are loaded per (tenant, model_id) through ``@serve.multiplexed``, the one
 tuned-model cache (``max_models_per_replica`` models per replica, LRU); clients route with
@@ -70,6 +71,14 @@ class SegmentationDeployment:
         if not model_id:
             return None
         return await self.get_model(keys.multiplexed_model(tenant, model_id))
+
+    async def predict_target(self, tenant: str, run, image_id: str) -> dict:
+        """One target of a prediction run (a Python call from the run's worker task, over
+        a deployment handle: Serve spreads a run's targets over the replicas)."""
+        model = await self._model(tenant, run.model_id)
+        return await self.replica.run_model(
+            self.engine.predict_target, tenant, run, image_id, model
+        )
 
     async def SegmentPrompt(
         self, request: pb.SegmentPromptRequest, grpc_context

@@ -1,8 +1,11 @@
-"""Ray Serve app ``training``: training jobs as Ray tasks that survive their worker's death.
+"""Ray Serve app ``training``: the lab's durable jobs as Ray tasks that survive their
+worker's death - training jobs (``service Training``) and prediction runs (``service
+Predictions``).
 
 A job runs as a Ray task with ``max_retries``: if its worker process dies, Ray runs it
-again and ``vplab.jobs.run_job`` continues from the job's latest checkpoint. On start the
-deployment re-launches jobs left unfinished by a previous replica.
+again and ``vplab.jobs.run_job`` continues from the job's latest checkpoint,
+``vplab.predictions.run_prediction`` with the targets that have no result yet. On start
+the deployment re-launches jobs and runs left unfinished by a previous replica.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from ray import serve
 
 from services.common import Replica
 from vplab.jobs import JobStore, run_job, submit_job
+from vplab.predictions import (
+    evaluations,
+    prediction_runs,
+    run_prediction,
+    submit_evaluation,
+    submit_prediction,
+)
 from vplab.rpc import convert
+from vplab.rpc.v1 import predictions_pb2 as ppb
 from vplab.rpc.v1 import training_pb2 as pb
 from vplab.serving.apps import app_role, deployment_options, role_resources
 from vplab.serving.grpc_glue import ServiceMetrics, streaming, tenant_of, unary
@@ -23,6 +34,31 @@ from vplab.settings import get_settings
 
 def _run_job_task(settings, tenant: str, job_id: str) -> str:
     return run_job(settings, tenant, job_id)
+
+
+def _run_prediction_task(settings, tenant: str, run_id: str) -> str:
+    """A run's worker: it only coordinates; each target is a call to the segmentation app,
+    which Serve spreads over its replicas (a replica that dies fails only its calls)."""
+    from vplab.datasets import DatasetStore
+    from vplab.storage import open_store
+
+    handle = serve.get_deployment_handle("SegmentationDeployment", app_name=convert.SEGMENTATION)
+    timeout_s = settings.prediction_target_timeout_s
+
+    def predict(run, image_id: str) -> dict:
+        return handle.predict_target.remote(tenant, run, image_id).result(timeout_s=timeout_s)
+
+    store = open_store(settings)
+    return run_prediction(
+        store,
+        DatasetStore(store, settings),
+        tenant,
+        run_id,
+        predict,
+        concurrency=settings.prediction_concurrency,
+        # An evaluation is a run in its own folder, scored when it ends.
+        runs=evaluations(store) if run_id.startswith("e-") else prediction_runs(store),
+    )
 
 
 @serve.deployment(name="TrainingDeployment", **deployment_options(get_settings(), "training"))
@@ -43,12 +79,23 @@ class TrainingDeployment:
             max_retries=s.train_max_retries,
             resources=role_resources(app_role(convert.TRAINING), s.ray_pin_roles),
         )(_run_job_task)
+        # A run's worker coordinates only (the segmentation replicas compute): no CPU.
+        self._prediction_task = ray.remote(num_cpus=0, max_retries=s.train_max_retries)(
+            _run_prediction_task
+        )
+        self.runs = prediction_runs(self.replica.store)
+        self.evaluations = evaluations(self.replica.store)
         self._running: dict[str, ray.ObjectRef] = {}
         for tenant, job_id in self.jobs.active():  # left unfinished by a previous replica
             self._launch(tenant, job_id)
+        for tenant, run_id in self.runs.active() + self.evaluations.active():
+            self._launch_run(tenant, run_id)
 
     def _launch(self, tenant: str, job_id: str) -> None:
         self._running[job_id] = self._task.remote(self.replica.settings, tenant, job_id)
+
+    def _launch_run(self, tenant: str, run_id: str) -> None:
+        self._running[run_id] = self._prediction_task.remote(self.replica.settings, tenant, run_id)
 
     async def StartTraining(
         self, request: pb.StartTrainingRequest, grpc_context
@@ -117,6 +164,148 @@ class TrainingDeployment:
             return pb.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in jobs])
 
         return await unary(grpc_context, self.metrics, "ListJobs", pb.ListJobsResponse(), handle)
+
+    # --- service Predictions ---------------------------------------------------------------
+
+    async def StartPrediction(
+        self, request: ppb.StartPredictionRequest, grpc_context
+    ) -> ppb.StartPredictionResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            run = await asyncio.to_thread(
+                submit_prediction,
+                self.replica.datasets,
+                self.runs,
+                tenant,
+                request.dataset_id,
+                convert.prediction_references_from_pb(request.references),
+                model_id=request.model_id,
+                targets=list(request.target_image_ids),
+                matcher=request.matcher,
+                seed=request.seed,
+            )
+            self._launch_run(tenant, run.run_id)
+            self.job_states.inc(tags={"state": "QUEUED"})
+            return ppb.StartPredictionResponse(run=convert.run_to_pb(run))
+
+        return await unary(
+            grpc_context, self.metrics, "StartPrediction", ppb.StartPredictionResponse(), handle
+        )
+
+    async def GetPrediction(
+        self, request: ppb.GetPredictionRequest, grpc_context
+    ) -> ppb.GetPredictionResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            run = await asyncio.to_thread(self.runs.get, tenant, request.run_id)
+            return ppb.GetPredictionResponse(run=convert.run_to_pb(run))
+
+        return await unary(
+            grpc_context, self.metrics, "GetPrediction", ppb.GetPredictionResponse(), handle
+        )
+
+    async def WatchPrediction(self, request: ppb.WatchPredictionRequest, grpc_context):
+        async def events():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            watch = self.runs.watch(tenant, request.run_id, request.after_seq)
+            while True:
+                event = await asyncio.to_thread(next, watch, None)
+                if event is None:
+                    return
+                yield convert.prediction_event_to_pb(event)
+
+        async for item in streaming(grpc_context, self.metrics, "WatchPrediction", events):
+            yield item
+
+    async def CancelPrediction(
+        self, request: ppb.CancelPredictionRequest, grpc_context
+    ) -> ppb.CancelPredictionResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            run = await asyncio.to_thread(self.runs.request_cancel, tenant, request.run_id)
+            self.job_states.inc(tags={"state": "CANCEL_REQUESTED"})
+            return ppb.CancelPredictionResponse(run=convert.run_to_pb(run))
+
+        return await unary(
+            grpc_context, self.metrics, "CancelPrediction", ppb.CancelPredictionResponse(), handle
+        )
+
+    async def ListPredictions(
+        self, request: ppb.ListPredictionsRequest, grpc_context
+    ) -> ppb.ListPredictionsResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+
+            def runs():
+                self.replica.datasets.get_dataset(tenant, request.dataset_id)  # 404s
+                return self.runs.list(
+                    tenant, limit=request.limit or 100, dataset_id=request.dataset_id
+                )
+
+            found = await asyncio.to_thread(runs)
+            return ppb.ListPredictionsResponse(runs=[convert.run_to_pb(r) for r in found])
+
+        return await unary(
+            grpc_context, self.metrics, "ListPredictions", ppb.ListPredictionsResponse(), handle
+        )
+
+    async def StartEvaluation(
+        self, request: ppb.StartEvaluationRequest, grpc_context
+    ) -> ppb.EvaluationResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            evaluation = await asyncio.to_thread(
+                submit_evaluation,
+                self.replica.datasets,
+                self.evaluations,
+                tenant,
+                request.dataset_id,
+                convert.prediction_references_from_pb(request.references),
+                model_id=request.model_id,
+                images=list(request.image_ids),
+                matcher=request.matcher,
+                seed=request.seed,
+            )
+            self._launch_run(tenant, evaluation.run_id)
+            self.job_states.inc(tags={"state": "QUEUED"})
+            return ppb.EvaluationResponse(evaluation=convert.evaluation_to_pb(evaluation))
+
+        return await unary(
+            grpc_context, self.metrics, "StartEvaluation", ppb.EvaluationResponse(), handle
+        )
+
+    async def GetEvaluation(
+        self, request: ppb.GetEvaluationRequest, grpc_context
+    ) -> ppb.EvaluationResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            found = await asyncio.to_thread(self.evaluations.get, tenant, request.evaluation_id)
+            return ppb.EvaluationResponse(evaluation=convert.evaluation_to_pb(found))
+
+        return await unary(
+            grpc_context, self.metrics, "GetEvaluation", ppb.EvaluationResponse(), handle
+        )
+
+    async def ListEvaluations(
+        self, request: ppb.ListPredictionsRequest, grpc_context
+    ) -> ppb.ListEvaluationsResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+
+            def found():
+                self.replica.datasets.get_dataset(tenant, request.dataset_id)  # 404s
+                return self.evaluations.list(
+                    tenant, limit=request.limit or 100, dataset_id=request.dataset_id
+                )
+
+            items = await asyncio.to_thread(found)
+            return ppb.ListEvaluationsResponse(
+                evaluations=[convert.evaluation_to_pb(e) for e in items]
+            )
+
+        return await unary(
+            grpc_context, self.metrics, "ListEvaluations", ppb.ListEvaluationsResponse(), handle
+        )
 
 
 app = TrainingDeployment.bind()  # type: ignore[attr-defined]  # serve.deployment makes it a Deployment

@@ -29,6 +29,8 @@ from vplab.rpc.v1 import (
     common_pb2,
     features_pb2,
     features_pb2_grpc,
+    predictions_pb2,
+    predictions_pb2_grpc,
     segmentation_pb2,
     segmentation_pb2_grpc,
     training_pb2,
@@ -551,8 +553,10 @@ def test_readme_sdk_example_runs_verbatim(stack, tmp_path, monkeypatch):
     write_demo_dataset(tmp_path / "demo", n=5, size=160, seed=11)
     scope = {"url": stack.url, "api_key": stack.tenants["acme"].key}
     exec(compile(code, "README.md", "exec"), scope)
-    assert scope["done"]["state"] == "SUCCEEDED"
-    assert len(scope["tuned"]) == 4 and (tmp_path / "adapter.zip").stat().st_size > 0
+    assert scope["done"]["state"] == "SUCCEEDED" and scope["run"]["done"] == 4
+    assert len(scope["held_out"]) == 2 and scope["ev"]["state"] == "SUCCEEDED"
+    assert scope["ev"]["model_id"] == scope["done"]["model_id"] and scope["ev"]["n_images"] == 2
+    assert (tmp_path / "adapter.zip").stat().st_size > 0
 
 
 def test_deployments_export_prometheus_metrics(stack, loops):
@@ -579,4 +583,170 @@ def test_schemathesis_against_the_real_stack(stack, loops):
     """The OpenAPI contract holds against the real services too (its own tenant)."""
     _tenant, key = create_tenant(stack.store, "fuzz", stack.settings.api_key_pepper)
     report = run_schemathesis(stack.url, key, 4)
-    assert "Tested: 26" in report, report
+    assert "Tested: 38" in report, report
+
+
+def _replica_pids(name: str) -> list[int]:
+    """Live Serve replica processes of ``name`` (Ray titles them ``ray::ServeReplica:...``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmd.startswith(f"ray::ServeReplica:{name}".encode()):
+            pids.append(int(entry))
+    return pids
+
+
+def _three_classes(mask: np.ndarray) -> np.ndarray:
+    """A label map of three classes: the demo objects, a top band and a bottom band."""
+    labels = mask.astype(np.uint8)
+    labels[:16][labels[:16] == 0] = 2
+    labels[-16:][labels[-16:] == 0] = 3
+    return labels
+
+
+def test_prediction_run_survives_a_replica_kill_then_review_train_and_rerun(stack):
+    c = _client(stack, "acme")
+    ds = c.create_dataset("acme-3", classes=[{"name": "cell"}, {"name": "top"}, {"name": "bottom"}])
+    samples = load_demo_samples(14, 128, seed=31)
+    ids = [c.upload_image(ds["id"], encode_png(img)) for img, _ in samples]
+    labels = {i: _three_classes(m) for i, (_, m) in zip(ids, samples)}
+    for image_id in ids[:2]:
+        c.put_label(ds["id"], image_id, labels[image_id])
+    run = c.start_prediction(ds["id"], references=ids[:2])
+    assert run["state"] == "QUEUED" and run["total"] == 12
+    assert [r["label_version"] for r in run["references"]] == [1, 1]
+    tenant = stack.tenants["acme"].id
+    deadline = time.monotonic() + 240
+    state = stack.store.get_json(keys.job_state(tenant, run["run_id"], keys.PREDICTIONS))
+    while state["done"] < 1:
+        assert time.monotonic() < deadline and state["state"] in ("QUEUED", "RUNNING"), state
+        time.sleep(0.05)
+        state = stack.store.get_json(keys.job_state(tenant, run["run_id"], keys.PREDICTIONS))
+    replicas = _replica_pids("segmentation")
+    assert len(replicas) == 1, replicas
+    os.kill(replicas[0], signal.SIGKILL)
+    killed_at = state["done"]
+    events: list[dict] = []
+    done = c.wait_for_prediction(run["run_id"], on_event=events.append, timeout=300)
+    assert killed_at < 12, "the run ended before the kill: it proves nothing"
+    assert done["state"] == "SUCCEEDED" and done["errors"] == [], done
+    assert done["done"] == done["total"] == 12
+    targets = [e["image_id"] for e in events if e["phase"] == "target"]
+    assert sorted(targets) == sorted(ids[2:])  # every target once: none lost, none twice
+    assert _replica_pids("segmentation") and _replica_pids("segmentation") != replicas
+    results = c.prediction_results(run["run_id"], order="uncertainty", limit=5)
+    assert len(results) == 12 and {r["image_id"] for r in results} == set(ids[2:])
+    assert [r["uncertainty"] for r in results] == sorted(
+        (r["uncertainty"] for r in results), reverse=True
+    )
+    one = c.prediction_result(run["run_id"], ids[2])
+    assert set(one["classes"]) <= {"1", "2", "3"} and one["review"] is None
+    assert set(np.unique(c.prediction_label_map(run["run_id"], ids[2]))) <= {0, 1, 2, 3}
+    assert c.list_predictions(ds["id"])[0]["run_id"] == run["run_id"]
+
+    # Review: accept three, edit one; each becomes a label version with its provenance.
+    for image_id in ids[2:5]:
+        assert c.accept_prediction(run["run_id"], image_id)["verdict"] == "accepted"
+    edited = c.accept_prediction(run["run_id"], ids[5], edited=labels[ids[5]])
+    assert edited["verdict"] == "edited" and edited["label_version"] == 1
+    assert np.array_equal(c.get_label_map(ds["id"], ids[5]), labels[ids[5]])
+    assert c.reject_prediction(run["run_id"], ids[6])["verdict"] == "rejected"
+    with pytest.raises(VPLabAPIError) as again:
+        c.accept_prediction(run["run_id"], ids[2])
+    assert again.value.status == 409
+    details = {d["image_id"]: d for d in c.image_details(ds["id"])}
+    assert details[ids[0]]["provenance"] == {"source": "manual", "run_id": None, "model_id": None}
+    assert details[ids[2]]["provenance"]["source"] == "accepted"
+    assert details[ids[5]]["provenance"]["source"] == "edited"
+    assert details[ids[6]]["label_version"] is None
+    assert details[ids[6]]["prediction"]["review"] == "rejected"
+
+    # Four more labels (10 in all: training holds 2 out), then train on them: the job
+    # reports the round's gain on the held-out images.
+    for image_id in ids[7:11]:
+        c.put_label(ds["id"], image_id, labels[image_id])
+    job = c.start_training(ds["id"], method="epeft", steps=3)
+    trained = c.wait_for_training(job["job_id"], timeout=300)
+    assert trained["state"] == "SUCCEEDED", trained
+    assert trained["gain_images"] == 2, trained
+    assert 0.0 <= trained["zero_shot_miou"] <= 1.0 and 0.0 <= trained["tuned_miou"] <= 1.0
+
+    # Evaluations of the stock pipeline and of the tuned model, on what it did not train on.
+    stock = c.start_evaluation(ds["id"], references=ids[:2])
+    tuned = c.start_evaluation(ds["id"], references=ids[:2], model_id=trained["model_id"])
+    assert stock["total"] == 8 and tuned["total"] in (1, 2)  # the held-out, less references
+    stock = c.wait_for_evaluation(stock["evaluation_id"], timeout=300)
+    tuned = c.wait_for_evaluation(tuned["evaluation_id"], timeout=300)
+    for e in (stock, tuned):
+        assert e["state"] == "SUCCEEDED" and 0.0 <= e["miou"] <= 1.0, e
+        assert set(e["per_class"]) == {"1", "2", "3"} and len(e["per_image"]) == e["n_images"]
+    assert tuned["model_id"] == trained["model_id"] and tuned["n_images"] == tuned["total"]
+    assert {e["evaluation_id"] for e in c.list_evaluations(ds["id"])} == {
+        stock["evaluation_id"],
+        tuned["evaluation_id"],
+    }
+    second = c.start_prediction(
+        ds["id"], references=ids[:2], model_id=trained["model_id"], targets=ids[12:]
+    )
+    second = c.wait_for_prediction(second["run_id"], timeout=300)
+    assert second["state"] == "SUCCEEDED" and second["done"] == 2 and second["errors"] == []
+    assert second["model_id"] == trained["model_id"]
+    latest = {d["image_id"]: d for d in c.image_details(ds["id"])}
+    assert latest[ids[12]]["prediction"]["run_id"] == second["run_id"]
+
+    # Another tenant: every new route and RPC answers NOT_FOUND and changes nothing.
+    other = _client(stack, "globex")
+    rid, img = run["run_id"], ids[7]
+    for call in (
+        lambda: other.get_prediction(rid),
+        lambda: other.cancel_prediction(rid),
+        lambda: other.prediction_results(rid),
+        lambda: other.prediction_result(rid, img),
+        lambda: other.prediction_label_map(rid, img),
+        lambda: other.accept_prediction(rid, img),
+        lambda: other.reject_prediction(rid, img),
+        lambda: list(other.iter_prediction_events(rid)),
+        lambda: other.list_predictions(ds["id"]),
+        lambda: other.start_prediction(ds["id"], references=ids[:2]),
+        lambda: other.image_details(ds["id"]),
+        lambda: other.get_evaluation(stock["evaluation_id"]),
+        lambda: other.list_evaluations(ds["id"]),
+        lambda: other.start_evaluation(ds["id"], references=ids[:2]),
+    ):
+        with pytest.raises(VPLabAPIError) as e:
+            call()
+        assert e.value.status == 404, e.value
+    stub = predictions_pb2_grpc.PredictionsStub(stack.channel)
+    for method, request in (
+        ("GetPrediction", predictions_pb2.GetPredictionRequest(run_id=rid)),
+        ("CancelPrediction", predictions_pb2.CancelPredictionRequest(run_id=rid)),
+        ("ListPredictions", predictions_pb2.ListPredictionsRequest(dataset_id=ds["id"])),
+        ("ListEvaluations", predictions_pb2.ListPredictionsRequest(dataset_id=ds["id"])),
+        (
+            "GetEvaluation",
+            predictions_pb2.GetEvaluationRequest(evaluation_id=stock["evaluation_id"]),
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            getattr(stub, method)(request, metadata=_md(stack, "globex", "training"), timeout=30)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, (method, e.value)
+    with pytest.raises(grpc.RpcError) as e:
+        list(
+            stub.WatchPrediction(
+                predictions_pb2.WatchPredictionRequest(run_id=rid),
+                metadata=_md(stack, "globex", "training"),
+                timeout=30,
+            )
+        )
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    mine = stub.GetPrediction(
+        predictions_pb2.GetPredictionRequest(run_id=rid),
+        metadata=_md(stack, "acme", "training"),
+        timeout=30,
+    )
+    assert mine.run.done == 12 and not c.accept_prediction(rid, img).get("error")

@@ -448,11 +448,31 @@ class VPLabClient:
         ``on_event`` is called with every event once (a broken stream is resumed after the
         last seq seen). Raises ``VPLabAPIError`` (504) after ``timeout`` seconds.
         """
+        return self._follow(
+            f"job {job_id}",
+            lambda after: self.iter_training_events(job_id, after_seq=after),
+            lambda: self.get_training(job_id),
+            on_event,
+            timeout,
+            max_reconnects,
+        )
+
+    def _follow(
+        self,
+        what: str,
+        events: Callable[[int], Iterator[dict[str, Any]]],
+        get: Callable[[], dict[str, Any]],
+        on_event: Callable[[dict[str, Any]], None] | None,
+        timeout: float | None,
+        max_reconnects: int,
+    ) -> dict[str, Any]:
+        """Follow an event stream until the job it reports on ends (resuming after the last
+        seq seen on a 502/503/504); return the final record from ``get``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last_seq, failures = 0, 0
         while True:
             try:
-                for event in self.iter_training_events(job_id, after_seq=last_seq):
+                for event in events(last_seq):
                     last_seq = max(last_seq, int(event.get("seq", last_seq)))
                     if on_event is not None:
                         on_event(event)
@@ -465,16 +485,181 @@ class VPLabClient:
                 if failures > max_reconnects:
                     raise
                 time.sleep(min(0.1 * 2.0**failures, 5.0))
-            job = self.get_training(job_id)
-            if is_terminal(job["state"]):
-                return job
+            record = get()
+            if is_terminal(record["state"]):
+                return record
             if deadline is not None and time.monotonic() > deadline:
-                raise VPLabAPIError(
-                    504, "deadline_exceeded", f"job {job_id} did not end in {timeout} s"
-                )
+                raise VPLabAPIError(504, "deadline_exceeded", f"{what} did not end in {timeout} s")
 
     def cancel_training(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/trainings/{job_id}")
+
+    # --- prediction runs and review ------------------------------------------------------
+
+    def start_prediction(
+        self,
+        dataset_id: str,
+        references: list[str | tuple[str, np.ndarray, int]],
+        model_id: str | None = None,
+        targets: list[str] | None = None,
+        matcher: str = "soft",
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Start a prediction run -> the run (``run_id``, ``state``, ``total``...).
+
+        ``references``: image ids (their latest labels, every class) or ``(image_id, mask,
+        class_id)`` tuples. ``targets`` None: every image that is not a reference.
+        """
+        body = self._run_body(references, model_id, matcher, seed)
+        if targets is not None:
+            body["targets"] = list(targets)
+        return self._json("POST", f"/v1/datasets/{dataset_id}/predictions", json=body)
+
+    @staticmethod
+    def _run_body(
+        references: list[str | tuple[str, np.ndarray, int]],
+        model_id: str | None,
+        matcher: str,
+        seed: int,
+    ) -> dict[str, Any]:
+        refs: list[dict[str, Any]] = []
+        for r in references:
+            if isinstance(r, str):
+                refs.append({"image_id": r})
+            else:
+                image_id, mask, class_id = r
+                rle = _mask_to_rle(np.asarray(mask, bool))
+                refs.append({"image_id": image_id, "mask_rle": rle, "class_id": int(class_id)})
+        body: dict[str, Any] = {"references": refs, "matcher": matcher, "seed": int(seed)}
+        if model_id:
+            body["model_id"] = model_id
+        return body
+
+    def get_prediction(self, run_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/predictions/{run_id}")
+
+    def list_predictions(self, dataset_id: str, limit: int = 0) -> list[dict[str, Any]]:
+        params = {"limit": limit}
+        return self._json("GET", f"/v1/datasets/{dataset_id}/predictions", params=params)["runs"]
+
+    def cancel_prediction(self, run_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/predictions/{run_id}")
+
+    def iter_prediction_events(self, run_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """One event per finished target (``phase`` "target", ``image_id``, ``uncertainty``)
+        and the run's start / end events; one stream, no reconnect."""
+        for _, _, payload in self._sse(
+            "GET", f"/v1/predictions/{run_id}/events", params={"after_seq": after_seq}
+        ):
+            yield payload
+
+    def wait_for_prediction(
+        self,
+        run_id: str,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+        max_reconnects: int = 5,
+    ) -> dict[str, Any]:
+        """Follow the run until it ends (like ``wait_for_training``); return the final run."""
+        return self._follow(
+            f"run {run_id}",
+            lambda after: self.iter_prediction_events(run_id, after_seq=after),
+            lambda: self.get_prediction(run_id),
+            on_event,
+            timeout,
+            max_reconnects,
+        )
+
+    def prediction_results(
+        self, run_id: str, order: str = "uncertainty", limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Every result summary of the run (all pages), e.g. the most uncertain first."""
+        out: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"order": order, "limit": limit}
+            if after:
+                params["after"] = after
+            page = self._json("GET", f"/v1/predictions/{run_id}/results", params=params)
+            out += page["results"]
+            after = page["next"]
+            if not after:
+                return out
+
+    def prediction_result(self, run_id: str, image_id: str) -> dict[str, Any]:
+        """One target's result: ``classes`` (class id -> ``mask_rle``, ``score``, ``points``)."""
+        return self._json("GET", f"/v1/predictions/{run_id}/results/{image_id}")
+
+    def prediction_label_map(self, run_id: str, image_id: str) -> np.ndarray:
+        from vplab.masks import read_label_png
+
+        url = f"/v1/predictions/{run_id}/results/{image_id}"
+        return read_label_png(self._request("GET", url, params={"format": "png"}).content)
+
+    def accept_prediction(
+        self, run_id: str, image_id: str, edited: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Save the result (or ``edited``, an integer label map) as the image's next label."""
+        url = f"/v1/predictions/{run_id}/results/{image_id}/accept"
+        if edited is None:
+            return self._json("POST", url)
+        from vplab.masks import encode_label_map
+
+        data = encode_label_map(np.asarray(edited))
+        return self._json("POST", url, content=data, headers={"Content-Type": "image/png"})
+
+    def reject_prediction(self, run_id: str, image_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/predictions/{run_id}/results/{image_id}/reject")
+
+    # --- evaluations ---------------------------------------------------------------------
+
+    def start_evaluation(
+        self,
+        dataset_id: str,
+        references: list[str | tuple[str, np.ndarray, int]],
+        model_id: str | None = None,
+        images: list[str] | None = None,
+        matcher: str = "soft",
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Score visual prompting (stock, or with ``model_id``) on labelled images ->
+        the evaluation (``evaluation_id``...). ``references`` as in ``start_prediction``;
+        ``images`` None: every labelled image that is not a reference and, for a tuned
+        model, not in its training set."""
+        body = self._run_body(references, model_id, matcher, seed)
+        body["dataset_id"] = dataset_id
+        if images is not None:
+            body["images"] = list(images)
+        return self._json("POST", "/v1/evaluations", json=body)
+
+    def get_evaluation(self, evaluation_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/evaluations/{evaluation_id}")
+
+    def list_evaluations(self, dataset_id: str, limit: int = 0) -> list[dict[str, Any]]:
+        params = {"limit": limit}
+        url = f"/v1/datasets/{dataset_id}/evaluations"
+        return self._json("GET", url, params=params)["evaluations"]
+
+    def wait_for_evaluation(
+        self, evaluation_id: str, timeout: float | None = None, poll_s: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll until the evaluation ends; return it (``miou``, ``per_class``...)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            evaluation = self.get_evaluation(evaluation_id)
+            if is_terminal(evaluation["state"]):
+                return evaluation
+            if deadline is not None and time.monotonic() > deadline:
+                raise VPLabAPIError(
+                    504,
+                    "deadline_exceeded",
+                    f"evaluation {evaluation_id} did not end in {timeout} s",
+                )
+            time.sleep(poll_s)
+
+    def image_details(self, dataset_id: str) -> list[dict[str, Any]]:
+        """Per image: latest label version, its provenance, the latest prediction."""
+        return self._json("GET", f"/v1/datasets/{dataset_id}/images")["details"]
 
     # --- models --------------------------------------------------------------------------
 

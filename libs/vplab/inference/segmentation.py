@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from segment_anything.modeling import Sam
 from vplab.errors import InvalidInput
 from vplab.inference.features import FeatureEngine
 from vplab.inference.runtime import adapter_encoder_id
-from vplab.masks import decode_rle, encode_rle
+from vplab.masks import decode_rle, encode_rle, read_label_png
 from vplab.matching import VisualPromptConfig, VisualPrompter
 from vplab.peft import get_method
 from vplab.peft.adapter_io import adapter_output
@@ -78,6 +79,7 @@ class SegmentationEngine:
         self.store = features.store
         self.settings = self.rt.settings
         self.limits = RequestLimits(self.settings)
+        self._prompters: OrderedDict[tuple, VisualPrompter] = OrderedDict()
 
     # -- models ------------------------------------------------------------------------
     def model(self, tenant: str, model_id: str | None) -> TunedModel | None:
@@ -320,6 +322,96 @@ class SegmentationEngine:
                 )
             ]
             yield index, image_id, encode_rle(_column_major(pred.mask)), score, _unique(points)
+
+    # -- prediction runs -------------------------------------------------------------------
+    def predict_target(
+        self, tenant: str, run: Any, image_id: str, model: TunedModel | None = None
+    ) -> dict[str, Any]:
+        """One target of a prediction run (``vplab.predictions.PredictionRun``): per-class
+        masks of the per-pixel argmax, their scores and points, and the target's uncertainty.
+
+        Uncertainty (higher = correct this one first) mixes the two signals visual
+        prompting has without labels: the matcher's own confidence (1 - mean class score)
+        and the disagreement of a cheap variant, the other matcher (soft vs prototype) on the
+        same embeddings: 1 - mean per-class IoU of the two label maps.
+        """
+        if model is not None and model.prompt_free:
+            raise InvalidInput(f"model {model.model_id} ({model.method}) is prompt-free")
+        keys.check_sha256(image_id, "image_id")
+        main = self._run_prompter(tenant, run, model, run.matcher)
+        other = self._run_prompter(
+            tenant, run, model, "prototype" if run.matcher == "soft" else "soft"
+        )
+        embedding = self._embedding(tenant, image_id, model)
+        features = self.features.dino_features(tenant, image_id)
+        result = main.predict(target_embedding=embedding, target_features=features)
+        variant = other.predict(target_embedding=embedding, target_features=features)
+        H, W = (int(v) for v in embedding.original_size)
+        classes, scores, agreement = {}, [], []
+        for class_id in run.classes:
+            pred = result.classes.get(class_id)
+            mask = result.label_map == class_id
+            score = float(pred.scores.max()) if pred is not None and len(pred.scores) else 0.0
+            points = []
+            if pred is not None:
+                points = _unique(
+                    [
+                        (float(x), float(y), int(lab))
+                        for (x, y), lab in zip(
+                            pred.point_coords.reshape(-1, 2).tolist(),
+                            pred.point_labels.reshape(-1).tolist(),
+                        )
+                    ]
+                )
+            classes[str(class_id)] = {
+                "mask": encode_rle(_column_major(mask)),
+                "score": score,
+                "points": [list(p) for p in points],
+            }
+            scores.append(min(max(score, 0.0), 1.0))
+            other_mask = variant.label_map == class_id
+            union = int((mask | other_mask).sum())
+            agreement.append(int((mask & other_mask).sum()) / union if union else 1.0)
+        score = float(np.mean(scores)) if scores else 0.0
+        disagreement = 1.0 - float(np.mean(agreement)) if agreement else 0.0
+        return {
+            "height": H,
+            "width": W,
+            "classes": classes,
+            "score": score,
+            "disagreement": disagreement,
+            "uncertainty": 0.5 * (1.0 - score) + 0.5 * disagreement,
+        }
+
+    def _run_prompter(
+        self, tenant: str, run: Any, model: TunedModel | None, matcher: str
+    ) -> VisualPrompter:
+        """The run's references set on a prompter (kept for the run's next targets)."""
+        cache_key = (tenant, run.run_id, model.model_id if model else "", matcher)
+        prompter = self._prompters.get(cache_key)
+        if prompter is not None:
+            self._prompters.move_to_end(cache_key)
+            return prompter
+        shots, features = [], []
+        for ref in run.references:
+            image_id = ref["image_id"]
+            if "label_version" in ref:
+                png = self.store.get_bytes(
+                    keys.label(tenant, run.dataset_id, image_id, ref["label_version"])
+                )
+                shot = read_label_png(png, what="reference label").astype(np.int64)
+            else:
+                shot = decode_rle(ref["mask"]).astype(np.int64) * int(ref["class_id"])
+            shots.append((None, shot))
+            features.append(self.features.dino_features(tenant, image_id))
+        segmenter = model.segmenter if model else self.features.segmenter
+        mode: Literal["soft", "prototype"] = "prototype" if matcher == "prototype" else "soft"
+        prompter = VisualPrompter(segmenter, None, VisualPromptConfig(matcher=mode, seed=run.seed))
+        prompter.set_references(shots, classes=run.classes, features=features)
+        self._prompters[cache_key] = prompter
+        while len(self._prompters) > 8:
+            self._prompters.popitem(last=False)
+        return prompter
 
 
 @dataclass

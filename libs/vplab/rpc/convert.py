@@ -13,7 +13,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, cast
 
 from vplab.errors import InvalidInput
-from vplab.rpc.v1 import common_pb2, features_pb2, segmentation_pb2, training_pb2
+from vplab.rpc.v1 import (
+    common_pb2,
+    features_pb2,
+    predictions_pb2,
+    segmentation_pb2,
+    training_pb2,
+)
 from vplab.states import JobState
 
 # Ray Serve application names: the ``application`` metadata routes a call to one of them.
@@ -207,6 +213,9 @@ class JobLike(Protocol):
     created_at: str
     updated_at: str
     attempts: int
+    zero_shot_miou: float | None
+    tuned_miou: float | None
+    gain_images: int
 
 
 def job_state_to_pb(state: str | None) -> common_pb2.JobState:
@@ -242,6 +251,9 @@ def job_to_pb(job: JobLike) -> training_pb2.Job:
         created_at=job.created_at,
         updated_at=job.updated_at,
         attempts=job.attempts,
+        zero_shot_miou=job.zero_shot_miou,
+        tuned_miou=job.tuned_miou,
+        gain_images=job.gain_images,
     )
 
 
@@ -261,7 +273,14 @@ def job_from_pb(job: training_pb2.Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "attempts": job.attempts,
+        "zero_shot_miou": _optional(job, "zero_shot_miou"),
+        "tuned_miou": _optional(job, "tuned_miou"),
+        "gain_images": job.gain_images,
     }
+
+
+def _optional(message: Any, name: str) -> float | None:
+    return wire_float(getattr(message, name)) if message.HasField(name) else None
 
 
 def event_to_pb(e: dict[str, Any]) -> training_pb2.JobEvent:
@@ -333,3 +352,198 @@ def start_training_to_pb(
         seed=seed,
         lr=lr or 0.0,
     )
+
+
+# --- prediction runs -----------------------------------------------------------------------
+
+
+def prediction_references_to_pb(
+    references: Iterable[dict[str, Any]],
+) -> list[predictions_pb2.PredictionReference]:
+    """``[{image_id}]`` / ``[{image_id, mask, class_id}]`` (``mask`` a COCO RLE) -> pb;
+    a run's resolved label references carry their ``label_version``."""
+    out = []
+    for r in references:
+        ref = predictions_pb2.PredictionReference(image_id=str(r.get("image_id", "")))
+        if r.get("mask") is not None:
+            ref.mask.CopyFrom(rle_to_pb(r["mask"]))
+        if r.get("class_id") is not None:
+            ref.class_id = int(r["class_id"])
+        if r.get("label_version"):
+            ref.label_version = int(r["label_version"])
+        out.append(ref)
+    return out
+
+
+def prediction_references_from_pb(
+    references: Iterable[predictions_pb2.PredictionReference],
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in references:
+        ref: dict[str, Any] = {"image_id": r.image_id}
+        if r.HasField("mask"):
+            ref["mask"] = rle_from_pb(r.mask)
+        if r.class_id:
+            ref["class_id"] = r.class_id
+        if r.label_version:
+            ref["label_version"] = r.label_version
+        out.append(ref)
+    return out
+
+
+def start_prediction_to_pb(
+    dataset_id: str,
+    references: Iterable[dict[str, Any]],
+    model_id: str | None = None,
+    targets: Iterable[str] | None = None,
+    matcher: str | None = None,
+    seed: int = 0,
+) -> predictions_pb2.StartPredictionRequest:
+    return predictions_pb2.StartPredictionRequest(
+        dataset_id=dataset_id,
+        references=prediction_references_to_pb(references),
+        model_id=model_id or "",
+        target_image_ids=list(targets or ()),
+        matcher=matcher or "",
+        seed=seed,
+    )
+
+
+class RunLike(Protocol):
+    run_id: str
+    dataset_id: str
+    model_id: str
+    state: str
+    done: int
+    errors: list[dict[str, str]]
+    references: list[dict[str, Any]]
+    matcher: str
+    seed: int
+    error: str
+    created_at: str
+    updated_at: str
+    attempts: int
+
+    @property
+    def total(self) -> int: ...
+
+
+def run_to_pb(run: RunLike) -> predictions_pb2.PredictionRun:
+    return predictions_pb2.PredictionRun(
+        run_id=run.run_id,
+        dataset_id=run.dataset_id,
+        model_id=run.model_id,
+        state=job_state_to_pb(run.state),
+        done=run.done,
+        total=run.total,
+        errors=[predictions_pb2.PredictionError(**e) for e in run.errors],
+        references=prediction_references_to_pb(run.references),
+        matcher=run.matcher,
+        seed=run.seed,
+        error=run.error,
+        created_at=run.created_at,
+        updated_at=run.updated_at,
+        attempts=run.attempts,
+    )
+
+
+def run_from_pb(run: predictions_pb2.PredictionRun) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "dataset_id": run.dataset_id,
+        "model_id": run.model_id,
+        "state": str(job_state_from_pb(run.state)),
+        "done": run.done,
+        "total": run.total,
+        "errors": [{"image_id": e.image_id, "error": e.error} for e in run.errors],
+        "references": prediction_references_from_pb(run.references),
+        "matcher": run.matcher,
+        "seed": run.seed,
+        "error": run.error,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "attempts": run.attempts,
+    }
+
+
+def prediction_event_to_pb(e: dict[str, Any]) -> predictions_pb2.PredictionEvent:
+    """A run worker's event record (``vplab.predictions``) -> PredictionEvent."""
+    return predictions_pb2.PredictionEvent(
+        seq=e["seq"],
+        run_id=e["run_id"],
+        state=job_state_to_pb(e.get("state") or JobState.RUNNING),
+        phase=e.get("phase", ""),
+        image_id=e.get("image_id", ""),
+        done=e.get("done", 0),
+        total=e.get("total", 0),
+        uncertainty=e.get("uncertainty") or 0.0,
+        message=e.get("message", ""),
+        time=e.get("time", ""),
+    )
+
+
+def prediction_event_from_pb(e: predictions_pb2.PredictionEvent) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "run_id": e.run_id,
+        "state": str(job_state_from_pb(e.state)),
+        "phase": e.phase,
+        "image_id": e.image_id,
+        "done": e.done,
+        "total": e.total,
+        "uncertainty": wire_float(e.uncertainty),
+        "message": e.message,
+        "time": e.time,
+    }
+
+
+def start_evaluation_to_pb(
+    dataset_id: str,
+    references: Iterable[dict[str, Any]],
+    model_id: str | None = None,
+    images: Iterable[str] | None = None,
+    matcher: str | None = None,
+    seed: int = 0,
+) -> predictions_pb2.StartEvaluationRequest:
+    return predictions_pb2.StartEvaluationRequest(
+        dataset_id=dataset_id,
+        references=prediction_references_to_pb(references),
+        model_id=model_id or "",
+        image_ids=list(images or ()),
+        matcher=matcher or "",
+        seed=seed,
+    )
+
+
+def evaluation_to_pb(e: Any) -> predictions_pb2.Evaluation:
+    """A ``vplab.predictions.Evaluation`` -> pb (scores absent until it succeeded)."""
+    return predictions_pb2.Evaluation(
+        run=run_to_pb(e),
+        miou=e.miou,
+        mean_dice=e.mean_dice,
+        per_class={
+            int(c): predictions_pb2.ClassScore(iou=s["iou"], dice=s["dice"])
+            for c, s in e.per_class.items()
+        },
+        per_image=[predictions_pb2.ImageScore(**s) for s in e.per_image],
+        n_images=e.n_images,
+    )
+
+
+def evaluation_from_pb(e: predictions_pb2.Evaluation) -> dict[str, Any]:
+    run = run_from_pb(e.run)
+    return {
+        "evaluation_id": run.pop("run_id"),
+        **run,
+        "miou": _optional(e, "miou"),
+        "mean_dice": _optional(e, "mean_dice"),
+        "per_class": {
+            str(c): {"iou": wire_float(s.iou), "dice": wire_float(s.dice)}
+            for c, s in sorted(e.per_class.items())
+        },
+        "per_image": [
+            {"image_id": s.image_id, "iou": wire_float(s.iou), "dice": wire_float(s.dice)}
+            for s in e.per_image
+        ],
+        "n_images": e.n_images,
+    }

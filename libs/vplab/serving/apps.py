@@ -30,6 +30,7 @@ class ServeApp:
     role: str  # "inference" | "training": which worker group runs it
     default_num_gpus: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    more_servicers: tuple[str, ...] = ()  # other gRPC services the same app serves
 
     @property
     def route_prefix(self) -> str:
@@ -58,12 +59,14 @@ APPS: tuple[ServeApp, ...] = (
         servicer="vplab.rpc.v1.training_pb2_grpc.add_TrainingServicer_to_server",
         deployment="TrainingDeployment",
         role="training",
+        # The same app serves the prediction runs (durable jobs too).
+        more_servicers=("vplab.rpc.v1.predictions_pb2_grpc.add_PredictionsServicer_to_server",),
     ),
 )
 
 
 def servicer_functions() -> list[str]:
-    return [a.servicer for a in APPS]
+    return [s for a in APPS for s in (a.servicer, *a.more_servicers)]
 
 
 # Ray resources a pinned replica or task asks for: a sliver of its role's custom resource,

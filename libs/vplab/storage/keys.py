@@ -216,6 +216,11 @@ def label(tenant: str, dataset_id: str, sha256: str, version: int) -> str:
     return f"{image_labels_prefix(tenant, dataset_id, sha256)}v{v}.png"
 
 
+def label_provenance(tenant: str, dataset_id: str, sha256: str, version: int) -> str:
+    """Beside ``label``: where that version came from (absent: drawn by hand)."""
+    return label(tenant, dataset_id, sha256, version).removesuffix(".png") + ".json"
+
+
 def cache_prefix(tenant: str, encoder_id: str | None = None) -> str:
     base = f"{tenant_prefix(tenant)}cache/"
     return base if encoder_id is None else f"{base}{check_encoder_id(encoder_id)}/"
@@ -226,20 +231,60 @@ def embedding(tenant: str, encoder_id: str, sha256: str) -> str:
     return f"{cache_prefix(tenant, encoder_id)}{check_sha256(sha256)}.safetensors"
 
 
-def jobs_prefix(tenant: str) -> str:
-    return f"{tenant_prefix(tenant)}jobs/"
+JOBS = "jobs"  # training jobs
+PREDICTIONS = "predictions"  # prediction runs: the same record / events / cancel layout
+EVALUATIONS = "evaluations"  # evaluations: prediction runs scored against labels
+JOB_FOLDERS = (JOBS, PREDICTIONS, EVALUATIONS)
 
 
-def job_prefix(tenant: str, job: str) -> str:
-    return f"{jobs_prefix(tenant)}{check_id(job, 'job')}/"
+def _job_folder(folder: str) -> str:
+    if folder not in JOB_FOLDERS:
+        raise InvalidInput(f"unknown job folder {folder!r}")
+    return folder
 
 
-def job_state(tenant: str, job: str) -> str:
-    return f"{job_prefix(tenant, job)}state.json"
+def jobs_prefix(tenant: str, folder: str = JOBS) -> str:
+    return f"{tenant_prefix(tenant)}{_job_folder(folder)}/"
 
 
-def job_events(tenant: str, job: str) -> str:
-    return f"{job_prefix(tenant, job)}events.jsonl"
+def job_prefix(tenant: str, job: str, folder: str = JOBS) -> str:
+    return f"{jobs_prefix(tenant, folder)}{check_id(job, 'job')}/"
+
+
+def job_state(tenant: str, job: str, folder: str = JOBS) -> str:
+    return f"{job_prefix(tenant, job, folder)}state.json"
+
+
+def job_events(tenant: str, job: str, folder: str = JOBS) -> str:
+    return f"{job_prefix(tenant, job, folder)}events.jsonl"
+
+
+def prediction_results_prefix(tenant: str, run: str, folder: str = PREDICTIONS) -> str:
+    return f"{job_prefix(tenant, run, folder)}results/"
+
+
+def prediction_result(tenant: str, run: str, sha256: str, folder: str = PREDICTIONS) -> str:
+    """One target's result: written once (create-only), so no target is done twice."""
+    name = check_sha256(sha256, "image_id")
+    return f"{prediction_results_prefix(tenant, run, folder)}{name}.json"
+
+
+def prediction_reviews_prefix(tenant: str, run: str) -> str:
+    return f"{job_prefix(tenant, run, PREDICTIONS)}reviews/"
+
+
+def prediction_review(tenant: str, run: str, sha256: str) -> str:
+    """A reviewer's verdict on one result (accepted / edited / rejected), create-only."""
+    return f"{prediction_reviews_prefix(tenant, run)}{check_sha256(sha256, 'image_id')}.json"
+
+
+def parse_prediction_object(key: str, prefix: str) -> str | None:
+    """``{prefix}{sha256}.json`` -> the image id; None for anything else."""
+    parts = _under(key, prefix)
+    if parts is None or len(parts) != 1 or not parts[0].endswith(".json"):
+        return None
+    name = parts[0].removesuffix(".json")
+    return name if _SHA256.fullmatch(name) else None
 
 
 def job_ckpt_prefix(tenant: str, job: str) -> str:
@@ -251,9 +296,9 @@ def job_ckpt(tenant: str, job: str, step: int) -> str:
     return f"{job_ckpt_prefix(tenant, job)}step-{k}.safetensors"
 
 
-def job_cancel(tenant: str, job: str) -> str:
+def job_cancel(tenant: str, job: str, folder: str = JOBS) -> str:
     """Cancel marker: written by the API only, so it never races the worker's state writes."""
-    return f"{job_prefix(tenant, job)}cancel"
+    return f"{job_prefix(tenant, job, folder)}cancel"
 
 
 def active_jobs_prefix() -> str:
@@ -324,9 +369,9 @@ def parse_label(key: str, tenant: str) -> tuple[str, str, int] | None:
     return (parts[0], parts[1], int(m.group(1))) if m else None
 
 
-def parse_job_state(key: str, tenant: str) -> str | None:
-    """``tenants/{t}/jobs/{job}/state.json`` -> job; None for the job's other objects."""
-    parts = _under(key, jobs_prefix(tenant))
+def parse_job_state(key: str, tenant: str, folder: str = JOBS) -> str | None:
+    """``tenants/{t}/{folder}/{job}/state.json`` -> job; None for the job's other objects."""
+    parts = _under(key, jobs_prefix(tenant, folder))
     if parts is None or len(parts) != 2 or parts[1] != "state.json":
         return None
     return parts[0] if _ID.fullmatch(parts[0]) else None
@@ -357,8 +402,9 @@ def parse_ckpt_step(key: str) -> int:
 
 
 def latest_label_version(keys: list[str]) -> int | None:
-    """Highest version among label keys (e.g. ``store.list(image_labels_prefix(...))``)."""
-    versions = [parse_label_version(k) for k in keys]
+    """Highest version among label keys (e.g. ``store.list(image_labels_prefix(...))``);
+    the versions' provenance records (``label_provenance``) beside them are skipped."""
+    versions = [parse_label_version(k) for k in keys if not k.endswith(".json")]
     return max(versions) if versions else None
 
 

@@ -82,10 +82,37 @@ class Quotas:
             if entry is not None and not fresh and now < entry[1]:
                 return entry[0]
         sizes = object_sizes(self.store, keys.images_prefix(tenant))
-        usage = Usage(images=len(sizes), bytes=sum(sizes.values()))
+        # Prediction and evaluation results count towards the bytes too (they grow with
+        # every run).
+        predicted = sum(
+            sum(object_sizes(self.store, keys.jobs_prefix(tenant, folder)).values())
+            for folder in (keys.PREDICTIONS, keys.EVALUATIONS)
+        )
+        usage = Usage(images=len(sizes), bytes=sum(sizes.values()) + predicted)
         with self._lock:
             self._usage[tenant] = (usage, self._clock() + self.usage_ttl_s)
         return usage
+
+    def check_new_bytes(self, tenant: str, n_bytes: int) -> None:
+        """Raise ``QuotaExceeded`` if storing ``n_bytes`` more (not an image: a prediction
+        result) would go over the byte quota; counts them as stored when it does not."""
+        usage = self.usage(tenant)
+        with self._lock:
+            pending = self._pending.get(tenant, Usage(0, 0))
+        stored = usage.bytes + pending.bytes
+        if stored + n_bytes > self.settings.quota_bytes or (
+            n_bytes == 0 and stored >= self.settings.quota_bytes
+        ):
+            raise QuotaExceeded(
+                f"storage quota exceeded: tenant {tenant!r} stores {stored} bytes, adding "
+                f"{n_bytes} would exceed the limit of {self.settings.quota_bytes} bytes "
+                f"(quota_bytes)"
+            )
+        with self._lock:
+            entry = self._usage.get(tenant)
+            if entry is not None:
+                u, expires = entry
+                self._usage[tenant] = (Usage(u.images, u.bytes + n_bytes), expires)
 
     def check_new_image(self, tenant: str, n_bytes: int) -> None:
         """Raise ``QuotaExceeded`` if one more image of ``n_bytes`` would go over a quota."""
@@ -147,12 +174,16 @@ class Quotas:
     # --- jobs ----------------------------------------------------------------------------------
 
     def active_jobs(self, tenant: str) -> int:
-        """Jobs of ``tenant`` in QUEUED or RUNNING, read from their state records."""
-        prefix = keys.jobs_prefix(tenant)
+        """Jobs of ``tenant`` in QUEUED or RUNNING (training jobs and prediction runs), read
+        from their state records."""
         count = 0
-        for key in self.store.list(prefix):
-            if keys.parse_job_state(key, tenant) is None:
-                continue
+        records = [
+            key
+            for folder in keys.JOB_FOLDERS
+            for key in self.store.list(keys.jobs_prefix(tenant, folder))
+            if keys.parse_job_state(key, tenant, folder) is not None
+        ]
+        for key in records:
             try:
                 record = self.store.get_json(key)
             except (NotFound, InvalidInput):

@@ -135,17 +135,17 @@ def build_bank(
     items, total = [], len(samples) * len(views)
     what = "emb" if mode == "frozen" else f"late{start_block}"
     feature_cache = cache if mode != "full" else None
+    shared: dict[tuple[str, str], torch.Tensor] = {}  # the classes of one image share its features
     for sample in samples:
         for view in views:
             image, label = view.apply(sample.image, sample.label)
-            feature = (
-                feature_cache.get(sample.name, view.name, what)
-                if feature_cache is not None
-                else None
-            )
+            feature = shared.get((sample.key, view.name))
+            if feature is None and feature_cache is not None:
+                feature = feature_cache.get(sample.key, view.name, what)
             item = make_item(sam, sample.name, view.name, image, label, mode, start_block, feature)
             if feature is None and feature_cache is not None:
-                item.feature = feature_cache.put(sample.name, view.name, what, item.feature)
+                item.feature = feature_cache.put(sample.key, view.name, what, item.feature)
+            shared[(sample.key, view.name)] = item.feature
             items.append(item)
             if on_item is not None:
                 on_item(len(items), total)

@@ -17,6 +17,28 @@ class LabeledImage:
     name: str
     image: np.ndarray  # (H, W, 3) uint8
     label: np.ndarray  # (H, W) bool, the target class
+    # The image this sample shows, when several samples share it (one per class of a
+    # multi-class label: ``per_class_samples``); default: ``name``.
+    image_key: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.image_key or self.name
+
+
+def per_class_samples(
+    image_id: str, image: np.ndarray, label_map: np.ndarray, classes: int
+) -> list[LabeledImage]:
+    """A label of a ``classes``-class dataset as training samples: the image's own id when
+    there is one class; else one binary sample per class present (``{id}.c{k}``), so one
+    adapter learns every class with the prompts visual prompting sends for each (a
+    positive on that class, negatives off it) and that class's mask as the target."""
+    present = sorted(int(v) for v in np.unique(label_map) if v > 0)
+    if classes <= 1 or not present:  # an empty label still teaches "nothing here"
+        return [LabeledImage(image_id, image, label_map > 0)]
+    return [
+        LabeledImage(f"{image_id}.c{k}", image, label_map == k, image_key=image_id) for k in present
+    ]
 
 
 def validate_samples(samples: list[LabeledImage]) -> None:
@@ -73,12 +95,15 @@ def split_train_val(
     min_images: int = MIN_IMAGES_FOR_HOLDOUT,
 ) -> tuple[list[LabeledImage], list[LabeledImage]]:
     """Hold out ``round(n * val_fraction)`` images (at least 1) when there are at least
-    ``min_images``; with fewer, all train and the validation split is empty."""
-    n = len(samples)
+    ``min_images``; with fewer, all train and the validation split is empty. Images, not
+    samples: the samples of one image (its classes) land on the same side."""
+    images = list(dict.fromkeys(s.key for s in samples))
+    n = len(images)
     if val_fraction <= 0 or n < max(2, min_images):
         return list(samples), []
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
-    val = [samples[i] for i in sorted(order[:n_val])]
-    train = [samples[i] for i in sorted(order[n_val:])]
+    held_out = {images[i] for i in order[:n_val]}
+    val = [s for s in samples if s.key in held_out]
+    train = [s for s in samples if s.key not in held_out]
     return train, val

@@ -138,6 +138,7 @@ class TrainResult:
     val_on_train: bool  # no held-out image was available
     history: list[dict[str, float]]
     output: str  # the decoder output trained, which serving must use (save it with the model)
+    trained_on: list[str] = field(default_factory=list)  # the images of the training split
 
 
 class Trainer:
@@ -455,6 +456,7 @@ class Trainer:
             val_on_train=self.val_on_train,
             history=info["history"],
             output=self.output,
+            trained_on=sorted({s.key for s in self.samples_by_name.values()}),
         )
 
 

@@ -17,6 +17,7 @@ from services.gateway.params import (
     image_media_type,
     plain,
 )
+from vplab.predictions import image_details, prediction_runs
 
 router = APIRouter(prefix=V1, tags=["datasets"], responses=ERROR_RESPONSES)
 
@@ -105,7 +106,8 @@ async def upload_image(
     "/datasets/{dataset_id}/images", summary="List a dataset's images", response_model=S.ImageList
 )
 def list_images(dataset_id: DatasetIdPath, tenant: TenantId, datasets: DatasetsDep) -> Any:
-    return {"images": datasets.list_images(tenant, dataset_id)}
+    details = image_details(datasets, prediction_runs(datasets.store), tenant, dataset_id)
+    return {"images": [d["image_id"] for d in details], "details": details}
 
 
 @router.delete(

@@ -9,57 +9,24 @@ from fastapi.concurrency import run_in_threadpool
 
 from services.gateway import schemas as S
 from services.gateway.deps import DatasetsDep, LimitsDep, TenantId
-from services.gateway.errors import ApiError
-from services.gateway.params import ERROR_RESPONSES, V1, DatasetIdPath, ImageIdPath, png_response
-from vplab.errors import InvalidInput
+from services.gateway.params import (
+    ERROR_RESPONSES,
+    PNG_BODY,
+    V1,
+    DatasetIdPath,
+    ImageIdPath,
+    png_body,
+    png_response,
+)
 
 router = APIRouter(prefix=V1, tags=["labels"], responses=ERROR_RESPONSES)
-
-_PNG_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                    "additionalProperties": False,
-                }
-            },
-        },
-    }
-}
-
-
-async def _mask_bytes(request: Request, limits: LimitsDep) -> bytes:
-    """The PNG of a label upload: a raw ``image/png`` body or a multipart ``file`` part."""
-    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=4)
-        extra = sorted(set(form.keys()) - {"file"})
-        if extra:
-            raise InvalidInput(f"multipart body has unknown parts {extra}; send only 'file'")
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise InvalidInput("multipart body needs a 'file' part with the PNG mask")
-        data = await upload.read(limits.max_image_bytes + 1)
-    elif ctype in ("image/png", "application/octet-stream", ""):
-        data = await request.body()
-    else:
-        raise ApiError(415, f"send the mask as image/png or multipart/form-data, not {ctype!r}")
-    if not data:
-        raise InvalidInput("the request has no mask PNG")
-    limits.check_image_bytes(len(data), "mask")
-    return data
 
 
 @router.put(
     "/datasets/{dataset_id}/labels/{image_id}",
     summary="Upload a refined mask (new version)",
     response_model=S.LabelVersion,
-    openapi_extra=_PNG_BODY,
+    openapi_extra=PNG_BODY,
     responses={412: {"model": S.ErrorResponse, "description": "If-Match / If-None-Match failed"}},
 )
 async def put_label(
@@ -84,7 +51,7 @@ async def put_label(
         Header(alias="if-none-match", description="`*`: only if the image has no label yet"),
     ] = None,
 ) -> Any:
-    data = await _mask_bytes(request, limits)
+    data = await png_body(request, limits)
     label = await run_in_threadpool(
         datasets.put_label, tenant, dataset_id, image_id, data, if_match, if_none_match
     )

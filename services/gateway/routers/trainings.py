@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from services.gateway import schemas as S
 from services.gateway.deps import AuthHeader, TenantId, TimeoutsDep, UpstreamDep
-from services.gateway.params import ERROR_RESPONSES, V1, JobIdPath
+from services.gateway.params import (
+    ERROR_RESPONSES,
+    V1,
+    AfterSeqQuery,
+    JobIdPath,
+    LastEventIdHeader,
+    resume_after,
+)
 from services.gateway.sse import rpc_to_sse
 from vplab.rpc import convert
 from vplab.rpc.convert import TRAINING
@@ -72,18 +79,10 @@ async def training_events(
     authorization: AuthHeader,
     up: UpstreamDep,
     timeouts: TimeoutsDep,
-    after_seq: Annotated[int, Query(ge=0, le=2**62, description="only events after this seq")] = 0,
-    last_event_id: Annotated[
-        str,
-        Header(
-            alias="last-event-id",
-            pattern=r"^([0-9]{1,18})?$",
-            description="resume after this event seq (what EventSource sends on reconnect)",
-        ),
-    ] = "",
+    after_seq: AfterSeqQuery = 0,
+    last_event_id: LastEventIdHeader = "",
 ):
-    if last_event_id:
-        after_seq = int(last_event_id)
+    after_seq = resume_after(after_seq, last_event_id)
     # Unknown / foreign jobs are a 404 before the stream starts.
     await up.unary(TRAINING, "GetJob", training_pb2.GetJobRequest(job_id=job_id), authorization)
     call = up.stream(

@@ -27,7 +27,7 @@ class StartTrainingRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., steps: _Optional[int] = ..., method_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., lr: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "dataset_id", "method", "base_model", "state", "step", "total_steps", "best_val_iou", "initial_val_iou", "model_id", "error", "created_at", "updated_at", "attempts")
+    __slots__ = ("job_id", "dataset_id", "method", "base_model", "state", "step", "total_steps", "best_val_iou", "initial_val_iou", "model_id", "error", "created_at", "updated_at", "attempts", "zero_shot_miou", "tuned_miou", "gain_images")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,9 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ZERO_SHOT_MIOU_FIELD_NUMBER: _ClassVar[int]
+    TUNED_MIOU_FIELD_NUMBER: _ClassVar[int]
+    GAIN_IMAGES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset_id: str
     method: str
@@ -56,7 +59,10 @@ class Job(_message.Message):
     created_at: str
     updated_at: str
     attempts: int
-    def __init__(self, job_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., best_val_iou: _Optional[float] = ..., initial_val_iou: _Optional[float] = ..., model_id: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    zero_shot_miou: float
+    tuned_miou: float
+    gain_images: int
+    def __init__(self, job_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., best_val_iou: _Optional[float] = ..., initial_val_iou: _Optional[float] = ..., model_id: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., attempts: _Optional[int] = ..., zero_shot_miou: _Optional[float] = ..., tuned_miou: _Optional[float] = ..., gain_images: _Optional[int] = ...) -> None: ...
 
 class StartTrainingResponse(_message.Message):
     __slots__ = ("job",)
