@@ -1090,3 +1090,143 @@ def test_healthz(local_stack, tmp_path):
             503,
         )
         a.close()
+
+
+# --- prediction runs, review, evaluations (REST; the run's worker in-process) ---------------
+
+
+def _finish_run(st, tenant: str, run_id: str, truth: dict[str, np.ndarray], folder: str = "p"):
+    """What the training app's task does, with a predictor that answers a fixed mask."""
+    from vplab import predictions as P
+    from vplab.datasets import DatasetStore
+
+    def predict(run, image_id):
+        labels = truth[image_id]
+        classes = {
+            str(c): {"mask": encode_rle(labels == c), "score": 0.5 + 0.1 * c, "points": [[1, 2, 1]]}
+            for c in run.classes
+        }
+        score = float(int(image_id[:2], 16)) / 255  # a different uncertainty per image
+        return {"height": labels.shape[0], "width": labels.shape[1], "classes": classes,
+                "score": score, "disagreement": 0.0, "uncertainty": 1 - score}  # fmt: skip
+
+    runs = P.evaluations(st.store) if folder == "e" else P.prediction_runs(st.store)
+    datasets = DatasetStore(st.store, st.settings)
+    return P.run_prediction(st.store, datasets, tenant, run_id, predict, runs=runs)
+
+
+def test_prediction_runs_results_and_review_over_rest(local_stack):
+    st = local_stack
+    with client(st, "alpha") as a, client(st, "beta") as b:
+        ds, ids = setup_data(a, 4)
+        truth = {}
+        for i, image_id in enumerate(ids):
+            labels = np.zeros((24, 32), np.uint8)
+            labels[2 + i : 10 + i, 3:12] = 1
+            truth[image_id] = labels
+        assert_error(
+            a.post(f"/v1/datasets/{ds}/predictions", json={"references": [{"image_id": ids[0]}]}),
+            400,
+        )
+        put = a.put(f"/v1/datasets/{ds}/labels/{ids[0]}", content=encode_label_map(truth[ids[0]]),
+                    headers={"Content-Type": "image/png"})  # fmt: skip
+        assert put.status_code == 200, put.text
+        bad = {"references": [{"image_id": ids[0], "class_id": 1}]}  # no mask_rle
+        assert_error(a.post(f"/v1/datasets/{ds}/predictions", json=bad), 400)
+        r = a.post(f"/v1/datasets/{ds}/predictions", json={"references": [{"image_id": ids[0]}]})
+        assert r.status_code == 201, r.text
+        run = r.json()
+        assert run["state"] == "QUEUED" and run["total"] == 3
+        assert run["references"] == [
+            {"image_id": ids[0], "class_id": None, "mask_rle": None, "label_version": 1}
+        ]
+        assert _finish_run(st, "alpha", run["run_id"], truth) == "SUCCEEDED"
+        got = a.get(f"/v1/predictions/{run['run_id']}").json()
+        assert (got["state"], got["done"], got["errors"]) == ("SUCCEEDED", 3, [])
+        listed = a.get(f"/v1/datasets/{ds}/predictions").json()["runs"]
+        assert [x["run_id"] for x in listed] == [run["run_id"]]
+        events = a.get(f"/v1/predictions/{run['run_id']}/events").text
+        assert events.count("event: target") == 3 and "event: end" in events
+
+        pages, after = [], None
+        while True:
+            params = {"order": "uncertainty", "limit": 2, **({"after": after} if after else {})}
+            page = a.get(f"/v1/predictions/{run['run_id']}/results", params=params).json()
+            pages += page["results"]
+            after = page["next"]
+            if after is None:
+                break
+        u = [x["uncertainty"] for x in pages]
+        assert len(pages) == 3 and u == sorted(u, reverse=True)
+        assert pages[0]["points"] == {"1": [[1.0, 2.0, 1]]}
+        assert_error(a.get(f"/v1/predictions/{run['run_id']}/results", params={"after": "x"}), 400)
+        one = a.get(f"/v1/predictions/{run['run_id']}/results/{ids[1]}").json()
+        assert np.array_equal(decode_rle(one["classes"]["1"]["mask_rle"]), truth[ids[1]] == 1)
+        png = a.get(f"/v1/predictions/{run['run_id']}/results/{ids[1]}", params={"format": "png"})
+        assert png.headers["content-type"] == "image/png"
+
+        accept = a.post(f"/v1/predictions/{run['run_id']}/results/{ids[1]}/accept")
+        assert accept.status_code == 200 and accept.json()["verdict"] == "accepted", accept.text
+        edited = truth[ids[2]].copy()
+        edited[0, 0] = 1
+        r = a.post(f"/v1/predictions/{run['run_id']}/results/{ids[2]}/accept",
+                   content=encode_label_map(edited), headers={"Content-Type": "image/png"})  # fmt: skip
+        assert r.json()["verdict"] == "edited" and r.json()["label_version"] == 1
+        before = st.store.list("")
+        wrong = np.full((24, 32), 5, np.uint8)  # two classes on a 1-class dataset
+        wrong[0, 0] = 1
+        assert_error(a.post(f"/v1/predictions/{run['run_id']}/results/{ids[3]}/accept",
+                            content=encode_label_map(wrong), headers={"Content-Type": "image/png"}), 400)  # fmt: skip
+        assert_error(a.post(f"/v1/predictions/{run['run_id']}/results/{ids[1]}/reject"), 409)
+        assert st.store.list("") == before
+        assert (
+            a.post(f"/v1/predictions/{run['run_id']}/results/{ids[3]}/reject").json()["verdict"]
+            == "rejected"
+        )
+        details = {d["image_id"]: d for d in a.get(f"/v1/datasets/{ds}/images").json()["details"]}
+        assert details[ids[1]]["provenance"]["source"] == "accepted"
+        assert details[ids[2]]["provenance"] == {
+            "source": "edited",
+            "run_id": run["run_id"],
+            "model_id": "",
+        }
+        assert details[ids[3]]["prediction"]["review"] == "rejected"
+
+        r = a.post("/v1/evaluations", json={"dataset_id": ds, "references": [{"image_id": ids[0]}]})
+        assert r.status_code == 201, r.text
+        ev = r.json()
+        assert ev["total"] == 2 and ev["miou"] is None  # the two accepted images
+        assert _finish_run(st, "alpha", ev["evaluation_id"], truth, folder="e") == "SUCCEEDED"
+        done = a.get(f"/v1/evaluations/{ev['evaluation_id']}").json()
+        assert done["state"] == "SUCCEEDED" and done["n_images"] == 2
+        assert done["per_class"]["1"]["iou"] < 1.0 and 0 < done["miou"] < 1.0  # ids[2] was edited
+        assert [
+            e["evaluation_id"]
+            for e in a.get(f"/v1/datasets/{ds}/evaluations").json()["evaluations"]
+        ] == [ev["evaluation_id"]]
+
+        rid = run["run_id"]
+        for method, path in (
+            ("GET", f"/v1/predictions/{rid}"),
+            ("DELETE", f"/v1/predictions/{rid}"),
+            ("GET", f"/v1/predictions/{rid}/events"),
+            ("GET", f"/v1/predictions/{rid}/results"),
+            ("GET", f"/v1/predictions/{rid}/results/{ids[1]}"),
+            ("POST", f"/v1/predictions/{rid}/results/{ids[1]}/accept"),
+            ("POST", f"/v1/predictions/{rid}/results/{ids[1]}/reject"),
+            ("GET", f"/v1/datasets/{ds}/predictions"),
+            ("GET", f"/v1/datasets/{ds}/evaluations"),
+            ("GET", f"/v1/evaluations/{ev['evaluation_id']}"),
+        ):
+            assert_error(b.request(method, path), 404)
+        assert_error(
+            b.post(f"/v1/datasets/{ds}/predictions", json={"references": [{"image_id": ids[0]}]}),
+            404,
+        )
+        assert_error(
+            b.post(
+                "/v1/evaluations", json={"dataset_id": ds, "references": [{"image_id": ids[0]}]}
+            ),
+            404,
+        )
+        assert_error(a.delete(f"/v1/predictions/{rid}"), 409)  # already ended

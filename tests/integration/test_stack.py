@@ -601,20 +601,22 @@ def _replica_pids(name: str) -> list[int]:
     return pids
 
 
-def _three_classes(mask: np.ndarray) -> np.ndarray:
-    """A label map of three classes: the demo objects, a top band and a bottom band."""
-    labels = mask.astype(np.uint8)
-    labels[:16][labels[:16] == 0] = 2
-    labels[-16:][labels[-16:] == 0] = 3
-    return labels
+def _three_class_scenes(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Miniworld source scenes with their first three classes (blob, polygon, ring)."""
+    from vplab.miniworld import render
+
+    scenes = [render("source", 0, i, size=128) for i in range(n)]
+    return [(s.image, np.where(s.label_map <= 3, s.label_map, 0).astype(np.uint8)) for s in scenes]
 
 
 def test_prediction_run_survives_a_replica_kill_then_review_train_and_rerun(stack):
     c = _client(stack, "acme")
-    ds = c.create_dataset("acme-3", classes=[{"name": "cell"}, {"name": "top"}, {"name": "bottom"}])
-    samples = load_demo_samples(14, 128, seed=31)
-    ids = [c.upload_image(ds["id"], encode_png(img)) for img, _ in samples]
-    labels = {i: _three_classes(m) for i, (_, m) in zip(ids, samples)}
+    ds = c.create_dataset(
+        "acme-3", classes=[{"name": "blob"}, {"name": "polygon"}, {"name": "ring"}]
+    )
+    scenes = _three_class_scenes(14)
+    ids = [c.upload_image(ds["id"], encode_png(img)) for img, _ in scenes]
+    labels = {i: label for i, (_, label) in zip(ids, scenes)}
     for image_id in ids[:2]:
         c.put_label(ds["id"], image_id, labels[image_id])
     run = c.start_prediction(ds["id"], references=ids[:2])
