@@ -39,6 +39,7 @@ def test_every_benchmark_is_registered_with_quick():
         "load",
         "decoder-batch",
         "quality",
+        "uncertainty",
     ]
     parser = build_parser()
     for name in benchmarks():
@@ -143,3 +144,36 @@ def test_quality_quick_produces_its_json(capsys):
     ):
         assert key in doc, key
     assert any(line.startswith("Table 3 analog") for line in lines)
+
+
+def test_uncertainty_quick_ranks_then_compares_strategies(capsys):
+    """``vplab bench uncertainty --quick``: round 0, three correction strategies, round 1."""
+    lines, doc = _run(capsys, "uncertainty", "--quick")
+    assert doc["benchmark"] == "uncertainty" and doc["config"]["quick"] is True
+    for key in ("round0_miou", "uncertainty_miou", "random_miou", "oracle_miou"):
+        assert 0.0 <= doc[key] <= 1.0, (key, doc[key])
+    lo, hi = doc["uncertainty_minus_random_ci"]
+    assert lo <= doc["uncertainty_minus_random"] <= hi
+    assert any("top-2 uncertain" in line for line in lines)
+
+
+def test_uncertainty_ranks_low_confidence_and_disagreement_first():
+    from types import SimpleNamespace
+
+    import torch
+
+    from vplab.matching.uncertainty import uncertainty
+
+    def result(label_map, score):
+        pred = SimpleNamespace(scores=torch.tensor([score]))
+        return SimpleNamespace(classes={1: pred}, label_map=torch.tensor(label_map))
+
+    a = [[1, 1], [0, 0]]
+    sure = uncertainty(result(a, 0.9), result(a, 0.9), [1])
+    assert (sure.score, sure.disagreement) == (pytest.approx(0.9), 0.0)
+    unsure = uncertainty(result(a, 0.3), result(a, 0.3), [1])
+    split = uncertainty(result(a, 0.9), result([[1, 0], [0, 0]], 0.9), [1])
+    assert split.disagreement == pytest.approx(0.5)
+    assert sure.value < split.value and sure.value < unsure.value
+    nothing = uncertainty(result([[0, 0], [0, 0]], 0.0), result([[0, 0], [0, 0]], 0.0), [1])
+    assert nothing.disagreement == 0.0 and nothing.value == pytest.approx(0.5)

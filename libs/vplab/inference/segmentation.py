@@ -24,6 +24,7 @@ from vplab.inference.features import FeatureEngine
 from vplab.inference.runtime import adapter_encoder_id
 from vplab.masks import decode_rle, encode_rle, read_label_png
 from vplab.matching import VisualPromptConfig, VisualPrompter
+from vplab.matching.uncertainty import class_score, uncertainty
 from vplab.peft import get_method
 from vplab.peft.adapter_io import adapter_output
 from vplab.peft.ptsam import ptsam_decode
@@ -330,10 +331,9 @@ class SegmentationEngine:
         """One target of a prediction run (``vplab.predictions.PredictionRun``): per-class
         masks of the per-pixel argmax, their scores and points, and the target's uncertainty.
 
-        Uncertainty (higher = correct this one first) mixes the two signals visual
-        prompting has without labels: the matcher's own confidence (1 - mean class score)
-        and the disagreement of a cheap variant, the other matcher (soft vs prototype) on the
-        same embeddings: 1 - mean per-class IoU of the two label maps.
+        The uncertainty (higher = correct this one first) is
+        ``vplab.matching.uncertainty``'s: the matcher's confidence and the disagreement of
+        the other matcher on the same embeddings.
         """
         if model is not None and model.prompt_free:
             raise InvalidInput(f"model {model.model_id} ({model.method}) is prompt-free")
@@ -347,11 +347,9 @@ class SegmentationEngine:
         result = main.predict(target_embedding=embedding, target_features=features)
         variant = other.predict(target_embedding=embedding, target_features=features)
         H, W = (int(v) for v in embedding.original_size)
-        classes, scores, agreement = {}, [], []
+        classes = {}
         for class_id in run.classes:
             pred = result.classes.get(class_id)
-            mask = result.label_map == class_id
-            score = float(pred.scores.max()) if pred is not None and len(pred.scores) else 0.0
             points = []
             if pred is not None:
                 points = _unique(
@@ -364,23 +362,18 @@ class SegmentationEngine:
                     ]
                 )
             classes[str(class_id)] = {
-                "mask": encode_rle(_column_major(mask)),
-                "score": score,
+                "mask": encode_rle(_column_major(result.label_map == class_id)),
+                "score": class_score(result, class_id),
                 "points": [list(p) for p in points],
             }
-            scores.append(min(max(score, 0.0), 1.0))
-            other_mask = variant.label_map == class_id
-            union = int((mask | other_mask).sum())
-            agreement.append(int((mask & other_mask).sum()) / union if union else 1.0)
-        score = float(np.mean(scores)) if scores else 0.0
-        disagreement = 1.0 - float(np.mean(agreement)) if agreement else 0.0
+        u = uncertainty(result, variant, run.classes)
         return {
             "height": H,
             "width": W,
             "classes": classes,
-            "score": score,
-            "disagreement": disagreement,
-            "uncertainty": 0.5 * (1.0 - score) + 0.5 * disagreement,
+            "score": u.score,
+            "disagreement": u.disagreement,
+            "uncertainty": u.value,
         }
 
     def _run_prompter(
