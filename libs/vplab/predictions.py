@@ -239,6 +239,11 @@ def evaluations(store: ArtifactStore) -> JobStore[Evaluation]:
     return JobStore(store, Evaluation, keys.EVALUATIONS, "e-", "evaluation")
 
 
+def run_store(store: ArtifactStore, folder: str) -> JobStore:
+    """The records of prediction runs (``keys.PREDICTIONS``) or evaluations."""
+    return evaluations(store) if folder == keys.EVALUATIONS else prediction_runs(store)
+
+
 def model_training_images(store: ArtifactStore, tenant: str, model_id: str) -> list[str]:
     """The images a tuned model was trained on (from the job that made it; [] if unknown)."""
     from vplab.jobs import Job

@@ -21,6 +21,7 @@ from vplab.predictions import (
     evaluations,
     prediction_runs,
     run_prediction,
+    run_store,
     submit_evaluation,
     submit_prediction,
 )
@@ -36,7 +37,7 @@ def _run_job_task(settings, tenant: str, job_id: str) -> str:
     return run_job(settings, tenant, job_id)
 
 
-def _run_prediction_task(settings, tenant: str, run_id: str) -> str:
+def _run_prediction_task(settings, tenant: str, run_id: str, folder: str) -> str:
     """A run's worker: it only coordinates; each target is a call to the segmentation app,
     which Serve spreads over its replicas (a replica that dies fails only its calls)."""
     from vplab.datasets import DatasetStore
@@ -56,8 +57,7 @@ def _run_prediction_task(settings, tenant: str, run_id: str) -> str:
         run_id,
         predict,
         concurrency=settings.prediction_concurrency,
-        # An evaluation is a run in its own folder, scored when it ends.
-        runs=evaluations(store) if run_id.startswith("e-") else prediction_runs(store),
+        runs=run_store(store, folder),  # an evaluation: a run in its folder, scored at the end
     )
 
 
@@ -88,14 +88,17 @@ class TrainingDeployment:
         self._running: dict[str, ray.ObjectRef] = {}
         for tenant, job_id in self.jobs.active():  # left unfinished by a previous replica
             self._launch(tenant, job_id)
-        for tenant, run_id in self.runs.active() + self.evaluations.active():
-            self._launch_run(tenant, run_id)
+        for runs in (self.runs, self.evaluations):
+            for tenant, run_id in runs.active():
+                self._launch_run(tenant, run_id, runs.folder)
 
     def _launch(self, tenant: str, job_id: str) -> None:
         self._running[job_id] = self._task.remote(self.replica.settings, tenant, job_id)
 
-    def _launch_run(self, tenant: str, run_id: str) -> None:
-        self._running[run_id] = self._prediction_task.remote(self.replica.settings, tenant, run_id)
+    def _launch_run(self, tenant: str, run_id: str, folder: str) -> None:
+        self._running[run_id] = self._prediction_task.remote(
+            self.replica.settings, tenant, run_id, folder
+        )
 
     async def StartTraining(
         self, request: pb.StartTrainingRequest, grpc_context
@@ -184,7 +187,7 @@ class TrainingDeployment:
                 matcher=request.matcher,
                 seed=request.seed,
             )
-            self._launch_run(tenant, run.run_id)
+            self._launch_run(tenant, run.run_id, self.runs.folder)
             self.job_states.inc(tags={"state": "QUEUED"})
             return ppb.StartPredictionResponse(run=convert.run_to_pb(run))
 
@@ -266,7 +269,7 @@ class TrainingDeployment:
                 matcher=request.matcher,
                 seed=request.seed,
             )
-            self._launch_run(tenant, evaluation.run_id)
+            self._launch_run(tenant, evaluation.run_id, self.evaluations.folder)
             self.job_states.inc(tags={"state": "QUEUED"})
             return ppb.EvaluationResponse(evaluation=convert.evaluation_to_pb(evaluation))
 

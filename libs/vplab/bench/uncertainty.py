@@ -12,9 +12,10 @@ The loop on one miniworld target domain, per seed (sam_mini / dinov2_mini):
 3. round 1: E-PEFT tuned on the initial labels plus the corrections; visual-prompting mIoU
    on a disjoint test set, the same for every strategy.
 
-Figures: mean round-1 test mIoU per strategy, the uncertainty-minus-random difference
-with a bootstrap interval over seeds x test images, and the Spearman correlation between
-uncertainty and round-0 error on the pool (does the ranking see the errors at all).
+Figures: mean round-1 test mIoU per strategy (and, as diagnostics, each of the two terms
+of the uncertainty ranking alone), the uncertainty-minus-random difference with a
+bootstrap interval over seeds x test images, and the Spearman correlation of each ranking
+with the round-0 error on the pool (does it see the errors at all).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @torch.no_grad()
-def _rank_pool(model, dino, ref, pool) -> tuple[np.ndarray, np.ndarray]:
-    """(uncertainty, round-0 IoU) per pool image, with the service's formula."""
+def _rank_pool(model, dino, ref, pool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(uncertainty, 1 - score, disagreement, round-0 IoU) per pool image, with the
+    service's formula and its two terms."""
     from vplab.masks import iou
     from vplab.matching import VisualPromptConfig, VisualPrompter
     from vplab.matching.uncertainty import uncertainty
@@ -58,15 +60,18 @@ def _rank_pool(model, dino, ref, pool) -> tuple[np.ndarray, np.ndarray]:
     proto = VisualPrompter(segmenter, dino, VisualPromptConfig(matcher="prototype"))
     for prompter in (soft, proto):
         prompter.set_references([(ref.image, ref.label)])
-    values, ious = [], []
+    values, low_score, disagreement, ious = [], [], [], []
     for s in pool:
         features = soft.extract_features([s.image])[0]
         embedding = segmenter.embed(s.image)
         main = soft.predict(target_embedding=embedding, target_features=features)
         variant = proto.predict(target_embedding=embedding, target_features=features)
-        values.append(uncertainty(main, variant, [1]).value)
+        u = uncertainty(main, variant, [1])
+        values.append(u.value)
+        low_score.append(1.0 - u.score)
+        disagreement.append(u.disagreement)
         ious.append(iou(main.masks[1].numpy(), s.label))
-    return np.array(values), np.array(ious)
+    return np.array(values), np.array(low_score), np.array(disagreement), np.array(ious)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,8 +92,11 @@ def run(args: argparse.Namespace) -> BenchResult:
     dino = build_dinov2("dinov2_mini")
     test = test_indices(args.test_images)
     k = args.corrections
-    per_strategy: dict[str, list[np.ndarray]] = {"uncertainty": [], "random": [], "oracle": []}
-    round0, correlations = [], []
+    per_strategy: dict[str, list[np.ndarray]] = {
+        name: [] for name in ("uncertainty", "random", "oracle", "low_score", "disagreement")
+    }
+    round0: list[np.ndarray] = []
+    correlations: dict[str, list[float]] = {"uncertainty": [], "low_score": [], "disagreement": []}
     for seed in range(args.seeds):
         order = shot_lists(args.domain, seed, args.initial + args.pool)
         initial = samples(args.domain, order[: args.initial])
@@ -97,12 +105,20 @@ def run(args: argparse.Namespace) -> BenchResult:
         model0 = tune_decoder(
             base_model()[0], "epeft", args.domain, None, seed, args.steps, labelled=initial
         )
-        values, ious = _rank_pool(model0, dino, ref, pool)
-        correlations.append(_spearman(values, 1.0 - ious))
+        values, low_score, disagreement, ious = _rank_pool(model0, dino, ref, pool)
+        for name, ranked in (
+            ("uncertainty", values),
+            ("low_score", low_score),
+            ("disagreement", disagreement),
+        ):
+            correlations[name].append(_spearman(ranked, 1.0 - ious))
         round0.append(pipeline_ious(model0, dino, args.domain, ref, test))
         rng = np.random.default_rng([seed, 104729])
         picks = {
             "uncertainty": [list(np.argsort(-values, kind="stable")[:k])],
+            # Each term alone (diagnostics: which one carries the signal).
+            "low_score": [list(np.argsort(-low_score, kind="stable")[:k])],
+            "disagreement": [list(np.argsort(-disagreement, kind="stable")[:k])],
             "oracle": [list(np.argsort(ious, kind="stable")[:k])],
             "random": [
                 list(rng.choice(len(pool), k, replace=False)) for _ in range(args.random_draws)
@@ -131,10 +147,15 @@ def run(args: argparse.Namespace) -> BenchResult:
         "uncertainty_miou": float(unc.mean()),
         "random_miou": float(rnd.mean()),
         "oracle_miou": float(np.concatenate(per_strategy["oracle"]).mean()),
+        "low_score_miou": float(np.concatenate(per_strategy["low_score"]).mean()),
+        "disagreement_miou": float(np.concatenate(per_strategy["disagreement"]).mean()),
         "uncertainty_minus_random": float(diff.mean()),
         "uncertainty_minus_random_ci": [float(lo), float(hi)],
         "uncertainty_minus_random_ci_low": float(lo),
-        "spearman_uncertainty_vs_error": float(np.nanmean(correlations)),
+        **{
+            f"spearman_{name}_vs_error": float(np.nanmean(values_))
+            for name, values_ in correlations.items()
+        },
         "elapsed_s": time.perf_counter() - t0,
     }
     summary = [
@@ -144,9 +165,11 @@ def run(args: argparse.Namespace) -> BenchResult:
         f"round 1, top-{k} uncertain      test mIoU {figures['uncertainty_miou']:.3f}",
         f"round 1, {k} random (x{args.random_draws})     test mIoU {figures['random_miou']:.3f}",
         f"round 1, {k} worst (oracle)     test mIoU {figures['oracle_miou']:.3f}",
+        f"round 1, top-{k} by 1 - score   test mIoU {figures['low_score_miou']:.3f}",
+        f"round 1, top-{k} disagreement   test mIoU {figures['disagreement_miou']:.3f}",
         f"uncertain - random: {diff.mean():+.3f} (95 % bootstrap [{lo:+.3f}, {hi:+.3f}])",
-        f"Spearman(uncertainty, round-0 error) on the pool: "
-        f"{figures['spearman_uncertainty_vs_error']:+.2f}",
+        "Spearman with the round-0 error on the pool: "
+        + ", ".join(f"{name} {figures[f'spearman_{name}_vs_error']:+.2f}" for name in correlations),
     ]
     return BenchResult(
         NAME,
