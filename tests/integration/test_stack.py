@@ -752,3 +752,31 @@ def test_prediction_run_survives_a_replica_kill_then_review_train_and_rerun(stac
         timeout=30,
     )
     assert mine.run.done == 12 and not c.accept_prediction(rid, img).get("error")
+
+
+def test_a_prediction_runs_worker_killed_mid_run_resumes_where_it_stopped(stack):
+    c = _client(stack, "globex")
+    ds = c.create_dataset("globex-run")["id"]
+    scenes = _three_class_scenes(10)
+    ids = [c.upload_image(ds, encode_png(img)) for img, _ in scenes]
+    c.put_label(ds, ids[0], (scenes[0][1] > 0).astype(np.uint8))
+    run = c.start_prediction(ds, references=ids[:1])
+    tenant = stack.tenants["globex"].id
+    key = keys.job_state(tenant, run["run_id"], keys.PREDICTIONS)
+    deadline = time.monotonic() + 240
+    state = stack.store.get_json(key)
+    while state["done"] < 1:
+        assert time.monotonic() < deadline and state["state"] in ("QUEUED", "RUNNING"), state
+        time.sleep(0.05)
+        state = stack.store.get_json(key)
+    os.kill(state["worker_pid"], signal.SIGKILL)  # the run's Ray task, not a replica
+    done_at_kill = state["done"]
+    events: list[dict] = []
+    done = c.wait_for_prediction(run["run_id"], on_event=events.append, timeout=300)
+    assert done_at_kill < 9, "the run ended before the kill: it proves nothing"
+    assert done["state"] == "SUCCEEDED" and done["attempts"] >= 2, done
+    assert done["done"] == done["total"] == 9 and done["errors"] == []
+    targets = [e["image_id"] for e in events if e["phase"] == "target"]
+    assert sorted(targets) == sorted(ids[1:])  # each target once across both attempts
+    starts = [e["message"] for e in events if e["phase"] == "start"]
+    assert starts[:2] == ["attempt 1", "attempt 2"]
