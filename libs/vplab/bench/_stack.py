@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import time
@@ -20,7 +21,22 @@ PEPPER = "vplab-bench-pepper"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port below the kernel's ephemeral range. A port from bind(0) is ephemeral,
+    and Ray's sockets and Serve's replicas draw from that range while the stack starts:
+    one took the gRPC port before Serve's proxy bound it (a CI run, 2026-12-01)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(200) if low > 20001 else ():
+        port = random.randrange(20000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no /proc, or nothing free below the range
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
