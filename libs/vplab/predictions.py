@@ -388,15 +388,15 @@ def run_prediction(
             inflight: dict[Future, str] = {}
             last_check, cap = 0.0, max(1, concurrency)
             while pending or inflight:
+                ready = [t for t in pending if retry_at.get(t, 0.0) <= time.monotonic()]
                 # Before each new target (and every 0.5 s while waiting): one HEAD.
-                if (pending and len(inflight) < cap) or time.monotonic() - last_check > 0.5:
+                if (ready and len(inflight) < cap) or time.monotonic() - last_check > 0.5:
                     last_check = time.monotonic()
                     if runs.cancel_requested(tenant, run_id):
                         for f in inflight:
                             f.cancel()
                         run.state = CANCELLED
                         break
-                ready = [t for t in pending if retry_at.get(t, 0.0) <= time.monotonic()]
                 while ready and len(inflight) < cap:
                     image_id = ready.pop(0)
                     pending.remove(image_id)
