@@ -283,8 +283,13 @@ def _optional(message: Any, name: str) -> float | None:
     return wire_float(getattr(message, name)) if message.HasField(name) else None
 
 
+_OPTIONAL_EVENT_FLOATS = ("loss", "val_iou", "eta_s")
+
+
 def event_to_pb(e: dict[str, Any]) -> training_pb2.JobEvent:
-    """A worker's event record (``vplab.jobs``) -> JobEvent; absent numbers are 0."""
+    """A worker's event record (``vplab.jobs``) -> JobEvent. Loss, validation IoU and ETA
+    stay unset when the event has none; other absent numbers are 0."""
+    optional = {k: e[k] for k in _OPTIONAL_EVENT_FLOATS if e.get(k) is not None}
     return training_pb2.JobEvent(
         seq=e["seq"],
         job_id=e["job_id"],
@@ -292,13 +297,11 @@ def event_to_pb(e: dict[str, Any]) -> training_pb2.JobEvent:
         phase=e.get("phase", ""),
         step=e.get("step", 0),
         total_steps=e.get("total_steps", 0),
-        loss=e.get("loss") or 0.0,
-        val_iou=e.get("val_iou") or 0.0,
         best_val_iou=e.get("best_val_iou") or 0.0,
-        eta_s=e.get("eta_s") or 0.0,
         message=e.get("message", ""),
         model_id=e.get("model_id", ""),
         time=e.get("time", ""),
+        **optional,
     )
 
 
@@ -310,10 +313,10 @@ def event_from_pb(e: training_pb2.JobEvent) -> dict[str, Any]:
         "phase": e.phase,
         "step": e.step,
         "total_steps": e.total_steps,
-        "loss": wire_float(e.loss),
-        "val_iou": wire_float(e.val_iou),
+        "loss": wire_float(e.loss) if e.HasField("loss") else None,
+        "val_iou": wire_float(e.val_iou) if e.HasField("val_iou") else None,
         "best_val_iou": wire_float(e.best_val_iou),
-        "eta_s": wire_float(e.eta_s),
+        "eta_s": wire_float(e.eta_s) if e.HasField("eta_s") else None,
         "message": e.message,
         "model_id": e.model_id,
         "time": e.time,
