@@ -295,6 +295,24 @@ class JobList(BaseModel):
     jobs: list[JobOut]
 
 
+class MethodOut(BaseModel):
+    name: str
+    description: str = Field(description="One line: what trains")
+    encoder_mode: str
+    prompt_free: bool
+    mergeable: bool = Field(description="Exportable as a merged plain-SAM checkpoint")
+    default_steps: int
+    base: str = Field(description="The deployed base model the count is for")
+    trainable_parameters: int | None = Field(
+        description="On `base`; null when the method's defaults do not fit it (see `unavailable`)"
+    )
+    unavailable: str
+
+
+class MethodList(BaseModel):
+    methods: list[MethodOut]
+
+
 # --- models ------------------------------------------------------------------------------
 
 

@@ -26,6 +26,11 @@ DEMO_SAM = "sam_mini"  # the embedded defaults (docs/MINIWORLD.md)
 DEMO_DINO = "dinov2_mini"
 
 
+def deployed_sam_name(settings: Settings) -> str:
+    """The architecture the services run (and tune): the embedded one under ``demo``."""
+    return DEMO_SAM if settings.demo else settings.sam_model
+
+
 @dataclass
 class ModelRuntime:
     settings: Settings
