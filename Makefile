@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run demo test test-fast lint format typecheck proto clean
+.PHONY: setup run demo test test-fast lint format typecheck browser proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,22 @@ demo: setup
 	$(VENV)/bin/vplab visual-prompt --demo --ref .vplab/demo/images/img_000.png --ref-mask .vplab/demo/masks/img_000.png --targets .vplab/demo/images --out .vplab/demo/pred
 
 # The whole test suite, as CI runs it: lint and type checks first, then pytest.
-test: lint typecheck
-	$(PY) -m pytest
+test: lint typecheck browser
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+
+# The web app's tests drive Debian's chromium through Playwright (never `playwright install`:
+# it downloads). Installed with apt when missing and we are root (CI); otherwise say how.
+CHROMIUM ?= /usr/lib/chromium/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; \
+	  else \
+	    echo "The browser tests need Debian's chromium at $(CHROMIUM): run"; \
+	    echo "  sudo apt-get install --no-install-recommends chromium"; \
+	    echo "(or set CHROMIUM=/path/to/chromium)."; exit 1; \
+	  fi; }
 
 # ruff: lint and formatting (check only; `make format` rewrites).
 lint: setup

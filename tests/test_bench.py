@@ -40,6 +40,7 @@ def test_every_benchmark_is_registered_with_quick():
         "decoder-batch",
         "quality",
         "uncertainty",
+        "ui",
     ]
     parser = build_parser()
     for name in benchmarks():
@@ -115,6 +116,22 @@ def test_interactive_quick_through_the_real_stack(capsys):
         doc["rest_p50_ms"] / doc["inproc_p50_ms"], rel=1e-3
     )
     assert any(line.startswith("target rest_over_inproc") for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ui_quick_through_the_real_stack_in_chromium(capsys):
+    lines, doc = _run(capsys, "ui", "--quick")
+    assert doc["ui_click_p50_ms"] > 0 and doc["rest_p50_ms"] > 0
+    assert doc["ui_overhead_p50_ms"] == pytest.approx(
+        doc["ui_click_p50_ms"] - doc["rest_p50_ms"], abs=1e-6
+    )
+    # Lazy thumbnails: opening the grid fetches only what is in view, scrolling the rest.
+    assert 0 < doc["grid_thumbs_fetched_on_open"] < doc["grid_images"]
+    assert (
+        doc["grid_thumbs_fetched_after_scrolling_to_the_end"] > doc["grid_thumbs_fetched_on_open"]
+    )
+    assert any(line.startswith("target ui_overhead_p50_ms") for line in lines)
 
 
 @pytest.mark.slow

@@ -178,6 +178,28 @@ def ensure_demo_key(settings: Settings, tenant_name: str = "demo") -> tuple[str,
     return tenant.id, key
 
 
+DEMO_DATASET = "miniworld polyps (demo)"
+
+
+def ensure_demo_dataset(settings: Settings, tenant: str, n: int = 12) -> str:
+    """The demo tenant's dataset of miniworld images (created once), so that a new user has
+    something to prompt on in the web app at once; returns its id."""
+    from vplab.datasets import DatasetStore
+    from vplab.demo import DEMO_DOMAIN, miniworld_sample
+    from vplab.images import encode_png
+    from vplab.storage import open_store
+
+    datasets = DatasetStore(open_store(settings), settings)
+    for d in datasets.list_datasets(tenant):
+        if d.name == DEMO_DATASET:
+            return d.id
+    d = datasets.create_dataset(tenant, DEMO_DATASET, classes=[{"name": "polyp"}])
+    for i in range(n):
+        image, _ = miniworld_sample(DEMO_DOMAIN, 0, i)
+        datasets.add_image(tenant, d.id, encode_png(image), f"polyp_{i:03d}.png")
+    return d.id
+
+
 def _state_file(settings: Settings) -> Path:
     return Path(settings.data_dir).parent / "stack.json"
 
@@ -337,9 +359,12 @@ def run_stack(settings: Settings, grpc_port: int, gateway_port: int, http_port: 
         )
         wait_healthy(f"http://127.0.0.1:{gateway_port}/healthz", process=gateway)
         tenant, key = ensure_demo_key(settings)
+        if settings.demo:
+            ensure_demo_dataset(settings, tenant)
         info.update(status="up", tenant=tenant)
         _write_state(settings, info)
         print(f"VP Lab is up (demo models: {settings.demo}).", flush=True)
+        print(f"  Web app      : {info['rest']}/   (open it, paste the API key below)", flush=True)
         print(f"  REST gateway : {info['rest']}   (OpenAPI: {info['rest']}/docs)", flush=True)
         print(
             f"  gRPC (Serve) : {info['grpc']}   (metadata: application=features|segmentation|training)",

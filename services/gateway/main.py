@@ -8,6 +8,7 @@ resource (``routers/``). Routes get everything through ``deps``.
 - Datasets, images, labels and tuned models are handled on the object store directly;
   segmentation, visual prompting and training are gRPC calls to the Serve apps, which
   authenticate the forwarded credentials again.
+- The web app (static ES modules, ``ui/``) at ``/ui/``; ``/`` redirects there.
 - Errors are JSON ``{"error": {"code", "message"}}``; metrics at ``/metrics``, health at
   ``/healthz``, the OpenAPI document at ``/openapi.json``.
 """
@@ -26,11 +27,13 @@ from services.gateway.routers import (
     datasets,
     evaluations,
     labels,
+    methods,
     models,
     ops,
     predictions,
     segmentation,
     trainings,
+    ui,
 )
 from services.gateway.upstream import ChannelSource, Timeouts, upstream_lifespan
 from vplab.datasets import DatasetStore
@@ -54,7 +57,16 @@ TAGS = [
     {"name": "models", "description": "Tuned models: list, export, delete"},
     {"name": "ops", "description": "Health, metrics"},
 ]
-V1_ROUTERS = (datasets, labels, segmentation, predictions, evaluations, trainings, models)
+V1_ROUTERS = (
+    datasets,
+    labels,
+    segmentation,
+    predictions,
+    evaluations,
+    trainings,
+    methods,
+    models,
+)
 
 
 def create_app(
@@ -102,6 +114,7 @@ def create_app(
     )
     for module in (*V1_ROUTERS, ops):
         app.include_router(module.router)
+    ui.install(app)  # the web app at /ui/ (and / -> /ui/)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 

@@ -1,0 +1,48 @@
+// Tuned models: list, export the adapter (zip), delete.
+import { useEffect, useState } from "../../vendor/hooks.module.js";
+import { api } from "../api.js";
+import { guarded } from "../errors.js";
+import { html } from "../html.js";
+
+/** Save a Blob as a download (an object URL on a temporary link). */
+export function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+export function ModelsView() {
+  const [models, setModels] = useState(null);
+  const reload = guarded(async () => setModels((await api.models()).models));
+  useEffect(() => void reload(), []);
+  const exportModel = guarded(async (id) => download(await api.exportModel(id), `${id}.zip`));
+  const remove = guarded(async (id) => {
+    if (!confirm(`Delete model ${id}?`)) return;
+    await api.deleteModel(id);
+    await reload();
+  });
+  return html`<section class="models">
+    <h2>Tuned models</h2>
+    <table data-testid="model-list">
+      <thead><tr><th>model</th><th>method</th><th>trainable</th><th>base</th><th></th></tr></thead>
+      <tbody>
+        ${models === null && html`<tr><td colspan="5" class="muted">Loading…</td></tr>`}
+        ${models?.length === 0 && html`<tr><td colspan="5" class="muted">No model yet: train one from a dataset's Train tab.</td></tr>`}
+        ${models?.map(
+          (m) => html`<tr key=${m.model_id} class="model-row" data-model-id=${m.model_id}>
+            <td><code>${m.model_id}</code></td><td>${m.config.method}</td>
+            <td>${m.config.trainable_params?.toLocaleString("en") ?? ""}</td>
+            <td>${m.config.base?.name ?? ""}</td>
+            <td><button data-testid="export-model" onClick=${() => exportModel(m.model_id)}>Export adapter</button>
+              <button class="link danger" onClick=${() => remove(m.model_id)}>delete</button></td>
+          </tr>`,
+        )}
+      </tbody>
+    </table>
+  </section>`;
+}
