@@ -398,7 +398,8 @@ def test_config_from_dict():
     from vplab.matching import VisualPromptConfig
 
     cfg = VisualPromptConfig.from_dict({"matcher": "prototype", "refine": True})
-    assert cfg.matcher == "prototype" and cfg.refine and cfg.mask_score_threshold == 0.42
+    # The mask threshold defaults to the SAM weights' calibrated one (None here).
+    assert cfg.matcher == "prototype" and cfg.refine and cfg.mask_score_threshold is None
     assert VisualPromptConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(InvalidInput, match="unknown"):
         VisualPromptConfig.from_dict({"temprature": 0.1})

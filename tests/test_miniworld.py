@@ -211,3 +211,41 @@ def test_eval_clicks_command_prints_its_json(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["domain"] == "source" and out["objects"] > 0 and 0 <= out["miou_1click"] <= 1
     assert main(["miniworld", "eval-clicks", "--n-images", "0"]) == 2
+
+
+def test_the_embedded_sam_carries_its_calibrated_mask_threshold_and_the_demo_finds_objects(
+    tmp_path,
+):
+    """The papers' 0.42 drops every mask of sam_mini (its IoU head predicts ~0.25): the
+    embedded weights carry their own threshold, however they are loaded, and an explicit
+    config value still wins. Without it the demo's visual prompting returned empty masks."""
+    import numpy as np
+
+    from vplab.demo import write_demo_dataset
+    from vplab.images import read_image
+    from vplab.inference.runtime import DEMO_SAM
+    from vplab.masks.png import read_binary_mask
+    from vplab.matching import VisualPromptConfig, VisualPrompter
+    from vplab.matching.config import PAPER_MASK_SCORE_THRESHOLD, mask_score_threshold
+    from vplab.models import build_dinov2, build_sam
+    from vplab.models.base import resolve_base_sam
+    from vplab.models.embedded import embedded_weights
+    from vplab.segmentation import PromptSegmenter
+
+    segmenter = PromptSegmenter(resolve_base_sam(DEMO_SAM).build())
+    assert segmenter.mask_score_threshold == embedded_weights(DEMO_SAM).mask_score_threshold
+    assert PromptSegmenter(build_sam(DEMO_SAM)).mask_score_threshold == 0.1
+    assert PromptSegmenter(build_sam(DEMO_SAM, random_init=True)).mask_score_threshold is None
+    assert mask_score_threshold(VisualPromptConfig(), segmenter) == 0.1
+    assert mask_score_threshold(VisualPromptConfig(mask_score_threshold=0.42), segmenter) == 0.42
+    official = PromptSegmenter(build_sam("sam_tiny"))
+    assert mask_score_threshold(VisualPromptConfig(), official) == PAPER_MASK_SCORE_THRESHOLD
+
+    write_demo_dataset(tmp_path, n=4, size=256, seed=0)
+    prompter = VisualPrompter(segmenter, build_dinov2("dinov2_mini"), VisualPromptConfig())
+    image = lambda i: read_image(tmp_path / "images" / f"img_{i:03d}.png")  # noqa: E731
+    mask = lambda i: read_binary_mask(tmp_path / "masks" / f"img_{i:03d}.png")  # noqa: E731
+    prompter.set_references([(image(0), mask(0))])
+    found = [bool((prompter.predict(image(i)).label_map.numpy() > 0).any()) for i in (1, 2, 3)]
+    assert all(found), found
+    assert np.mean(found) == 1.0

@@ -30,7 +30,9 @@ class VisualPromptConfig:
     # --- decoding (steps 3-4)
     refine: bool = False  # second pass with the mask's box + low-res logits as mask_input
     refine_multimask: bool = False  # ours: points + box + mask are unambiguous -> 1 mask
-    mask_score_threshold: float = 0.42
+    # None: the value calibrated for the SAM weights in use (``PromptSegmenter.
+    # mask_score_threshold``: the embedded sam_mini's), else the papers' 0.42.
+    mask_score_threshold: float | None = None
     nms_iom: float = 0.5
     # --- features
     # Letterbox side for DINOv2. None: the model's native size - 896 for the official models
@@ -75,3 +77,15 @@ class VisualPromptConfig:
         if unknown:
             raise InvalidInput(f"unknown visual-prompt settings: {unknown}")
         return cls(**data)
+
+
+PAPER_MASK_SCORE_THRESHOLD = 0.42  # METHODS section 2, for the official SAM
+
+
+def mask_score_threshold(config: VisualPromptConfig, segmenter: Any) -> float:
+    """The threshold a pipeline applies: the config's, else the one calibrated for the
+    segmenter's SAM weights, else the papers'."""
+    if config.mask_score_threshold is not None:
+        return config.mask_score_threshold
+    calibrated = getattr(segmenter, "mask_score_threshold", None)
+    return PAPER_MASK_SCORE_THRESHOLD if calibrated is None else float(calibrated)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vplab.errors import InvalidInput
-from vplab.matching.config import VisualPromptConfig
+from vplab.matching.config import VisualPromptConfig, mask_score_threshold
 from vplab.matching.decoding import ClassPrediction, decode_class
 from vplab.matching.geometry import LetterboxGrid
 from vplab.matching.maps import MatchMaps
@@ -219,7 +219,7 @@ class VisualPrompter:
                 ref.class_id,
                 refine=cfg.refine,
                 refine_multimask=cfg.refine_multimask,
-                score_threshold=cfg.mask_score_threshold,
+                score_threshold=mask_score_threshold(cfg, self.segmenter),
                 nms_threshold=cfg.nms_iom,
             )
         return VisualPromptResult(preds, label_map_from(list(preds.values()), hw))

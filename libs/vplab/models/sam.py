@@ -181,13 +181,12 @@ def build_sam(
     models (``sam_mini``), whose packaged weights are loaded and digest-checked unless
     ``random_init`` (pretraining, the random-init control).
     """
-    cfg = sam_config(name)
-    if checkpoint is None and not random_init:
-        from vplab.models.embedded import embedded_weights
+    from vplab.models.embedded import embedded_weights
 
-        packaged = embedded_weights(name)
-        if packaged is not None:
-            checkpoint, sha256 = packaged.path, packaged.sha256
+    cfg = sam_config(name)
+    packaged = embedded_weights(name)
+    if checkpoint is None and not random_init and packaged is not None:
+        checkpoint, sha256 = packaged.path, packaged.sha256
     if checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -206,4 +205,9 @@ def build_sam(
     leftover = [n for n, t in [*sam.named_parameters(), *sam.named_buffers()] if t.is_meta]
     if leftover:  # a segment_anything change added state we do not know how to fill
         raise RuntimeError(f"SAM {name}: tensors left uninitialised after loading: {leftover[:5]}")
+    # The embedded weights (however their path was given; their digest was checked when
+    # they were identified) carry their calibration, and it travels with the module, tuned
+    # copies included: PromptSegmenter.mask_score_threshold.
+    if packaged is not None and Path(path).resolve() == packaged.path.resolve():
+        sam.vplab_mask_score_threshold = packaged.mask_score_threshold  # type: ignore[assignment]
     return _match_decoder_layout(sam).eval()

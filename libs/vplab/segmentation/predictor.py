@@ -125,6 +125,12 @@ class PromptSegmenter:
         # compare against SamPredictor in fp32.
         self.amp = (self.device.type == "cuda") if amp is None else amp
 
+    @property
+    def mask_score_threshold(self) -> float | None:
+        """The visual-prompting mask-score threshold calibrated for these SAM weights
+        (``vplab.models.embedded``), or None when they carry none (the official SAM)."""
+        return getattr(self.sam, "vplab_mask_score_threshold", None)
+
     # --- encoder -----------------------------------------------------------------------
 
     @torch.no_grad()

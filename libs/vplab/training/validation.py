@@ -14,7 +14,7 @@ def served_mask(segmenter: Any, embedding: Any, points: Any) -> torch.Tensor:
     segmenter's served output, mask scores, threshold, NMS and union - on ``points``
     (``PointPrompts``, e.g. ``validation_prompts``). Without a matcher the similarity is
     1 everywhere, so a mask's score is its predicted IoU."""
-    from vplab.matching.config import VisualPromptConfig
+    from vplab.matching.config import VisualPromptConfig, mask_score_threshold
     from vplab.matching.decoding import decode_class
 
     vp = VisualPromptConfig()
@@ -26,6 +26,6 @@ def served_mask(segmenter: Any, embedding: Any, points: Any) -> torch.Tensor:
         torch.ones(h, w),
         1,
         refine=vp.refine,
-        score_threshold=vp.mask_score_threshold,
+        score_threshold=mask_score_threshold(vp, segmenter),
         nms_threshold=vp.nms_iom,
     ).mask
