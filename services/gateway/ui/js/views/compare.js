@@ -76,8 +76,9 @@ function BeforeAfter({ dataset, runs }) {
   const done = runs.filter((r) => r.state === "SUCCEEDED");
   useEffect(() => {
     if (done.length >= 2 && !a) {
+      // After: the newest run; before: the newest stock run older than it (else the next).
       setB(done[0].run_id);
-      setA((done.find((r) => !r.model_id) || done[1]).run_id);
+      setA((done.slice(1).find((r) => !r.model_id) || done[1]).run_id);
     }
   }, [runs.length]);
   useEffect(() => {
