@@ -1230,3 +1230,46 @@ def test_prediction_runs_results_and_review_over_rest(local_stack):
             404,
         )
         assert_error(a.delete(f"/v1/predictions/{rid}"), 409)  # already ended
+
+
+def test_a_weight_delta_model_exports_as_a_merged_plain_sam_checkpoint(tmp_path):
+    """?format=merged folds a LoRA model into a plain SAM state dict that computes what the
+    tuned model computes; an E-PEFT model (adapters, prompts) is refused with a 400."""
+    import torch
+
+    from vplab.inference.runtime import DEMO_SAM
+    from vplab.models import build_sam
+    from vplab.models.base import resolve_base_sam
+    from vplab.peft import make_config
+    from vplab.peft.core import apply_method
+    from vplab.tuned import save_tuned_model
+
+    with running_stack(LocalStore(tmp_path / "store"), tmp_path, demo=True) as st:
+        tenant = next(iter(st.keys))
+        base = resolve_base_sam(DEMO_SAM)
+        for model_id, method in (("m-lora00000000", "lora"), ("m-epeft0000000", "epeft")):
+            sam = base.build()
+            config = make_config(method)
+            apply_method(sam, method, config)
+            with torch.no_grad():  # LoRA's B starts at zero: move it so the merge matters
+                for p in sam.parameters():
+                    if p.requires_grad:
+                        p.add_(0.05 * torch.randn_like(p))
+            ref = {"name": base.name, "sha256": base.sha256}
+            save_tuned_model(st.store, tenant, model_id, sam, method, config, ref)
+            if method == "lora":
+                tuned_sam = sam.eval()
+        with client(st, tenant) as c:
+            r = c.get("/v1/models/m-lora00000000/export", params={"format": "merged"})
+            assert r.status_code == 200, r.text
+            assert "merged.pth" in r.headers["content-disposition"]
+            state = torch.load(io.BytesIO(r.content), weights_only=True)
+            plain = build_sam(DEMO_SAM, random_init=True)
+            plain.load_state_dict(state, strict=True)  # a plain SAM: no adapter keys
+            x = torch.randn(1, 3, 256, 256)
+            with torch.no_grad():
+                assert torch.allclose(plain.image_encoder(x), tuned_sam.image_encoder(x), atol=1e-4)
+            r = c.get("/v1/models/m-epeft0000000/export", params={"format": "merged"})
+            assert_error(r, 400, "invalid_argument")
+            assert "not a pure weight delta" in r.json()["error"]["message"]
+            assert c.get("/v1/models/m-epeft0000000/export").status_code == 200  # the adapter

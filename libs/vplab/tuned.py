@@ -9,11 +9,13 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vplab.errors import NotFound
+from vplab.errors import InvalidInput, NotFound
 from vplab.storage import ArtifactStore, keys
 
-if TYPE_CHECKING:  # the gateway lists and exports models without importing torch
+if TYPE_CHECKING:  # the gateway lists and exports adapters without importing torch
     from segment_anything.modeling import Sam
+
+    from vplab.settings import Settings
 
 ADAPTER_FILE, CONFIG_FILE = keys.ADAPTER_WEIGHTS_FILE, keys.ADAPTER_CONFIG_FILE
 
@@ -65,6 +67,31 @@ def export_archive(store: ArtifactStore, tenant: str, model_id: str) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr(ADAPTER_FILE, store.get_bytes(keys.model_adapter(tenant, model_id)))
         z.writestr(CONFIG_FILE, store.get_bytes(keys.model_config(tenant, model_id)))
+    return buf.getvalue()
+
+
+def export_merged_checkpoint(
+    store: ArtifactStore, settings: Settings, tenant: str, model_id: str
+) -> bytes:
+    """A plain ``segment_anything`` checkpoint (``torch.save`` of the state dict) with the
+    tuned update folded in, for weight-delta methods (``MethodSpec.mergeable``); anything
+    else is ``InvalidInput`` before a model is built. Builds the deployed base model."""
+    import torch
+
+    from vplab.inference.runtime import ModelRuntime
+    from vplab.peft.merge import merged_state_dict
+    from vplab.peft.registry import get_method
+
+    method = read_tuned_config(store, tenant, model_id).get("method", "")
+    if not get_method(method).mergeable:
+        raise InvalidInput(
+            f"model {model_id} ({method}) is not a pure weight delta: it cannot be merged into "
+            "a plain SAM checkpoint; export the adapter instead"
+        )
+    base = ModelRuntime(settings, store).base
+    sam, _ = load_tuned_model(store, tenant, model_id, base.build(store), base.sha256)
+    buf = io.BytesIO()
+    torch.save(merged_state_dict(sam, method), buf)
     return buf.getvalue()
 
 

@@ -670,9 +670,12 @@ class VPLabClient:
     def get_model(self, model_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/models/{model_id}")
 
-    def export_model(self, model_id: str, path: str | Path) -> Path:
-        """Download the adapter zip (adapter.safetensors + config.json) to ``path``."""
-        data = self._request("GET", f"/v1/models/{model_id}/export").content
+    def export_model(self, model_id: str, path: str | Path, merged: bool = False) -> Path:
+        """Download the adapter zip (adapter.safetensors + config.json) to ``path``, or with
+        ``merged`` a plain SAM checkpoint (.pth) with the update folded in (weight-delta
+        methods only: 400 otherwise)."""
+        params = {"format": "merged"} if merged else None
+        data = self._request("GET", f"/v1/models/{model_id}/export", params=params).content
         path = Path(path)
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)

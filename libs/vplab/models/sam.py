@@ -209,5 +209,5 @@ def build_sam(
     # they were identified) carry their calibration, and it travels with the module, tuned
     # copies included: PromptSegmenter.mask_score_threshold.
     if packaged is not None and Path(path).resolve() == packaged.path.resolve():
-        sam.vplab_mask_score_threshold = packaged.mask_score_threshold  # type: ignore[assignment]
+        sam.vplab_mask_score_threshold = packaged.mask_score_threshold
     return _match_decoder_layout(sam).eval()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
+from fastapi.concurrency import run_in_threadpool
 
 from services.gateway import schemas as S
-from services.gateway.deps import StoreDep, TenantId
+from services.gateway.deps import SettingsDep, StoreDep, TenantId
 from services.gateway.params import ERROR_RESPONSES, V1, ModelIdPath
 from vplab import tuned
 from vplab.errors import NotFound
@@ -35,11 +36,31 @@ def get_model(model_id: ModelIdPath, tenant: TenantId, store: StoreDep) -> Any:
 
 @router.get(
     "/models/{model_id}/export",
-    summary="Download the adapter (zip: adapter.safetensors + config.json)",
+    summary="Download the adapter (zip: adapter.safetensors + config.json) or, for weight-delta "
+    "methods, a merged plain-SAM checkpoint (`?format=merged`)",
     response_class=Response,
-    responses={200: {"content": {"application/zip": {}}}},
+    responses={200: {"content": {"application/zip": {}, "application/octet-stream": {}}}},
 )
-def export_model(model_id: ModelIdPath, tenant: TenantId, store: StoreDep) -> Response:
+async def export_model(
+    model_id: ModelIdPath,
+    tenant: TenantId,
+    store: StoreDep,
+    settings: SettingsDep,
+    format: Annotated[
+        Literal["adapter", "merged"],
+        Query(description="merged: 400 unless the model's method is a pure weight delta"),
+    ] = "adapter",
+) -> Response:
+    if format == "merged":
+        # Builds the base model and folds the update in (torch, off the event loop).
+        data = await run_in_threadpool(
+            tuned.export_merged_checkpoint, store, settings, tenant, model_id
+        )
+        return Response(
+            content=data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.pth"'},
+        )
     data = tuned.export_archive(store, tenant, model_id)
     return Response(
         content=data,

@@ -174,5 +174,6 @@ export const api = {
   cancelTraining: (jobId) => call("DELETE", `/v1/trainings/${jobId}`),
   models: () => getJson("/v1/models"),
   exportModel: (modelId) => getBlob(`/v1/models/${modelId}/export`),
+  exportMerged: (modelId) => getBlob(`/v1/models/${modelId}/export?format=merged`),
   deleteModel: (modelId) => call("DELETE", `/v1/models/${modelId}`),
 };

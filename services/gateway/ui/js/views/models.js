@@ -1,4 +1,5 @@
-// Tuned models: list, export the adapter (zip), delete.
+// Tuned models: list, export the adapter (zip) or, for weight-delta methods, a merged plain
+// SAM checkpoint, delete.
 import { useEffect, useState } from "../../vendor/hooks.module.js";
 import { api } from "../api.js";
 import { guarded } from "../errors.js";
@@ -18,9 +19,17 @@ export function download(blob, name) {
 
 export function ModelsView() {
   const [models, setModels] = useState(null);
+  const [mergeable, setMergeable] = useState(new Set());
   const reload = guarded(async () => setModels((await api.models()).models));
-  useEffect(() => void reload(), []);
+  useEffect(() => {
+    reload();
+    guarded(async () => {
+      const methods = (await api.methods()).methods;
+      setMergeable(new Set(methods.filter((m) => m.mergeable).map((m) => m.name)));
+    })();
+  }, []);
   const exportModel = guarded(async (id) => download(await api.exportModel(id), `${id}.zip`));
+  const exportMerged = guarded(async (id) => download(await api.exportMerged(id), `${id}-merged.pth`));
   const remove = guarded(async (id) => {
     if (!confirm(`Delete model ${id}?`)) return;
     await api.deleteModel(id);
@@ -39,6 +48,8 @@ export function ModelsView() {
             <td>${m.config.trainable_params?.toLocaleString("en") ?? ""}</td>
             <td>${m.config.base?.name ?? ""}</td>
             <td><button data-testid="export-model" onClick=${() => exportModel(m.model_id)}>Export adapter</button>
+              ${mergeable.has(m.config.method) &&
+              html` <button data-testid="export-merged" onClick=${() => exportMerged(m.model_id)}>Export merged checkpoint</button>`}
               <button class="link danger" onClick=${() => remove(m.model_id)}>delete</button></td>
           </tr>`,
         )}
