@@ -240,7 +240,7 @@ def contract_routes(app) -> list[tuple[str, str]]:
 def test_every_v1_route_requires_a_valid_key(local_stack):
     st = local_stack
     routes = contract_routes(st.app)
-    assert len(routes) == 37  # the whole REST contract
+    assert len(routes) == 39  # the whole REST contract
     bad = [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-key", "Bearer vpl_" + "A" * 43]
     with httpx.Client(base_url=st.url, timeout=30) as c:
         for method, path in routes:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     # Request limits (per request) - checked before any decoding.
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 64 * 1024 * 1024
+    max_import_bytes: int = 2 * 1024**3  # an uploaded archive (POST .../import)
     max_points_per_request: int = 64
     max_targets_per_call: int = 256
 

@@ -111,6 +111,7 @@ def create_app(
         MetricsAndLimitsMiddleware,
         metrics=app.state.metrics,
         max_body=settings.max_image_bytes + 1024 * 1024,
+        larger=((datasets.IMPORT_PATH, settings.max_import_bytes),),
     )
     for module in (*V1_ROUTERS, ops):
         app.include_router(module.router)

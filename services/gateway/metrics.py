@@ -7,6 +7,7 @@ byte is sent (streams included).
 
 from __future__ import annotations
 
+import re
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -52,8 +53,21 @@ class MetricsAndLimitsMiddleware:
     actually received (chunked uploads), so no route ever buffers more than the limit.
     """
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, max_body: int):
-        self.app, self.metrics, self.max_body = app, metrics, max_body
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: GatewayMetrics,
+        max_body: int,
+        larger: tuple[tuple[re.Pattern[str], int], ...] = (),
+    ):
+        """``larger``: (path pattern, cap) for the routes that take more (archive imports)."""
+        self.app, self.metrics, self.default_max_body, self.larger = app, metrics, max_body, larger
+
+    def max_body_for(self, path: str) -> int:
+        for pattern, cap in self.larger:
+            if pattern.fullmatch(path):
+                return cap
+        return self.default_max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,6 +76,7 @@ class MetricsAndLimitsMiddleware:
         started = time.perf_counter()
         status = [500]
         method = scope.get("method", "GET")
+        max_body = self.max_body_for(scope.get("path", ""))
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -70,11 +85,11 @@ class MetricsAndLimitsMiddleware:
 
         try:
             length = _content_length(scope)
-            if length is not None and length > self.max_body:
+            if length is not None and length > max_body:
                 from services.gateway.errors import error_json
 
                 response = error_json(
-                    413, f"request body is {length} bytes, over the limit of {self.max_body} bytes"
+                    413, f"request body is {length} bytes, over the limit of {max_body} bytes"
                 )
                 await response(scope, receive, send_wrapper)
                 return
@@ -84,10 +99,8 @@ class MetricsAndLimitsMiddleware:
                 message = await receive()
                 if message["type"] == "http.request":
                     received[0] += len(message.get("body", b""))
-                    if received[0] > self.max_body:
-                        raise PayloadTooLarge(
-                            f"request body is over the limit of {self.max_body} bytes"
-                        )
+                    if received[0] > max_body:
+                        raise PayloadTooLarge(f"request body is over the limit of {max_body} bytes")
                 return message
 
             await self.app(scope, limited_receive, send_wrapper)

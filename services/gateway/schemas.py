@@ -138,6 +138,21 @@ class ImageList(BaseModel):
     )
 
 
+class ImportErrorOut(BaseModel):
+    entry: str = Field(description="The archive member")
+    error: str
+
+
+class ImportReportOut(BaseModel):
+    layout: Literal["masks", "coco"]
+    images_added: int
+    images_present: int = Field(description="Already in the dataset (nothing added)")
+    labels_written: int
+    labels_unchanged: int = Field(description="Equal to the image's latest label: not written")
+    classes_added: list[str]
+    errors: list[ImportErrorOut] = Field(description="Per file; the rest was imported")
+
+
 class ImageUploaded(BaseModel):
     image_id: str = Field(description="sha256 of the image bytes (lowercase hex)")
 

@@ -1,4 +1,5 @@
-"""``vplab demo-data``: the demo dataset (miniworld images of one target domain)."""
+"""``vplab demo-data``: the demo dataset (miniworld images of one target domain);
+``vplab import``: an archive of images and labels into a dataset of the store."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_demo_data)
 
+    p = sub.add_parser(
+        "import",
+        help="import a zip or tar of images with masks/ PNGs or a COCO JSON into a dataset "
+        "(the store of the VPLAB_* settings)",
+    )
+    p.add_argument("archive", help="a .zip or .tar(.gz) file")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--dataset", required=True, help="dataset id")
+    p.set_defaults(func=run_import)
+
 
 def run_demo_data(args: argparse.Namespace) -> int:
     from vplab.demo import DEMO_DOMAIN, LEGACY_DOMAIN, write_demo_dataset
@@ -36,3 +47,19 @@ def run_demo_data(args: argparse.Namespace) -> int:
     names = write_demo_dataset(args.dir, n=args.n, size=args.size, seed=args.seed, domain=domain)
     print(f"wrote {len(names)} {domain} images to {args.dir}/images and masks to {args.dir}/masks")
     return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Prints the report (JSON); exit status 1 when some files could not be imported."""
+    import json
+
+    from vplab.dataio.importing import import_archive
+    from vplab.datasets import DatasetStore
+    from vplab.settings import get_settings
+    from vplab.storage import open_store
+
+    settings = get_settings()
+    datasets = DatasetStore(open_store(settings), settings)
+    report = import_archive(datasets, args.tenant, args.dataset, args.archive)
+    print(json.dumps(report.plain(), indent=1))
+    return 1 if report.errors else 0

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Response, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from services.gateway import schemas as S
 from services.gateway.deps import DatasetsDep, LimitsDep, TenantId
@@ -17,7 +21,10 @@ from services.gateway.params import (
     image_media_type,
     plain,
 )
+from vplab.dataio import export_dataset, parse_source
+from vplab.dataio.importing import import_archive
 from vplab.predictions import image_details, prediction_runs
+from vplab.storage.keys import ID_PATTERN
 
 router = APIRouter(prefix=V1, tags=["datasets"], responses=ERROR_RESPONSES)
 
@@ -131,3 +138,70 @@ def remove_image(
 def get_image(image_id: ImageIdPath, tenant: TenantId, datasets: DatasetsDep) -> Response:
     data = datasets.get_image_bytes(tenant, image_id)
     return Response(content=data, media_type=image_media_type(data))
+
+
+# --- import / export -------------------------------------------------------------------------
+
+IMPORT_PATH = re.compile(r"/v1/datasets/[^/]+/import")  # bodies up to max_import_bytes
+ARCHIVE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The archive's bytes: a zip or a tar (.tar, .tar.gz); any content type",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post(
+    "/datasets/{dataset_id}/import",
+    summary="Import a zip or tar of images with PNG masks (masks/) or a COCO JSON",
+    response_model=S.ImportReportOut,
+    openapi_extra=ARCHIVE_BODY,
+)
+async def import_dataset(
+    dataset_id: DatasetIdPath, request: Request, tenant: TenantId, datasets: DatasetsDep
+) -> Any:
+    await run_in_threadpool(datasets.get_dataset, tenant, dataset_id)  # 404 before the upload
+    with tempfile.TemporaryFile() as spool:  # bounded memory: the archive goes to disk
+        async for chunk in request.stream():
+            await run_in_threadpool(spool.write, chunk)
+        spool.flush()
+        spool.seek(0)
+        report = await run_in_threadpool(import_archive, datasets, tenant, dataset_id, spool)
+    return report.plain()
+
+
+def _chunks(f: IO[bytes], size: int = 1024 * 1024) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+@router.get(
+    "/datasets/{dataset_id}/export",
+    summary="Export images with labels (or a run's results) as COCO or PNG label maps (zip)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+async def export(
+    dataset_id: DatasetIdPath,
+    tenant: TenantId,
+    datasets: DatasetsDep,
+    format: Annotated[Literal["coco", "masks"], Query()] = "coco",
+    source: Annotated[
+        str,
+        Query(
+            pattern=r"^(labels|predictions:" + ID_PATTERN[1:-1] + r")$",
+            description="labels (each image's latest) or predictions:{run_id}",
+        ),
+    ] = "labels",
+) -> StreamingResponse:
+    archive = await run_in_threadpool(
+        export_dataset, datasets, tenant, dataset_id, format, parse_source(source)
+    )
+    name = f"{dataset_id}-{format}.zip"
+    return StreamingResponse(
+        _chunks(archive),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
