@@ -14,6 +14,7 @@ end-to-end run is tests/integration/test_webapp_e2e.py).
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -385,3 +386,34 @@ def test_methods_route_lists_the_registry_with_counts(stack):
         assert m["base"] == "vit_b"  # not a demo stack: the configured architecture
         assert m["trainable_parameters"] == describe(name, m["base"])[1]
     assert all(m["description"] for m in methods.values())
+
+
+def test_import_an_archive_and_export_coco_from_the_images_page(page, stack, tmp_path):
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        ds = c.post("/v1/datasets", json={"name": "io", "classes": [{"name": "polyp"}]}).json()
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:12, 6:20] = 255
+    archive = tmp_path / "in.zip"
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("images/a.png", png_bytes(24, 32))
+        z.writestr("images/b.png", png_bytes(24, 32, seed=1))
+        buf = io.BytesIO()
+        Image.fromarray(mask).save(buf, format="PNG")
+        z.writestr("masks/a.png", buf.getvalue())
+    page.goto(f"{stack.url}/ui/#/d/{ds['id']}/images")
+    page.get_by_test_id("import-input").set_input_files(str(archive))
+    expect(page.get_by_test_id("import-status")).to_contain_text("2 images added")
+    expect(page.get_by_test_id("image-tile")).to_have_count(2)
+    expect(page.locator("[data-testid=image-tile][data-status=labelled]")).to_have_count(1)
+    with page.expect_download() as info:
+        page.get_by_test_id("export-coco").click()
+    out = tmp_path / "out.zip"
+    info.value.save_as(out)
+    with zipfile.ZipFile(out) as z:
+        coco = json.loads(z.read("annotations.json"))
+    assert len(coco["images"]) == 2 and len(coco["annotations"]) == 1
+    assert coco["categories"][0]["name"] == "polyp"
+    assert page.watch.clean() == []

@@ -133,6 +133,13 @@ export const api = {
   datasets: () => getJson("/v1/datasets"),
   createDataset: (name, classes) => postJson("/v1/datasets", { name, classes }),
   deleteDataset: (id) => call("DELETE", `/v1/datasets/${id}`),
+  importArchive: (id, file) =>
+    call("POST", `/v1/datasets/${id}/import`, {
+      body: file,
+      headers: { "Content-Type": "application/octet-stream" },
+    }).then((r) => r.json()),
+  exportDataset: (id, format, source = "labels") =>
+    getBlob(`/v1/datasets/${id}/export?format=${format}&source=${encodeURIComponent(source)}`),
   dataset: (id) => getJson(`/v1/datasets/${id}`),
   images: (id) => getJson(`/v1/datasets/${id}/images`),
   imageBlob: (imageId) => getBlob(`/v1/images/${imageId}`),

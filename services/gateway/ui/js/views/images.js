@@ -7,6 +7,7 @@ import { html } from "../html.js";
 import { go } from "../route.js";
 import { arrange, imageStatus, statusText } from "../status.js";
 import { classColors, drawThumb } from "../thumbs.js";
+import { download } from "./models.js";
 
 // The user's ticks per dataset; by default an image labelled by hand is a reference.
 const choices = new Map(); // dataset id -> Map(image id -> true | false)
@@ -78,6 +79,36 @@ function Uploader({ dataset, onUploaded }) {
       )}
       ${pending === 0 && html`<li><button class="link" onClick=${() => setFiles([])}>clear</button></li>`}
     </ul>`}
+  </div>`;
+}
+
+/** Import a zip / tar (masks/ PNGs or COCO) and export the labels as COCO or label maps. */
+function ImportExport({ dataset, onImported }) {
+  const [status, setStatus] = useState("");
+  const importFile = guarded(async (file) => {
+    setStatus(`importing ${file.name}…`);
+    try {
+      const r = await api.importArchive(dataset.id, file);
+      const errors = r.errors.length ? `, ${r.errors.length} files refused: ${r.errors.map((e) => `${e.entry} (${e.error})`).join("; ")}` : "";
+      setStatus(`${file.name}: ${r.images_added} images added, ${r.images_present} already here, ` +
+        `${r.labels_written} labels written${r.classes_added.length ? `, classes added: ${r.classes_added.join(", ")}` : ""}${errors}`);
+      onImported();
+    } catch (e) {
+      setStatus("");
+      throw e;
+    }
+  });
+  const exportAs = guarded(async (format) =>
+    download(await api.exportDataset(dataset.id, format), `${dataset.name}-${format}.zip`),
+  );
+  return html`<div class="import-export">
+    <label class="button secondary">Import archive…
+      <input type="file" accept=".zip,.tar,.gz,.tgz" data-testid="import-input" class="hidden-input"
+        onChange=${(e) => (e.target.files[0] && importFile(e.target.files[0]), (e.target.value = ""))} />
+    </label>
+    <button class="secondary" data-testid="export-coco" onClick=${() => exportAs("coco")}>Export COCO</button>
+    <button class="secondary" data-testid="export-masks" onClick=${() => exportAs("masks")}>Export masks</button>
+    ${status && html`<span class="muted" data-testid="import-status">${status}</span>`}
   </div>`;
 }
 
@@ -206,6 +237,7 @@ export function ImagesView({ dataset }) {
   for (const d of details) counts[imageStatus(d)] = (counts[imageStatus(d)] || 0) + 1;
   return html`<section>
     <${Uploader} dataset=${dataset} onUploaded=${reload} />
+    <${ImportExport} dataset=${dataset} onImported=${reload} />
     <${VisualPrompting} dataset=${dataset} details=${details} refs=${refs} onProgress=${onProgress} />
     <div class="toolbar">
       <label>Show <select value=${filter} onChange=${(e) => setFilter(e.target.value)}>
