@@ -51,6 +51,7 @@ import numpy as np
 from vplab.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from vplab.images import decode_image, image_sha256
 from vplab.masks import encode_label_map, read_label_png
+from vplab.microscopy import tiff_metadata
 from vplab.settings import Settings
 from vplab.storage import ArtifactStore, keys
 from vplab.tenancy.limits import RequestLimits
@@ -94,6 +95,7 @@ class ImageInfo:
     image_id: str
     filename: str | None
     added_at: str
+    metadata: dict[str, Any] | None = None  # microscopy files: axes, dtype, OME sizes
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,11 @@ class DatasetStore:
         room = contextlib.nullcontext() if had_bytes else self.quotas.reserve_image(t, len(data))
         with room:
             if not had_marker:
-                self.store.put_json(marker, {"filename": filename, "added_at": _now()})
+                record: dict[str, Any] = {"filename": filename, "added_at": _now()}
+                meta = tiff_metadata(data)
+                if meta is not None:
+                    record["metadata"] = meta
+                self.store.put_json(marker, record)
             try:
                 # After the marker (see the module docstring): a concurrent collector that
                 # deleted the bytes either sees our marker and restores them, or we see
@@ -425,8 +431,12 @@ class DatasetStore:
         except NotFound:
             raise NotFound(f"image {image_id} not found in dataset {dataset_id!r}") from None
         data = data if isinstance(data, dict) else {}
+        meta = data.get("metadata")
         return ImageInfo(
-            image_id=image_id, filename=data.get("filename"), added_at=str(data.get("added_at", ""))
+            image_id=image_id,
+            filename=data.get("filename"),
+            added_at=str(data.get("added_at", "")),
+            metadata=meta if isinstance(meta, dict) else None,
         )
 
     def get_image_bytes(self, tenant: str, image_id: str) -> bytes:

@@ -3,6 +3,11 @@
 Limits are checked in order of cost: byte size (free), then width*height from the header
 (PIL opens lazily), then decode. PIL's own decompression-bomb check also applies (warning
 above ``Image.MAX_IMAGE_PIXELS`` ~89 Mpx, treated as an error here).
+
+Microscopy TIFFs (16-bit, float, several channels, z-stacks, OME-TIFF) are read with
+tifffile (``vplab.microscopy``), so every path that decodes an image - upload, embedding,
+visual prompting, training, export - sees the same 8-bit RGB pixels: the embeddings of an
+image are reproducible whichever path computed them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from vplab.errors import InvalidInput, PayloadTooLarge
 # Formats PIL may try. A closed list keeps exotic decoders (e.g. EPS, which runs
 # Ghostscript) away from untrusted bytes. "JPEG" also opens camera MPO files.
 ALLOWED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 # PIL raises these for malformed or truncated data (no single base class).
 _DECODE_ERRORS = (
@@ -104,6 +111,10 @@ def decode_image(
     Raises ``PayloadTooLarge`` (limits) or ``InvalidInput`` (not a readable image).
     EXIF orientation is applied, so arrays match what image viewers show.
     """
+    if isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:4]) in TIFF_MAGIC:
+        from vplab.microscopy import decode_tiff
+
+        return decode_tiff(bytes(data), max_bytes, max_pixels)
     img = load_image(open_image(data, max_bytes, max_pixels))
     try:
         img = ImageOps.exif_transpose(img)
