@@ -417,3 +417,36 @@ def test_import_an_archive_and_export_coco_from_the_images_page(page, stack, tmp
     assert len(coco["images"]) == 2 and len(coco["annotations"]) == 1
     assert coco["categories"][0]["name"] == "polyp"
     assert page.watch.clean() == []
+
+
+def test_a_16bit_microscopy_tiff_is_shown_through_the_servers_rendition(page, stack):
+    """Browsers cannot decode TIFF: the page falls back to ?format=png, the pixels the
+    models see (vplab.microscopy's rule)."""
+    import tifffile
+
+    from vplab.images import decode_image
+
+    rng = np.random.default_rng(5)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rng.integers(100, 4000, (48, 64)).astype(np.uint16))
+    tiff = buf.getvalue()
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        ds = c.post("/v1/datasets", json={"name": "tiff"}).json()["id"]
+        files = {"file": ("cells.tif", tiff, "image/tiff")}
+        image_id = c.post(f"/v1/datasets/{ds}/images", files=files).json()["image_id"]
+        png = c.get(f"/v1/images/{image_id}", params={"format": "png"})
+        assert png.headers["content-type"] == "image/png"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), decode_image(tiff))
+        assert c.get(f"/v1/images/{image_id}").content == tiff  # the original, untouched
+    page.goto(f"{stack.url}/ui/#/d/{ds}/edit/{image_id}")
+    canvas = page.get_by_test_id("image-canvas")
+    canvas.wait_for()
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("64", "48")
+    drawn = canvas.evaluate(
+        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0 && v < 255)"
+    )
+    assert drawn
+    page.goto(f"{stack.url}/ui/#/d/{ds}/images")
+    page.get_by_test_id("image-tile").wait_for()
+    assert page.watch.clean() == []

@@ -23,6 +23,7 @@ from services.gateway.params import (
 )
 from vplab.dataio import export_dataset, parse_source
 from vplab.dataio.importing import import_archive
+from vplab.images import encode_png
 from vplab.predictions import image_details, prediction_runs
 from vplab.storage.keys import ID_PATTERN
 
@@ -131,11 +132,26 @@ def remove_image(
 
 @router.get(
     "/images/{image_id}",
-    summary="Download an image's bytes",
+    summary="Download an image's bytes, or (`?format=png`) the 8-bit RGB pixels the models see",
     response_class=Response,
     responses={200: {"content": {"image/*": {}}}},
 )
-def get_image(image_id: ImageIdPath, tenant: TenantId, datasets: DatasetsDep) -> Response:
+def get_image(
+    image_id: ImageIdPath,
+    tenant: TenantId,
+    datasets: DatasetsDep,
+    format: Annotated[
+        Literal["original", "png"],
+        Query(
+            description="png: decoded by the one rule (EXIF, microscopy TIFFs) - what a "
+            "browser can show for any upload"
+        ),
+    ] = "original",
+) -> Response:
+    if format == "png":
+        return Response(
+            content=encode_png(datasets.get_image(tenant, image_id)), media_type="image/png"
+        )
     data = datasets.get_image_bytes(tenant, image_id)
     return Response(content=data, media_type=image_media_type(data))
 

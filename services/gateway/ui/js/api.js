@@ -142,7 +142,8 @@ export const api = {
     getBlob(`/v1/datasets/${id}/export?format=${format}&source=${encodeURIComponent(source)}`),
   dataset: (id) => getJson(`/v1/datasets/${id}`),
   images: (id) => getJson(`/v1/datasets/${id}/images`),
-  imageBlob: (imageId) => getBlob(`/v1/images/${imageId}`),
+  imageBlob: (imageId, format = "original") =>
+    getBlob(`/v1/images/${imageId}${format === "png" ? "?format=png" : ""}`),
   label: async (datasetId, imageId) => {
     const r = await call("GET", `/v1/datasets/${datasetId}/labels/${imageId}`);
     return { blob: await r.blob(), etag: r.headers.get("ETag") };

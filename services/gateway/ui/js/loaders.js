@@ -3,8 +3,15 @@
 import { api, getBlob } from "./api.js";
 import { decodeLabelPng } from "./labelmap.js";
 
+/** The image as the browser can draw it: the uploaded bytes, or - for what browsers cannot
+ *  decode (TIFF, 16-bit microscopy) - the server's 8-bit rendition, the pixels the models see. */
 export async function loadImage(imageId) {
-  return createImageBitmap(await api.imageBlob(imageId));
+  const blob = await api.imageBlob(imageId);
+  try {
+    return await createImageBitmap(blob);
+  } catch {
+    return createImageBitmap(await api.imageBlob(imageId, "png"));
+  }
 }
 
 /** The latest label {map, etag, version} or null when the image has none. */

@@ -2,6 +2,7 @@
 // scrolls into view (IntersectionObserver), at most a few fetches at a time, cached.
 import { api, getBlob } from "./api.js";
 import { decodeLabelPng } from "./labelmap.js";
+import { loadImage } from "./loaders.js";
 import { hexToRgb, paintOverlay } from "./mask.js";
 
 const cache = new Map(); // key -> Promise<ImageBitmap>
@@ -54,7 +55,7 @@ async function overlayMap(datasetId, detail, source) {
 export async function drawThumb(canvas, datasetId, detail, colors, size) {
   const bitmap = await once(`i:${detail.image_id}`, async () => {
     stats.fetched++;
-    return createImageBitmap(await api.imageBlob(detail.image_id));
+    return loadImage(detail.image_id);
   });
   const source = overlaySource(datasetId, detail);
   const overlay = source
