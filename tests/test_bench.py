@@ -16,6 +16,7 @@ QUICK_KEYS = {
     "pipeline": {"per_image_s", "encoders_s", "overhead_ratio"},
     "late-cache": {"speedup_start1", "start1_cached_steps_per_s", "start1_recompute_steps_per_s"},
     "decoder-batch": {"speedup_b4"},
+    "dataio": {"import_images_per_s", "import_peak_mib", "export_coco_images_per_s"},
 }
 
 
@@ -41,6 +42,7 @@ def test_every_benchmark_is_registered_with_quick():
         "quality",
         "uncertainty",
         "ui",
+        "dataio",
     ]
     parser = build_parser()
     for name in benchmarks():

@@ -26,6 +26,7 @@ _MODULES = (
     "quality",
     "uncertainty",
     "ui",
+    "dataio",
 )
 
 
