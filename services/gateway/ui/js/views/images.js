@@ -220,9 +220,13 @@ export function ImagesView({ dataset }) {
   const reload = guarded(async () => setDetails((await api.images(dataset.id)).details));
   const throttle = useRef(0);
   const onProgress = () => {
-    // Results appear while the run goes, at most one refresh a second.
+    // Results appear while the run goes: at most one refresh a second, and never two at
+    // once (listing a large dataset's details can take longer than that).
     if (throttle.current) return;
-    throttle.current = setTimeout(() => ((throttle.current = 0), reload()), 1000);
+    throttle.current = setTimeout(async () => {
+      await reload();
+      throttle.current = 0;
+    }, 1000);
   };
   useEffect(() => void reload(), [dataset.id]);
   useEffect(() => () => clearTimeout(throttle.current), []);
