@@ -91,6 +91,14 @@ def overlay_pixels(page: Page) -> int:
     return int(page.evaluate(OVERLAY_PIXELS))
 
 
+def download(page: Page, test_id: str, to: Path) -> Path:
+    """Click the control ``test_id`` and save the download it starts to ``to``."""
+    with page.expect_download() as info:
+        page.get_by_test_id(test_id).click()
+    info.value.save_as(to)
+    return to
+
+
 def screenshot(page: Page, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"

@@ -31,7 +31,7 @@ from vplab.peft.describe import describe
 from vplab.storage import LocalStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _browser import chromium, open_page, overlay_pixels, screenshot, sign_in
+from _browser import chromium, download, open_page, overlay_pixels, screenshot, sign_in
 from _gateway_harness import png_bytes, running_stack
 
 UI = Path(__file__).resolve().parents[1] / "services" / "gateway" / "ui"
@@ -408,10 +408,7 @@ def test_import_an_archive_and_export_coco_from_the_images_page(page, stack, tmp
     expect(page.get_by_test_id("import-status")).to_contain_text("2 images added")
     expect(page.get_by_test_id("image-tile")).to_have_count(2)
     expect(page.locator("[data-testid=image-tile][data-status=labelled]")).to_have_count(1)
-    with page.expect_download() as info:
-        page.get_by_test_id("export-coco").click()
-    out = tmp_path / "out.zip"
-    info.value.save_as(out)
+    out = download(page, "export-coco", tmp_path / "out.zip")
     with zipfile.ZipFile(out) as z:
         coco = json.loads(z.read("annotations.json"))
     assert len(coco["images"]) == 2 and len(coco["annotations"]) == 1

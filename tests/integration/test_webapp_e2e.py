@@ -22,7 +22,7 @@ from vplab.demo import write_demo_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _browser import chromium, open_page, overlay_pixels, screenshot, sign_in
+from _browser import chromium, download, open_page, overlay_pixels, screenshot, sign_in
 from _up import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -225,10 +225,7 @@ def test_prompt_predict_correct_tune_compare_export_in_the_browser(stack, tmp_pa
         expect(rows).to_have_count(1)
         # E-PEFT adds adapters and prompts: no merged checkpoint is offered for it.
         expect(page.get_by_test_id("export-merged")).to_have_count(0)
-        with page.expect_download() as info:
-            page.get_by_test_id("export-model").click()
-        archive = tmp_path / "adapter.zip"
-        info.value.save_as(archive)
+        archive = download(page, "export-model", tmp_path / "adapter.zip")
         with zipfile.ZipFile(archive) as z:
             assert {"adapter.safetensors", "config.json"} <= set(z.namelist())
         screenshot(page, "07-models")
