@@ -37,19 +37,11 @@ export class History {
 
   /** Revert the last stroke in place; false when there is none. */
   undo(map) {
-    const step = this.done.pop();
-    if (!step) return false;
-    for (let j = 0; j < step.at.length; j++) map[step.at[j]] = step.old[j];
-    this.undone.push(step);
-    return true;
+    return move(this.done, this.undone, map, "old");
   }
 
   redo(map) {
-    const step = this.undone.pop();
-    if (!step) return false;
-    for (let j = 0; j < step.at.length; j++) map[step.at[j]] = step.now[j];
-    this.done.push(step);
-    return true;
+    return move(this.undone, this.done, map, "now");
   }
 
   get canUndo() {
@@ -65,4 +57,13 @@ export class History {
     this.undone = [];
     this.before = null;
   }
+}
+
+/** Pop a step from `from`, write its `values` ("old" or "now") into `map`, push it on `to`. */
+function move(from, to, map, values) {
+  const step = from.pop();
+  if (!step) return false;
+  for (let j = 0; j < step.at.length; j++) map[step.at[j]] = step[values][j];
+  to.push(step);
+  return true;
 }

@@ -26,6 +26,12 @@ export async function loadLabel(datasetId, imageId) {
   }
 }
 
+/** One label version of an image, as a label map. */
+export async function loadLabelVersion(datasetId, imageId, version) {
+  const blob = await getBlob(`/v1/datasets/${datasetId}/labels/${imageId}?version=${version}`);
+  return (await decodeLabelPng(blob)).map;
+}
+
 /** A prediction run's result for one image, as a label map. */
 export async function loadPrediction(runId, imageId) {
   const { map } = await decodeLabelPng(

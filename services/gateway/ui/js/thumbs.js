@@ -1,8 +1,6 @@
 // Thumbnails: an image with its mask overlay, drawn into a small canvas when the tile
 // scrolls into view (IntersectionObserver), at most a few fetches at a time, cached.
-import { api, getBlob } from "./api.js";
-import { decodeLabelPng } from "./labelmap.js";
-import { loadImage } from "./loaders.js";
+import { loadImage, loadLabelVersion, loadPrediction } from "./loaders.js";
 import { hexToRgb, paintOverlay } from "./mask.js";
 
 const cache = new Map(); // key -> Promise<ImageBitmap>
@@ -43,12 +41,10 @@ export function overlaySource(datasetId, detail) {
   return null;
 }
 
-async function overlayMap(datasetId, detail, source) {
-  const path =
-    source.kind === "label"
-      ? `/v1/datasets/${datasetId}/labels/${detail.image_id}?version=${detail.label_version}`
-      : `/v1/predictions/${detail.prediction.run_id}/results/${detail.image_id}?format=png`;
-  return decodeLabelPng(await getBlob(path));
+function overlayMap(datasetId, detail, source) {
+  return source.kind === "label"
+    ? loadLabelVersion(datasetId, detail.image_id, detail.label_version)
+    : loadPrediction(detail.prediction.run_id, detail.image_id);
 }
 
 /** Draw the thumbnail of `detail` into `canvas` (size x size, letterboxed). */
@@ -60,7 +56,8 @@ export async function drawThumb(canvas, datasetId, detail, colors, size) {
   const source = overlaySource(datasetId, detail);
   const overlay = source
     ? await once(source.key, async () => {
-        const { w, h, map } = await overlayMap(datasetId, detail, source);
+        const map = await overlayMap(datasetId, detail, source);
+        const { width: w, height: h } = bitmap; // labels are the image's size (EXIF applied)
         const img = new ImageData(w, h);
         paintOverlay(img.data, map, w, h, colors, 0.5);
         return createImageBitmap(img);

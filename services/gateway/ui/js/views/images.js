@@ -7,7 +7,7 @@ import { html } from "../html.js";
 import { go } from "../route.js";
 import { arrange, imageStatus, statusText } from "../status.js";
 import { classColors, drawThumb } from "../thumbs.js";
-import { download } from "./models.js";
+import { download } from "../download.js";
 
 // The user's ticks per dataset; by default an image labelled by hand is a reference.
 const choices = new Map(); // dataset id -> Map(image id -> true | false)

@@ -2,20 +2,9 @@
 // SAM checkpoint, delete.
 import { useEffect, useState } from "../../vendor/hooks.module.js";
 import { api } from "../api.js";
+import { download } from "../download.js";
 import { guarded } from "../errors.js";
 import { html } from "../html.js";
-
-/** Save a Blob as a download (an object URL on a temporary link). */
-export function download(blob, name) {
-  const url = URL.createObjectURL(blob);
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
-}
 
 export function ModelsView() {
   const [models, setModels] = useState(null);

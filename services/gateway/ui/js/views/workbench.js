@@ -250,7 +250,7 @@ export function Workbench({ dataset, imageId, bitmap, doc, view, setView, models
       d.x = x;
       d.y = y;
     }
-    d?.kind === "paint" ? paintMask() : null;
+    if (d?.kind === "paint") paintMask();
     paintMarks();
   };
   const onUp = () => {
