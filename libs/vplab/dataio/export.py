@@ -63,8 +63,8 @@ class _Names:
     def __init__(self) -> None:
         self.stems: set[str] = set()
 
-    def name(self, image_id: str, filename: str | None, data: bytes) -> str:
-        ext = _EXT.get(Image.open(io.BytesIO(data)).format or "", ".bin")
+    def name(self, image_id: str, filename: str | None, image_format: str | None) -> str:
+        ext = _EXT.get(image_format or "", ".bin")
         name = filename or f"{image_id[:16]}{ext}"
         stem = PurePosixPath(name).stem
         if stem in self.stems:
@@ -136,14 +136,14 @@ def export_dataset(
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for n, image_id in enumerate(ids, start=1):
             data = blob(image_id)
+            with Image.open(io.BytesIO(data)) as im:  # the header only: format and size
+                image_format, (width, height) = im.format, im.size
             name = names.name(
-                image_id, datasets.image_info(tenant, dataset_id, image_id).filename, data
+                image_id, datasets.image_info(tenant, dataset_id, image_id).filename, image_format
             )
             z.writestr(f"images/{name}", data)
             label = label_of(image_id)
             if fmt == "coco":
-                with Image.open(io.BytesIO(data)) as im:
-                    width, height = im.size
                 if label is not None:
                     height, width = label.shape
                 coco["images"].append(
