@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from vplab.datajobs import data_jobs, run_data_job, submit_embeddings
 from vplab.datasets import DatasetStore
 from vplab.errors import InvalidInput, NotFound, VPLabError
 from vplab.masks import decode_rle, encode_rle
@@ -39,6 +40,8 @@ from vplab.predictions import (
 from vplab.rpc import convert
 from vplab.rpc.v1 import (
     common_pb2,
+    datajobs_pb2,
+    datajobs_pb2_grpc,
     features_pb2,
     features_pb2_grpc,
     predictions_pb2,
@@ -176,11 +179,69 @@ class FakePredictions(predictions_pb2_grpc.PredictionsServicer):
         )
 
 
+class FakeDataJobs(datajobs_pb2_grpc.DataJobsServicer):
+    """Data jobs: the library's real rules and worker on the fake's store. An import runs
+    to its end inside StartImport (its worker needs nothing but the store); a precompute
+    is recorded, never executed (it needs the encoders). Mixed into ``FakeServices``."""
+
+    store: Any
+    settings: Settings
+
+    def _jobs(self):
+        return DatasetStore(self.store, self.settings), data_jobs(self.store)
+
+    def StartImport(self, request, context):
+        tenant = self._enter("StartImport", "training", context)
+        datasets, jobs = self._jobs()
+        job = self._call(context, jobs.get, tenant, request.job_id)
+        run_data_job(self.store, datasets, tenant, job.job_id, jobs=jobs)
+        return datajobs_pb2.DataJobResponse(job=convert.data_job_to_pb(job))  # as queued
+
+    def StartEmbeddings(self, request, context):
+        tenant = self._enter("StartEmbeddings", "training", context)
+        datasets, jobs = self._jobs()
+        job = self._call(
+            context,
+            submit_embeddings,
+            datasets,
+            jobs,
+            tenant,
+            request.dataset_id,
+            list(request.encoders),
+        )
+        return datajobs_pb2.DataJobResponse(job=convert.data_job_to_pb(job))
+
+    def GetDataJob(self, request, context):
+        tenant = self._enter("GetDataJob", "training", context)
+        job = self._call(context, self._jobs()[1].get, tenant, request.job_id)
+        return datajobs_pb2.DataJobResponse(job=convert.data_job_to_pb(job))
+
+    def CancelDataJob(self, request, context):
+        tenant = self._enter("CancelDataJob", "training", context)
+        job = self._call(context, self._jobs()[1].request_cancel, tenant, request.job_id)
+        return datajobs_pb2.DataJobResponse(job=convert.data_job_to_pb(job))
+
+    def WatchDataJob(self, request, context):
+        tenant = self._enter("WatchDataJob", "training", context)
+        jobs = self._jobs()[1]
+        self._call(context, jobs.get, tenant, request.job_id)
+        for event in jobs.events(tenant, request.job_id, request.after_seq):  # no live events
+            yield convert.data_event_to_pb(event)
+
+    def ListDataJobs(self, request, context):
+        tenant = self._enter("ListDataJobs", "training", context)
+        datasets, jobs = self._jobs()
+        self._call(context, datasets.get_dataset, tenant, request.dataset_id)
+        found = jobs.list(tenant, limit=request.limit or 100, dataset_id=request.dataset_id)
+        return datajobs_pb2.ListDataJobsResponse(jobs=[convert.data_job_to_pb(j) for j in found])
+
+
 class FakeServices(
     features_pb2_grpc.FeaturesServicer,
     segmentation_pb2_grpc.SegmentationServicer,
     training_pb2_grpc.TrainingServicer,
     FakePredictions,
+    FakeDataJobs,
 ):
     def __init__(self, store, settings: Settings):
         self.store, self.settings = store, settings
@@ -477,6 +538,7 @@ def start_grpc(fake: FakeServices) -> tuple[grpc.Server, int]:
     segmentation_pb2_grpc.add_SegmentationServicer_to_server(fake, server)
     training_pb2_grpc.add_TrainingServicer_to_server(fake, server)
     predictions_pb2_grpc.add_PredictionsServicer_to_server(fake, server)
+    datajobs_pb2_grpc.add_DataJobsServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port

@@ -42,6 +42,18 @@ def _png_mask(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _import(st, ds: str, body: bytes, **kwargs) -> dict:
+    """POST the archive: a QUEUED import job, which the fake's worker (the library's)
+    runs to its end; its report with the per-file errors."""
+    r = st.http.post(f"/v1/datasets/{ds}/import", content=body, **kwargs)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["kind"] == "import" and job["state"] == "QUEUED" and job["total"] > 0, job
+    done = st.http.get(f"/v1/data-jobs/{job['job_id']}").json()
+    assert done["state"] == "SUCCEEDED" and done["done"] == done["total"], done
+    return {**done["report"], "errors": done["errors"]}
+
+
 def _dataset(st, name="src", classes=("polyp", "bubble")) -> str:
     r = st.http.post("/v1/datasets", json={"name": name, "classes": [{"name": c} for c in classes]})
     assert r.status_code == 201, r.text
@@ -107,11 +119,7 @@ def test_export_then_import_into_a_new_dataset_gives_identical_labels(st, tmp_pa
             classes = json.loads(z.read("classes.json"))["classes"]
             assert [c["name"] for c in classes] == ["polyp", "bubble"]
     new = _dataset(st, "copy", classes=("other",))
-    r = st.http.post(
-        f"/v1/datasets/{new}/import", content=archive, headers={"Content-Type": "application/zip"}
-    )
-    assert r.status_code == 200, r.text
-    report = r.json()
+    report = _import(st, new, archive, headers={"Content-Type": "application/zip"})
     assert report["layout"] == fmt and report["images_added"] == 4 and report["labels_written"] == 3
     assert report["classes_added"] == ["polyp", "bubble"] and report["errors"] == []
     got, want = _labels(st, new), _labels(st, ds)
@@ -121,7 +129,7 @@ def test_export_then_import_into_a_new_dataset_gives_identical_labels(st, tmp_pa
         for name in want[image_id]:
             assert np.array_equal(got[image_id][name], want[image_id][name])
     # Idempotent: the same archive again adds nothing.
-    again = st.http.post(f"/v1/datasets/{new}/import", content=archive).json()
+    again = _import(st, new, archive)
     assert again["images_added"] == 0 and again["images_present"] == 4
     assert again["labels_written"] == 0 and again["labels_unchanged"] == 3
     assert again["classes_added"] == []
@@ -215,6 +223,7 @@ def test_malformed_archives_are_400_with_the_reason_and_write_nothing(st, body, 
     assert reason in r.json()["error"]["message"], r.json()
     assert st.http.get(f"/v1/datasets/{ds}/images").json()["images"] == []
     assert st.http.get(f"/v1/datasets/{ds}").json() == before  # no class added either
+    assert st.http.get(f"/v1/datasets/{ds}/data-jobs").json() == {"jobs": []}  # none queued
 
 
 def test_a_corrupt_file_is_reported_and_the_rest_is_imported(st):
@@ -230,12 +239,81 @@ def test_a_corrupt_file_is_reported_and_the_rest_is_imported(st):
             "masks/other.png": _png_mask(np.zeros((5, 5), np.uint8)),  # wrong size
         }
     )
-    report = st.http.post(f"/v1/datasets/{ds}/import", content=body).json()
+    report = _import(st, ds, body)
     assert report["images_added"] == 2 and report["labels_written"] == 1
     errors = {e["entry"]: e["error"] for e in report["errors"]}
     assert set(errors) == {"images/broken.png", "images/other.png"}
     assert "30x20" in errors["images/other.png"] or "must match" in errors["images/other.png"]
     assert len(st.http.get(f"/v1/datasets/{ds}/labels").json()) == 1
+
+
+def _sse(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            events.append((fields.get("event", "message"), json.loads(fields["data"])))
+    return events
+
+
+def test_an_import_is_a_job_with_an_event_per_file_and_its_archive_goes_when_it_ends(st):
+    ds = _dataset(st, "events", classes=("polyp",))
+    mask = np.zeros((20, 30), np.uint8)
+    mask[3:9, 4:12] = 1
+    body = _zip(
+        {
+            "images/a.png": IMG,
+            "images/b.png": b"\x89PNG\r\n\x1a\n garbage",
+            "masks/a.png": _png_mask(mask),
+        }
+    )
+    report = _import(st, ds, body)
+    (job,) = st.http.get(f"/v1/datasets/{ds}/data-jobs").json()["jobs"]
+    assert job["kind"] == "import" and job["total"] == 2 and job["attempts"] == 1
+    assert report["images_added"] == 1 and [e["entry"] for e in report["errors"]] == [
+        "images/b.png"
+    ]
+    r = st.http.get(f"/v1/data-jobs/{job['job_id']}/events")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _sse(r.text)
+    assert [name for name, _ in events] == ["progress", "item", "item", "end"], events
+    items = {e["entry"]: e for name, e in events if name == "item"}
+    assert items["images/a.png"]["message"] == "" and items["images/b.png"]["message"]
+    assert [e["done"] for name, e in events if name == "item"] == [1, 2]
+    assert events[-1][1]["state"] == "SUCCEEDED" and events[-1][1]["total"] == 2
+    # Resumes after the last event seen: only the end.
+    r = st.http.get(f"/v1/data-jobs/{job['job_id']}/events", headers={"Last-Event-ID": "3"})
+    assert [name for name, _ in _sse(r.text)] == ["end"]
+    # The archive was stored with the job and removed when it ended.
+    from vplab.storage import keys
+
+    tenant = next(iter(st.keys))
+    assert not st.store.exists(keys.data_job_archive(tenant, job["job_id"]))
+    assert st.http.delete(f"/v1/data-jobs/{job['job_id']}").status_code == 409  # ended
+    assert st.http.get("/v1/data-jobs/d-000000000000").status_code == 404
+
+
+def test_precomputing_embeddings_is_a_job_over_every_image(st):
+    ds = _dataset(st, "embed")
+    empty = st.http.post(f"/v1/datasets/{ds}/embeddings")
+    assert empty.status_code == 400 and "no images" in empty.json()["error"]["message"]
+    for i in range(3):
+        files = {"file": (f"i{i}.png", encode_png(np.full((8, 8, 3), i, np.uint8)), "image/png")}
+        assert st.http.post(f"/v1/datasets/{ds}/images", files=files).status_code == 201
+    bad = st.http.post(f"/v1/datasets/{ds}/embeddings", json={"encoders": ["clip"]})
+    assert bad.status_code == 400
+    assert st.http.post("/v1/datasets/d-000000000000/embeddings").status_code == 404
+    r = st.http.post(f"/v1/datasets/{ds}/embeddings", json={"encoders": ["sam"]})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["kind"] == "embeddings" and job["state"] == "QUEUED"
+    assert job["total"] == 3 and job["encoders"] == ["sam"]
+    both = st.http.post(f"/v1/datasets/{ds}/embeddings").json()
+    assert both["encoders"] == ["sam", "dinov2"]
+    cancelled = st.http.delete(f"/v1/data-jobs/{both['job_id']}")
+    assert cancelled.status_code == 200, cancelled.text
+    listed = st.http.get(f"/v1/datasets/{ds}/data-jobs").json()["jobs"]
+    assert {j["job_id"] for j in listed} == {job["job_id"], both["job_id"]}
 
 
 def test_coco_polygons_become_label_maps_and_categories_become_classes(st):
@@ -258,7 +336,7 @@ def test_coco_polygons_become_label_maps_and_categories_become_classes(st):
             ),
         }
     )
-    report = st.http.post(f"/v1/datasets/{ds}/import", content=body).json()
+    report = _import(st, ds, body)
     assert report["layout"] == "coco" and report["classes_added"] == ["polyp"], report
     (image_id,) = st.http.get(f"/v1/datasets/{ds}/labels").json()
     classes = {c["name"]: c["id"] for c in st.http.get(f"/v1/datasets/{ds}").json()["classes"]}
@@ -301,3 +379,21 @@ def test_vplab_import_cli_imports_into_the_configured_store(tmp_path, monkeypatc
         assert len(datasets.list_labels(tenant.id, ds.id)) == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_the_sdk_imports_follows_the_job_and_exports(st, tmp_path):
+    from vplab.client import VPLabClient
+
+    ds, _ids, labels = _labelled_dataset(st)
+    with VPLabClient(st.url, st.key) as client:
+        archive = client.export_dataset(ds, tmp_path / "out.zip", format="masks")
+        assert zipfile.ZipFile(archive).read("classes.json")
+        new = client.create_dataset("from-sdk")["id"]
+        job = client.import_archive(new, archive)
+        assert job["state"] == "QUEUED" and job["total"] == 4
+        seen: list[dict] = []
+        done = client.wait_for_data_job(job["job_id"], on_event=seen.append, timeout=30)
+        assert done["state"] == "SUCCEEDED" and done["report"]["labels_written"] == 3
+        assert [e["phase"] for e in seen] == ["start", "item", "item", "item", "item", "end"]
+        assert [j["job_id"] for j in client.list_data_jobs(new)] == [job["job_id"]]
+        assert set(client.list_labels(new)) == set(labels)

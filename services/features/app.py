@@ -47,6 +47,11 @@ class FeaturesDeployment:
 
         return await unary(grpc_context, self.metrics, "Embed", pb.EmbedResponse(), handle)
 
+    async def embed_images(self, tenant: str, image_ids: list[str], encoder: str) -> list:
+        """EmbedBatch for a caller inside the cluster (a precompute job's worker, which
+        names the tenant itself): one encoder batch of the misses."""
+        return await self.replica.run_model(self.engine.precompute, tenant, image_ids, encoder)
+
     async def EmbedBatch(
         self, request: pb.EmbedBatchRequest, grpc_context
     ) -> pb.EmbedBatchResponse:

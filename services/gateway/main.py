@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import GatewayMetrics, MetricsAndLimitsMiddleware
 from services.gateway.routers import (
+    datajobs,
     datasets,
     evaluations,
     labels,
@@ -59,6 +60,7 @@ TAGS = [
 ]
 V1_ROUTERS = (
     datasets,
+    datajobs,
     labels,
     segmentation,
     predictions,
@@ -111,7 +113,7 @@ def create_app(
         MetricsAndLimitsMiddleware,
         metrics=app.state.metrics,
         max_body=settings.max_image_bytes + 1024 * 1024,
-        larger=((datasets.IMPORT_PATH, settings.max_import_bytes),),
+        larger=((datajobs.IMPORT_PATH, settings.max_import_bytes),),
     )
     for module in (*V1_ROUTERS, ops):
         app.include_router(module.router)

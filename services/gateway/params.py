@@ -25,6 +25,7 @@ ImageIdPath = Annotated[
 ]
 JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A training job id")]
 RunIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A prediction run id")]
+DataJobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A data job id")]
 ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A tuned model id")]
 
 # An event stream's resume point: ``after_seq``, or what EventSource sends on reconnect.

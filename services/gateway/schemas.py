@@ -138,19 +138,40 @@ class ImageList(BaseModel):
     )
 
 
-class ImportErrorOut(BaseModel):
-    entry: str = Field(description="The archive member")
+class DataJobErrorOut(BaseModel):
+    entry: str = Field(description="The archive member (import) or image id (embeddings)")
     error: str
 
 
-class ImportReportOut(BaseModel):
-    layout: Literal["masks", "coco"]
-    images_added: int
-    images_present: int = Field(description="Already in the dataset (nothing added)")
-    labels_written: int
-    labels_unchanged: int = Field(description="Equal to the image's latest label: not written")
-    classes_added: list[str]
-    errors: list[ImportErrorOut] = Field(description="Per file; the rest was imported")
+class DataJobOut(BaseModel):
+    job_id: str
+    dataset_id: str
+    kind: Literal["import", "embeddings"]
+    state: JobState
+    done: int = Field(description="Images finished (with or without an error) in this attempt")
+    total: int
+    errors: list[DataJobErrorOut] = Field(description="Per item; the rest went on")
+    report: dict[str, int | str | list[str]] = Field(
+        description="What the job did. import: layout (masks|coco), images_added, "
+        "images_present (already in the dataset), labels_written, labels_unchanged (equal to "
+        "the latest: not written), classes_added, errors; embeddings: computed, cached"
+    )
+    encoders: list[str] = Field(description="embeddings: the caches filled")
+    error: str
+    created_at: str
+    updated_at: str
+    attempts: int
+
+
+class DataJobList(BaseModel):
+    jobs: list[DataJobOut]
+
+
+class EmbeddingsCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    encoders: list[Literal["sam", "dinov2"]] = Field(
+        default_factory=list, description="The caches to fill; empty = both"
+    )
 
 
 class ImageUploaded(BaseModel):

@@ -1,17 +1,20 @@
 """Server-sent events: framing, keep-alives, and the one helper that turns a streaming
-RPC into an SSE response (visual prompting and training events both use it)."""
+RPC into an SSE response (visual prompting and every durable job's events use it)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from fastapi.responses import StreamingResponse
 
 from services.gateway.errors import rpc_error_body
+
+if TYPE_CHECKING:
+    from services.gateway.upstream import Upstream
 
 KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -137,3 +140,38 @@ async def rpc_to_sse(
             call.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def job_event_stream(
+    up: Upstream,
+    authorization: str | None,
+    keepalive_s: float,
+    get: tuple[str, Any],
+    watch: tuple[str, Any],
+    event_from_pb: Callable[[Any], dict[str, Any]],
+    item: tuple[str, str] | None = None,
+) -> StreamingResponse:
+    """A durable job's events (the training app's ``Watch*`` call) as SSE.
+
+    ``get``/``watch``: (method, request). The ``get`` call first, so an unknown or foreign
+    job is a 404 before the stream starts. Each event is named ``end`` when its state is
+    terminal (the stream ends after it), ``item[1]`` when its phase is ``item[0]``, else
+    ``progress``; its id is its ``seq`` (what ``Last-Event-ID`` resumes from).
+    """
+    from vplab.rpc import convert
+
+    await up.unary(convert.TRAINING, get[0], get[1], authorization)
+    call = up.stream(convert.TRAINING, watch[0], watch[1], authorization, deadline=False)
+
+    def ended(e: Any) -> bool:
+        state = convert.job_state_from_pb(e.state)
+        return state is not None and state.terminal
+
+    def event_of(e: Any, _n: int) -> tuple[str, Any, int]:
+        name = "progress" if item is None or e.phase != item[0] else item[1]
+        return ("end" if ended(e) else name), event_from_pb(e), e.seq
+
+    def count(error: grpc.RpcError | None) -> None:
+        up.count(convert.TRAINING, watch[0], error)
+
+    return await rpc_to_sse(call, count, event_of, keepalive_s, last=ended)

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from services.gateway.metrics import GatewayMetrics
 from vplab.rpc import convert
 from vplab.rpc.v1 import (
+    datajobs_pb2_grpc,
     features_pb2_grpc,
     predictions_pb2_grpc,
     segmentation_pb2_grpc,
@@ -45,6 +46,7 @@ class Upstream:
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(channel)
         self.training = training_pb2_grpc.TrainingStub(channel)
         self.predictions = predictions_pb2_grpc.PredictionsStub(channel)
+        self.data_jobs = datajobs_pb2_grpc.DataJobsStub(channel)
 
     async def unary(
         self,
@@ -96,11 +98,11 @@ class Upstream:
 
     def _method(self, app: str, method: str) -> Any:
         """``app``'s stub method ``method``: an app may serve several gRPC services (the
-        training app serves Training and Predictions)."""
+        training app serves Training, Predictions and DataJobs)."""
         stubs = {
             convert.FEATURES: (self.features,),
             convert.SEGMENTATION: (self.segmentation,),
-            convert.TRAINING: (self.training, self.predictions),
+            convert.TRAINING: (self.training, self.predictions, self.data_jobs),
         }[app]
         for stub in stubs:
             if hasattr(stub, method):

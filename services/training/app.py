@@ -1,10 +1,11 @@
 """Ray Serve app ``training``: the lab's durable jobs as Ray tasks that survive their
-worker's death - training jobs (``service Training``) and prediction runs (``service
-Predictions``).
+worker's death - training jobs (``service Training``), prediction runs (``service
+Predictions``) and data jobs (``service DataJobs``: imports, embedding precomputes).
 
 A job runs as a Ray task with ``max_retries``: if its worker process dies, Ray runs it
 again and ``vplab.jobs.run_job`` continues from the job's latest checkpoint,
-``vplab.predictions.run_prediction`` with the targets that have no result yet. On start
+``vplab.predictions.run_prediction`` with the targets that have no result yet,
+``vplab.datajobs.run_data_job`` from the start (it is idempotent). On start
 the deployment re-launches jobs and runs left unfinished by a previous replica.
 """
 
@@ -16,7 +17,9 @@ import ray
 from ray import serve
 
 from services.common import Replica
-from vplab.jobs import JobStore, run_job, submit_job
+from vplab.datajobs import data_jobs, run_data_job, submit_embeddings
+from vplab.errors import InvalidInput
+from vplab.jobs import QUEUED, JobStore, run_job, submit_job
 from vplab.predictions import (
     evaluations,
     prediction_runs,
@@ -26,6 +29,7 @@ from vplab.predictions import (
     submit_prediction,
 )
 from vplab.rpc import convert
+from vplab.rpc.v1 import datajobs_pb2 as dpb
 from vplab.rpc.v1 import predictions_pb2 as ppb
 from vplab.rpc.v1 import training_pb2 as pb
 from vplab.serving.apps import app_role, deployment_options, role_resources
@@ -61,6 +65,22 @@ def _run_prediction_task(settings, tenant: str, run_id: str, folder: str) -> str
     )
 
 
+def _run_data_job_task(settings, tenant: str, job_id: str) -> str:
+    """A data job's worker: an import works here; a precompute only coordinates, each
+    batch a call to the features app."""
+    from vplab.datasets import DatasetStore
+    from vplab.storage import open_store
+
+    handle = serve.get_deployment_handle("FeaturesDeployment", app_name=convert.FEATURES)
+    timeout_s = settings.prediction_target_timeout_s
+
+    def embed(tenant: str, image_ids: list[str], encoder: str) -> list:
+        return handle.embed_images.remote(tenant, image_ids, encoder).result(timeout_s=timeout_s)
+
+    store = open_store(settings)
+    return run_data_job(store, DatasetStore(store, settings), tenant, job_id, embed)
+
+
 @serve.deployment(name="TrainingDeployment", **deployment_options(get_settings(), "training"))
 class TrainingDeployment:
     def __init__(self):
@@ -83,14 +103,22 @@ class TrainingDeployment:
         self._prediction_task = ray.remote(num_cpus=0, max_retries=s.train_max_retries)(
             _run_prediction_task
         )
+        # Decoding and writing an import's images is light next to training: no CPU reserved,
+        # so a busy cluster does not hold a user's upload back.
+        self._data_task = ray.remote(num_cpus=0, max_retries=s.train_max_retries)(
+            _run_data_job_task
+        )
         self.runs = prediction_runs(self.replica.store)
         self.evaluations = evaluations(self.replica.store)
+        self.data_jobs = data_jobs(self.replica.store)
         self._running: dict[str, ray.ObjectRef] = {}
         for tenant, job_id in self.jobs.active():  # left unfinished by a previous replica
             self._launch(tenant, job_id)
         for runs in (self.runs, self.evaluations):
             for tenant, run_id in runs.active():
                 self._launch_run(tenant, run_id, runs.folder)
+        for tenant, job_id in self.data_jobs.active():
+            self._launch_data_job(tenant, job_id)
 
     def _launch(self, tenant: str, job_id: str) -> None:
         self._running[job_id] = self._task.remote(self.replica.settings, tenant, job_id)
@@ -99,6 +127,10 @@ class TrainingDeployment:
         self._running[run_id] = self._prediction_task.remote(
             self.replica.settings, tenant, run_id, folder
         )
+
+    def _launch_data_job(self, tenant: str, job_id: str) -> None:
+        if job_id not in self._running:  # StartImport twice launches one worker
+            self._running[job_id] = self._data_task.remote(self.replica.settings, tenant, job_id)
 
     async def StartTraining(
         self, request: pb.StartTrainingRequest, grpc_context
@@ -308,6 +340,96 @@ class TrainingDeployment:
 
         return await unary(
             grpc_context, self.metrics, "ListEvaluations", ppb.ListEvaluationsResponse(), handle
+        )
+
+    # --- service DataJobs -----------------------------------------------------------------
+
+    async def StartImport(
+        self, request: dpb.StartImportRequest, grpc_context
+    ) -> dpb.DataJobResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            job = await asyncio.to_thread(self.data_jobs.get, tenant, request.job_id)
+            if job.kind != "import" or job.state != QUEUED:
+                raise InvalidInput(f"{job.job_id} is not a queued import ({job.kind}, {job.state})")
+            self._launch_data_job(tenant, job.job_id)
+            self.job_states.inc(tags={"state": "QUEUED"})
+            return dpb.DataJobResponse(job=convert.data_job_to_pb(job))
+
+        return await unary(grpc_context, self.metrics, "StartImport", dpb.DataJobResponse(), handle)
+
+    async def StartEmbeddings(
+        self, request: dpb.StartEmbeddingsRequest, grpc_context
+    ) -> dpb.DataJobResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            job = await asyncio.to_thread(
+                submit_embeddings,
+                self.replica.datasets,
+                self.data_jobs,
+                tenant,
+                request.dataset_id,
+                list(request.encoders),
+            )
+            self._launch_data_job(tenant, job.job_id)
+            self.job_states.inc(tags={"state": "QUEUED"})
+            return dpb.DataJobResponse(job=convert.data_job_to_pb(job))
+
+        return await unary(
+            grpc_context, self.metrics, "StartEmbeddings", dpb.DataJobResponse(), handle
+        )
+
+    async def GetDataJob(self, request: dpb.GetDataJobRequest, grpc_context) -> dpb.DataJobResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            job = await asyncio.to_thread(self.data_jobs.get, tenant, request.job_id)
+            return dpb.DataJobResponse(job=convert.data_job_to_pb(job))
+
+        return await unary(grpc_context, self.metrics, "GetDataJob", dpb.DataJobResponse(), handle)
+
+    async def WatchDataJob(self, request: dpb.WatchDataJobRequest, grpc_context):
+        async def events():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            watch = self.data_jobs.watch(tenant, request.job_id, request.after_seq)
+            while True:
+                event = await asyncio.to_thread(next, watch, None)
+                if event is None:
+                    return
+                yield convert.data_event_to_pb(event)
+
+        async for item in streaming(grpc_context, self.metrics, "WatchDataJob", events):
+            yield item
+
+    async def CancelDataJob(
+        self, request: dpb.GetDataJobRequest, grpc_context
+    ) -> dpb.DataJobResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+            job = await asyncio.to_thread(self.data_jobs.request_cancel, tenant, request.job_id)
+            self.job_states.inc(tags={"state": "CANCEL_REQUESTED"})
+            return dpb.DataJobResponse(job=convert.data_job_to_pb(job))
+
+        return await unary(
+            grpc_context, self.metrics, "CancelDataJob", dpb.DataJobResponse(), handle
+        )
+
+    async def ListDataJobs(
+        self, request: dpb.ListDataJobsRequest, grpc_context
+    ) -> dpb.ListDataJobsResponse:
+        async def handle():
+            tenant = tenant_of(self.replica.auth, grpc_context)
+
+            def found():
+                self.replica.datasets.get_dataset(tenant, request.dataset_id)  # 404s
+                return self.data_jobs.list(
+                    tenant, limit=request.limit or 100, dataset_id=request.dataset_id
+                )
+
+            jobs = await asyncio.to_thread(found)
+            return dpb.ListDataJobsResponse(jobs=[convert.data_job_to_pb(j) for j in jobs])
+
+        return await unary(
+            grpc_context, self.metrics, "ListDataJobs", dpb.ListDataJobsResponse(), handle
         )
 
 

@@ -124,6 +124,11 @@ def test_prompt_predict_correct_tune_compare_export_in_the_browser(stack, tmp_pa
         expect(page.get_by_test_id("image-tile")).to_have_count(N_IMAGES, timeout=60_000)
         dataset = re.search(r"#/d/([^/]+)/", page.url).group(1)
         screenshot(page, "01-images")
+        # Precompute the embeddings (a data job on the features app): clicks come from the cache.
+        page.get_by_test_id("precompute-embeddings").click()
+        expect(page.get_by_test_id("embed-status")).to_contain_text(
+            f"embeddings ready: {2 * N_IMAGES} computed", timeout=300_000
+        )
 
         # 2. Prompt: a click on the first image, the mask appears; save it as the reference.
         page.locator(f"[data-testid=image-tile][data-image-id='{ids[0]}']").click()
@@ -229,4 +234,20 @@ def test_prompt_predict_correct_tune_compare_export_in_the_browser(stack, tmp_pa
         with zipfile.ZipFile(archive) as z:
             assert {"adapter.safetensors", "config.json"} <= set(z.namelist())
         screenshot(page, "07-models")
+
+        # 8. Import an archive of images and masks into a new dataset (a data job).
+        page.goto(f"{url}ui/#/")
+        page.get_by_test_id("dataset-name-input").fill("imported")
+        page.get_by_test_id("dataset-create").click()
+        expect(page.get_by_test_id("import-input")).to_be_attached()
+        upload = tmp_path / "demo.zip"
+        with zipfile.ZipFile(upload, "w") as z:
+            for f in files[:3]:
+                z.write(f, f"images/{f.name}")
+                z.write(demo / "masks" / f.name, f"masks/{f.name}")
+        page.get_by_test_id("import-input").set_input_files(str(upload))
+        expect(page.get_by_test_id("import-status")).to_contain_text(
+            "3 images added", timeout=120_000
+        )
+        expect(page.locator("[data-testid=image-tile][data-status=labelled]")).to_have_count(3)
         assert watch.clean() == []

@@ -494,6 +494,80 @@ class VPLabClient:
     def cancel_training(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/trainings/{job_id}")
 
+    # --- data in and out: import / export, precomputed embeddings --------------------------
+
+    def import_archive(self, dataset_id: str, path: str | Path) -> dict[str, Any]:
+        """Upload a zip or tar of images with ``masks/`` PNGs or a COCO JSON: the queued
+        import job (a bad archive is a 400 and nothing changes). ``wait_for_data_job``
+        follows it; its ``report`` and ``errors`` say what was imported."""
+        path = Path(path)
+
+        def chunks() -> Iterator[bytes]:  # streamed: the archive is never all in memory
+            with path.open("rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    yield chunk
+
+        return self._json(
+            "POST",
+            f"/v1/datasets/{dataset_id}/import",
+            content=chunks(),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(path.stat().st_size),
+            },
+        )
+
+    def export_dataset(
+        self, dataset_id: str, path: str | Path, format: str = "coco", source: str = "labels"
+    ) -> Path:
+        """Download the dataset as a zip (``format`` coco or masks; ``source`` labels or
+        ``predictions:{run_id}``) to ``path``."""
+        params = {"format": format, "source": source}
+        return self._download(f"/v1/datasets/{dataset_id}/export", path, params)
+
+    def precompute_embeddings(
+        self, dataset_id: str, encoders: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Start filling the embedding cache of every image (``encoders``: "sam",
+        "dinov2"; None = both): the queued job."""
+        body = {"encoders": list(encoders or [])}
+        return self._json("POST", f"/v1/datasets/{dataset_id}/embeddings", json=body)
+
+    def get_data_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/data-jobs/{job_id}")
+
+    def list_data_jobs(self, dataset_id: str, limit: int = 0) -> list[dict[str, Any]]:
+        params = {"limit": limit}
+        return self._json("GET", f"/v1/datasets/{dataset_id}/data-jobs", params=params)["jobs"]
+
+    def cancel_data_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/data-jobs/{job_id}")
+
+    def iter_data_job_events(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """One event per finished image (``phase`` "item", ``entry``, ``message`` = its
+        error) and the job's start / end events; one stream, no reconnect."""
+        for _, _, payload in self._sse(
+            "GET", f"/v1/data-jobs/{job_id}/events", params={"after_seq": after_seq}
+        ):
+            yield payload
+
+    def wait_for_data_job(
+        self,
+        job_id: str,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+        max_reconnects: int = 5,
+    ) -> dict[str, Any]:
+        """Follow the job until it ends (like ``wait_for_training``); return the final job."""
+        return self._follow(
+            f"data job {job_id}",
+            lambda after: self.iter_data_job_events(job_id, after_seq=after),
+            lambda: self.get_data_job(job_id),
+            on_event,
+            timeout,
+            max_reconnects,
+        )
+
     # --- prediction runs and review ------------------------------------------------------
 
     def start_prediction(
@@ -675,7 +749,11 @@ class VPLabClient:
         ``merged`` a plain SAM checkpoint (.pth) with the update folded in (weight-delta
         methods only: 400 otherwise)."""
         params = {"format": "merged"} if merged else None
-        data = self._request("GET", f"/v1/models/{model_id}/export", params=params).content
+        return self._download(f"/v1/models/{model_id}/export", path, params)
+
+    def _download(self, url: str, path: str | Path, params: dict[str, str] | None) -> Path:
+        """GET ``url`` into ``path`` atomically (a ``.part`` file renamed when complete)."""
+        data = self._request("GET", url, params=params).content
         path = Path(path)
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)

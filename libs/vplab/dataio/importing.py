@@ -20,6 +20,7 @@ images are content-addressed, and a label equal to the image's latest is not wri
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -193,15 +194,31 @@ def _coco_label_map(im: _CocoImage, class_of: dict[int, int]) -> np.ndarray:
 # --- the import ------------------------------------------------------------------------------
 
 
-def import_archive(
+@dataclass
+class ImportPlan:
+    """A validated archive: what will be imported, in order (``items``: member name and a
+    loader of its label map, or None), and the report the import fills in."""
+
+    archive: Archive
+    report: ImportReport
+    items: list[tuple[str, Any]]
+
+    @property
+    def total(self) -> int:
+        return len(self.items)
+
+
+def plan_import(
     datasets: DatasetStore,
     tenant: str,
     dataset_id: str,
     path: str | Path | IO[bytes],
     limits: Limits | None = None,
-) -> ImportReport:
-    """Import the archive (a path or a seekable binary file) into the dataset (see the
-    module docstring)."""
+    dry: bool = False,
+) -> ImportPlan:
+    """Open and validate the archive's whole index (see the module docstring). ``dry``
+    writes nothing (missing classes are not added): the check before a job is queued.
+    The caller closes ``plan.archive``."""
     datasets.get_dataset(tenant, dataset_id)  # NotFound first
     max_bytes = datasets.settings.max_image_bytes
     archive = Archive(path, limits or Limits(max_member_bytes=max_bytes))
@@ -212,23 +229,47 @@ def import_archive(
             categories, coco_images = _check_coco(doc, archive, coco_name)
             report = ImportReport("coco")
             class_of, report.classes_added = _class_ids(
-                datasets, tenant, dataset_id, categories, dry=False
+                datasets, tenant, dataset_id, categories, dry=dry
             )
             # An image without annotations stays unlabelled (not an empty label).
-            items = [
+            items: list[tuple[str, Any]] = [
                 (im.file, (lambda im=im: _coco_label_map(im, class_of)) if im.annotations else None)
                 for im in coco_images.values()
             ]
         else:
-            report, items = _masks_plan(datasets, tenant, dataset_id, archive)
-        for file, label in items:
-            _import_one(datasets, tenant, dataset_id, archive, file, label, report)
-        return report
-    finally:
+            report, items = _masks_plan(datasets, tenant, dataset_id, archive, dry)
+    except BaseException:
         archive.close()
+        raise
+    return ImportPlan(archive, report, items)
 
 
-def _masks_plan(datasets: DatasetStore, tenant: str, dataset_id: str, archive: Archive):
+def import_archive(
+    datasets: DatasetStore,
+    tenant: str,
+    dataset_id: str,
+    path: str | Path | IO[bytes],
+    limits: Limits | None = None,
+    on_item: Callable[[str, ImportReport], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ImportReport:
+    """Import the archive (a path or a seekable binary file) into the dataset (see the
+    module docstring). ``on_item(member, report)`` follows each image; ``should_stop``,
+    asked before each, ends the import early (what was imported stays)."""
+    plan = plan_import(datasets, tenant, dataset_id, path, limits)
+    try:
+        for file, label in plan.items:
+            if should_stop():
+                break
+            _import_one(datasets, tenant, dataset_id, plan.archive, file, label, plan.report)
+            if on_item is not None:
+                on_item(file, plan.report)
+        return plan.report
+    finally:
+        plan.archive.close()
+
+
+def _masks_plan(datasets: DatasetStore, tenant: str, dataset_id: str, archive: Archive, dry: bool):
     names = list(archive.names())
     in_masks = lambda n: "masks" in PurePosixPath(n).parts[:-1]  # noqa: E731
     masks = {PurePosixPath(n).stem: n for n in names if in_masks(n) and n.lower().endswith(".png")}
@@ -256,7 +297,7 @@ def _masks_plan(datasets: DatasetStore, tenant: str, dataset_id: str, archive: A
         ):
             raise InvalidInput(f"{classes_file}: expected classes as [{{'id': >0, 'name': ...}}]")
         remap, report.classes_added = _class_ids(
-            datasets, tenant, dataset_id, {c["id"]: c["name"] for c in listed}, dry=False
+            datasets, tenant, dataset_id, {c["id"]: c["name"] for c in listed}, dry=dry
         )
 
     def label_of(mask_name: str):

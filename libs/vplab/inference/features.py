@@ -108,6 +108,12 @@ class FeatureEngine:
             self.lru.put(req.key, value, _nbytes(value))
         return value
 
+    def precompute(self, tenant: str, image_ids: list[str], encoder: str) -> list[bool | str]:
+        """Fill the cache for these images (one encoder batch of the misses): per image,
+        whether it was cached already, or the message of its error."""
+        results = self.embed_many([(tenant, image_id, encoder) for image_id in image_ids])
+        return [r.message if isinstance(r, VPLabError) else r[1].cache_hit for r in results]
+
     def embed_many(
         self, requests: list[tuple[str, str, str]], sam=None, encoder_id: str | None = None
     ) -> list[tuple[object, EmbedInfo] | VPLabError]:

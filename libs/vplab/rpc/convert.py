@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 from vplab.errors import InvalidInput
 from vplab.rpc.v1 import (
     common_pb2,
+    datajobs_pb2,
     features_pb2,
     predictions_pb2,
     segmentation_pb2,
@@ -549,4 +550,73 @@ def evaluation_from_pb(e: predictions_pb2.Evaluation) -> dict[str, Any]:
             for s in e.per_image
         ],
         "n_images": e.n_images,
+    }
+
+
+# --- data jobs ---------------------------------------------------------------------------------
+
+
+def data_job_to_pb(job: Any) -> datajobs_pb2.DataJob:
+    """A ``vplab.datajobs.DataJob`` -> pb."""
+    return datajobs_pb2.DataJob(
+        job_id=job.job_id,
+        dataset_id=job.dataset_id,
+        kind=job.kind,
+        state=job_state_to_pb(job.state),
+        done=job.done,
+        total=job.total,
+        errors=[datajobs_pb2.DataJobError(**e) for e in job.errors],
+        report_json=json.dumps(job.report),
+        encoders=list(job.encoders),
+        error=job.error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        attempts=job.attempts,
+    )
+
+
+def data_job_from_pb(job: datajobs_pb2.DataJob) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "dataset_id": job.dataset_id,
+        "kind": job.kind,
+        "state": str(job_state_from_pb(job.state)),
+        "done": job.done,
+        "total": job.total,
+        "errors": [{"entry": e.entry, "error": e.error} for e in job.errors],
+        "report": json.loads(job.report_json or "{}"),
+        "encoders": list(job.encoders),
+        "error": job.error,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "attempts": job.attempts,
+    }
+
+
+def data_event_to_pb(e: dict[str, Any]) -> datajobs_pb2.DataJobEvent:
+    """A data job worker's event record (``vplab.datajobs``) -> DataJobEvent."""
+    return datajobs_pb2.DataJobEvent(
+        seq=e["seq"],
+        job_id=e["job_id"],
+        state=job_state_to_pb(e.get("state") or JobState.RUNNING),
+        phase=e.get("phase", ""),
+        entry=e.get("entry", ""),
+        done=e.get("done", 0),
+        total=e.get("total", 0),
+        message=e.get("message", ""),
+        time=e.get("time", ""),
+    )
+
+
+def data_event_from_pb(e: datajobs_pb2.DataJobEvent) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "job_id": e.job_id,
+        "state": str(job_state_from_pb(e.state)),
+        "phase": e.phase,
+        "entry": e.entry,
+        "done": e.done,
+        "total": e.total,
+        "message": e.message,
+        "time": e.time,
     }

@@ -59,8 +59,11 @@ APPS: tuple[ServeApp, ...] = (
         servicer="vplab.rpc.v1.training_pb2_grpc.add_TrainingServicer_to_server",
         deployment="TrainingDeployment",
         role="training",
-        # The same app serves the prediction runs (durable jobs too).
-        more_servicers=("vplab.rpc.v1.predictions_pb2_grpc.add_PredictionsServicer_to_server",),
+        # The same app serves prediction runs and data jobs (durable jobs too).
+        more_servicers=(
+            "vplab.rpc.v1.predictions_pb2_grpc.add_PredictionsServicer_to_server",
+            "vplab.rpc.v1.datajobs_pb2_grpc.add_DataJobsServicer_to_server",
+        ),
     ),
 )
 

@@ -234,7 +234,8 @@ def embedding(tenant: str, encoder_id: str, sha256: str) -> str:
 JOBS = "jobs"  # training jobs
 PREDICTIONS = "predictions"  # prediction runs: the same record / events / cancel layout
 EVALUATIONS = "evaluations"  # evaluations: prediction runs scored against labels
-JOB_FOLDERS = (JOBS, PREDICTIONS, EVALUATIONS)
+DATA_JOBS = "data-jobs"  # imports and embedding precomputes (vplab.datajobs)
+JOB_FOLDERS = (JOBS, PREDICTIONS, EVALUATIONS, DATA_JOBS)
 
 
 def _job_folder(folder: str) -> str:
@@ -285,6 +286,11 @@ def parse_prediction_object(key: str, prefix: str) -> str | None:
         return None
     name = parts[0].removesuffix(".json")
     return name if _SHA256.fullmatch(name) else None
+
+
+def data_job_archive(tenant: str, job: str) -> str:
+    """An import job's uploaded archive, from submission until the job ends."""
+    return f"{job_prefix(tenant, job, DATA_JOBS)}archive"
 
 
 def job_ckpt_prefix(tenant: str, job: str) -> str:

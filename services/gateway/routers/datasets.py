@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-import tempfile
 from collections.abc import Iterator
 from typing import IO, Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -22,7 +20,6 @@ from services.gateway.params import (
     plain,
 )
 from vplab.dataio import export_dataset, parse_source
-from vplab.dataio.importing import import_archive
 from vplab.images import encode_png
 from vplab.predictions import image_details, prediction_runs
 from vplab.storage.keys import ID_PATTERN
@@ -156,35 +153,7 @@ def get_image(
     return Response(content=data, media_type=image_media_type(data))
 
 
-# --- import / export -------------------------------------------------------------------------
-
-IMPORT_PATH = re.compile(r"/v1/datasets/[^/]+/import")  # bodies up to max_import_bytes
-ARCHIVE_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "The archive's bytes: a zip or a tar (.tar, .tar.gz); any content type",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
-
-
-@router.post(
-    "/datasets/{dataset_id}/import",
-    summary="Import a zip or tar of images with PNG masks (masks/) or a COCO JSON",
-    response_model=S.ImportReportOut,
-    openapi_extra=ARCHIVE_BODY,
-)
-async def import_dataset(
-    dataset_id: DatasetIdPath, request: Request, tenant: TenantId, datasets: DatasetsDep
-) -> Any:
-    await run_in_threadpool(datasets.get_dataset, tenant, dataset_id)  # 404 before the upload
-    with tempfile.TemporaryFile() as spool:  # bounded memory: the archive goes to disk
-        async for chunk in request.stream():
-            await run_in_threadpool(spool.write, chunk)
-        spool.flush()
-        spool.seek(0)
-        report = await run_in_threadpool(import_archive, datasets, tenant, dataset_id, spool)
-    return report.plain()
+# --- export (import is a data job: routers/datajobs.py) ---------------------------------------
 
 
 def _chunks(f: IO[bytes], size: int = 1024 * 1024) -> Iterator[bytes]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import grpc
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -37,7 +36,7 @@ from services.gateway.params import (
     png_response,
     resume_after,
 )
-from services.gateway.sse import rpc_to_sse
+from services.gateway.sse import job_event_stream
 from vplab import predictions as P
 from vplab.masks import encode_label_map
 from vplab.rpc import convert
@@ -166,28 +165,15 @@ async def prediction_events(
     last_event_id: LastEventIdHeader = "",
 ):
     after_seq = resume_after(after_seq, last_event_id)
-    # Unknown / foreign runs are a 404 before the stream starts.
-    await up.unary(TRAINING, "GetPrediction", pb.GetPredictionRequest(run_id=run_id), authorization)
-    call = up.stream(
-        TRAINING,
-        "WatchPrediction",
-        pb.WatchPredictionRequest(run_id=run_id, after_seq=after_seq),
+    return await job_event_stream(
+        up,
         authorization,
-        deadline=False,
+        timeouts.keepalive_s,
+        ("GetPrediction", pb.GetPredictionRequest(run_id=run_id)),
+        ("WatchPrediction", pb.WatchPredictionRequest(run_id=run_id, after_seq=after_seq)),
+        convert.prediction_event_from_pb,
+        item=("target", "target"),
     )
-
-    def count(error: grpc.RpcError | None) -> None:
-        up.count(TRAINING, "WatchPrediction", error)
-
-    def ended(e: pb.PredictionEvent) -> bool:
-        state = convert.job_state_from_pb(e.state)
-        return state is not None and state.terminal
-
-    def event_of(e: pb.PredictionEvent, _n: int) -> tuple[str, Any, int]:
-        kind = "end" if ended(e) else ("target" if e.phase == "target" else "progress")
-        return kind, convert.prediction_event_from_pb(e), e.seq
-
-    return await rpc_to_sse(call, count, event_of, timeouts.keepalive_s, last=ended)
 
 
 @router.get(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import grpc
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
@@ -18,7 +17,7 @@ from services.gateway.params import (
     LastEventIdHeader,
     resume_after,
 )
-from services.gateway.sse import rpc_to_sse
+from services.gateway.sse import job_event_stream
 from vplab.rpc import convert
 from vplab.rpc.convert import TRAINING
 from vplab.rpc.v1 import training_pb2
@@ -82,30 +81,19 @@ async def training_events(
     after_seq: AfterSeqQuery = 0,
     last_event_id: LastEventIdHeader = "",
 ):
-    after_seq = resume_after(after_seq, last_event_id)
-    # Unknown / foreign jobs are a 404 before the stream starts.
-    await up.unary(TRAINING, "GetJob", training_pb2.GetJobRequest(job_id=job_id), authorization)
-    call = up.stream(
-        TRAINING,
-        "WatchJob",
-        training_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq),
+    return await job_event_stream(
+        up,
         authorization,
-        deadline=False,
+        timeouts.keepalive_s,
+        ("GetJob", training_pb2.GetJobRequest(job_id=job_id)),
+        (
+            "WatchJob",
+            training_pb2.WatchJobRequest(
+                job_id=job_id, after_seq=resume_after(after_seq, last_event_id)
+            ),
+        ),
+        convert.event_from_pb,
     )
-
-    def count(error: grpc.RpcError | None) -> None:
-        up.count(TRAINING, "WatchJob", error)
-
-    def event_of(e: training_pb2.JobEvent, _n: int) -> tuple[str, Any, int]:
-        state = convert.job_state_from_pb(e.state)
-        ended = state is not None and state.terminal
-        return ("end" if ended else "progress"), convert.event_from_pb(e), e.seq
-
-    def last(e: training_pb2.JobEvent) -> bool:
-        state = convert.job_state_from_pb(e.state)
-        return state is not None and state.terminal
-
-    return await rpc_to_sse(call, count, event_of, timeouts.keepalive_s, last=last)
 
 
 @router.delete(

@@ -138,6 +138,9 @@ export const api = {
       body: file,
       headers: { "Content-Type": "application/octet-stream" },
     }).then((r) => r.json()),
+  precomputeEmbeddings: (id) => postJson(`/v1/datasets/${id}/embeddings`, {}),
+  dataJob: (jobId) => getJson(`/v1/data-jobs/${jobId}`),
+  cancelDataJob: (jobId) => call("DELETE", `/v1/data-jobs/${jobId}`),
   exportDataset: (id, format, source = "labels") =>
     getBlob(`/v1/datasets/${id}/export?format=${format}&source=${encodeURIComponent(source)}`),
   dataset: (id) => getJson(`/v1/datasets/${id}`),

@@ -82,19 +82,54 @@ function Uploader({ dataset, onUploaded }) {
   </div>`;
 }
 
-/** Import a zip / tar (masks/ PNGs or COCO) and export the labels as COCO or label maps. */
+/** Run a data job (import, precompute) to its end, reporting `done/total` as it goes. */
+async function runDataJob(job, onProgress) {
+  onProgress(job);
+  await follow(`/v1/data-jobs/${job.job_id}/events`, ({ data }) => data?.total && onProgress(data));
+  return api.dataJob(job.job_id);
+}
+
+const importSummary = (name, job) => {
+  const r = job.report;
+  if (job.state === "FAILED") return `${name}: the import failed: ${job.error}`;
+  const refused = job.errors.length
+    ? `, ${job.errors.length} files refused: ${job.errors.map((e) => `${e.entry} (${e.error})`).join("; ")}`
+    : "";
+  const classes = r.classes_added?.length ? `, classes added: ${r.classes_added.join(", ")}` : "";
+  const cancelled = job.state === "CANCELLED" ? " (cancelled)" : "";
+  return `${name}: ${r.images_added ?? 0} images added, ${r.images_present ?? 0} already here, ` +
+    `${r.labels_written ?? 0} labels written${classes}${refused}${cancelled}`;
+};
+
+/** Import a zip / tar (masks/ PNGs or COCO) and export the labels as COCO or label maps;
+ *  precompute the embeddings so the first click on each image is fast. */
 function ImportExport({ dataset, onImported }) {
   const [status, setStatus] = useState("");
+  const [embedStatus, setEmbedStatus] = useState("");
   const importFile = guarded(async (file) => {
-    setStatus(`importing ${file.name}…`);
+    setStatus(`uploading ${file.name}…`);
     try {
-      const r = await api.importArchive(dataset.id, file);
-      const errors = r.errors.length ? `, ${r.errors.length} files refused: ${r.errors.map((e) => `${e.entry} (${e.error})`).join("; ")}` : "";
-      setStatus(`${file.name}: ${r.images_added} images added, ${r.images_present} already here, ` +
-        `${r.labels_written} labels written${r.classes_added.length ? `, classes added: ${r.classes_added.join(", ")}` : ""}${errors}`);
+      const job = await api.importArchive(dataset.id, file);
+      const done = await runDataJob(job, (p) => setStatus(`importing ${file.name}: ${p.done}/${p.total}`));
+      setStatus(importSummary(file.name, done));
       onImported();
     } catch (e) {
       setStatus("");
+      throw e;
+    }
+  });
+  const precompute = guarded(async () => {
+    setEmbedStatus("starting…");
+    try {
+      const job = await api.precomputeEmbeddings(dataset.id);
+      const done = await runDataJob(job, (p) => setEmbedStatus(`embedding ${p.done}/${p.total}`));
+      const r = done.report;
+      setEmbedStatus(done.state === "SUCCEEDED"
+        ? `embeddings ready: ${r.computed} computed, ${r.cached} already cached` +
+          (done.errors.length ? `, ${done.errors.length} images failed` : "")
+        : `precompute ${done.state.toLowerCase()}${done.error ? ": " + done.error : ""}`);
+    } catch (e) {
+      setEmbedStatus("");
       throw e;
     }
   });
@@ -108,7 +143,10 @@ function ImportExport({ dataset, onImported }) {
     </label>
     <button class="secondary" data-testid="export-coco" onClick=${() => exportAs("coco")}>Export COCO</button>
     <button class="secondary" data-testid="export-masks" onClick=${() => exportAs("masks")}>Export masks</button>
+    <button class="secondary" data-testid="precompute-embeddings" title="Embed every image now, so the first click on each is fast"
+      onClick=${precompute}>Precompute embeddings</button>
     ${status && html`<span class="muted" data-testid="import-status">${status}</span>`}
+    ${embedStatus && html`<span class="muted" data-testid="embed-status">${embedStatus}</span>`}
   </div>`;
 }
 
