@@ -397,3 +397,27 @@ def test_the_sdk_imports_follows_the_job_and_exports(st, tmp_path):
         assert [e["phase"] for e in seen] == ["start", "item", "item", "item", "item", "end"]
         assert [j["job_id"] for j in client.list_data_jobs(new)] == [job["job_id"]]
         assert set(client.list_labels(new)) == set(labels)
+
+
+def test_a_channels_setting_applies_to_imported_tiffs_and_the_record_says_so(st):
+    import tifffile
+
+    r = st.http.post("/v1/datasets", json={"name": "gfp", "channels": [1]})
+    assert r.status_code == 201 and r.json()["channels"] == [1], r.text
+    ds = r.json()["id"]
+    for bad in ([0, 1, 2, 3], [-1], [1, 1], ["a"]):
+        assert st.http.post("/v1/datasets", json={"name": "x", "channels": bad}).status_code == 400
+    buf = io.BytesIO()
+    arr = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30)
+    tifffile.imwrite(buf, arr, photometric="minisblack", metadata={"axes": "CYX"})
+    report = _import(st, ds, _zip({"images/cells.tif": buf.getvalue()}))
+    assert report["images_added"] == 1
+    (image_id,) = st.http.get(f"/v1/datasets/{ds}/images").json()["images"]
+    info = st.http.get(f"/v1/datasets/{ds}/images/{image_id}").json()
+    assert info["filename"] == "cells.tif" and info["metadata"]["channels"] == [1]
+    assert info["metadata"]["shape"] == [3, 20, 30]
+    again = _import(st, ds, _zip({"images/cells.tif": buf.getvalue()}))
+    assert again["images_added"] == 0 and again["images_present"] == 1
+    cleared = st.http.patch(f"/v1/datasets/{ds}", json={"channels": []}).json()
+    assert cleared["channels"] is None
+    assert st.http.get(f"/v1/datasets/{ds}/images/{'0' * 64}").status_code == 404

@@ -114,10 +114,10 @@ def test_a_cancelled_import_stops_between_files_and_keeps_what_it_imported(env, 
     job = D.submit_import(datasets, jobs, T, ds, _archive(tmp_path, _images(4)))
 
     class CancelAfterOne(DatasetStore):
-        def add_image(self, *args, **kwargs):
-            image_id = super().add_image(*args, **kwargs)
+        def put_image(self, *args, **kwargs):
+            added = super().put_image(*args, **kwargs)
             store.put_bytes(keys.job_cancel(T, job.id, keys.DATA_JOBS), b"1")  # the API's marker
-            return image_id
+            return added
 
     cancelling = CancelAfterOne(store, datasets.settings)
     assert D.run_data_job(store, cancelling, T, job.id, cancel_check_s=0.0) == D.CANCELLED

@@ -144,7 +144,8 @@ def test_dataset_image_label_flow(stack):
         r = c.post("/v1/datasets", json={"name": "cells"})
         assert r.status_code == 201
         ds = r.json()
-        assert set(ds) == {"id", "name", "created_at", "classes"} and ds["name"] == "cells"
+        assert set(ds) == {"id", "name", "created_at", "classes", "channels"} and ds["name"] == "cells"
+        assert ds["channels"] is None  # the default TIFF rule
         assert ds["classes"] == [{"id": 1, "name": "object", "color": "#1f77b4"}]
         assert c.get("/v1/datasets").json() == {"datasets": [ds]}
         assert c.get(f"/v1/datasets/{ds['id']}").json() == ds
@@ -997,7 +998,7 @@ def test_openapi_lists_the_contract(local_stack):
         "/v1/datasets/{dataset_id}": {"get", "patch", "delete"},
         "/v1/datasets/{dataset_id}/images": {"get", "post"},
         "/v1/images/{image_id}": {"get"},
-        "/v1/datasets/{dataset_id}/images/{image_id}": {"delete"},
+        "/v1/datasets/{dataset_id}/images/{image_id}": {"get", "delete"},
         "/v1/images/{image_id}/segment": {"post"},
         "/v1/datasets/{dataset_id}/visual-prompt": {"post"},
         "/v1/images/{image_id}/auto-segment": {"post"},
@@ -1009,6 +1010,11 @@ def test_openapi_lists_the_contract(local_stack):
         "/v1/models": {"get"},
         "/v1/models/{model_id}": {"get", "delete"},
         "/v1/models/{model_id}/export": {"get"},
+        "/v1/datasets/{dataset_id}/import": {"post"},
+        "/v1/datasets/{dataset_id}/embeddings": {"post"},
+        "/v1/datasets/{dataset_id}/data-jobs": {"get"},
+        "/v1/data-jobs/{job_id}": {"get", "delete"},
+        "/v1/data-jobs/{job_id}/events": {"get"},
         "/healthz": {"get"},
         "/metrics": {"get"},
     }

@@ -98,3 +98,61 @@ def test_bad_and_exotic_tiffs_are_clear_errors():
         decode_image(_tiff(np.zeros((100, 100), np.uint16)), max_pixels=5000)
     with pytest.raises(PayloadTooLarge, match="bytes"):
         decode_image(_tiff(np.zeros((100, 100), np.uint16)), max_bytes=1000)
+
+
+def _datasets(tmp_path):
+    datasets = DatasetStore(LocalStore(tmp_path / "store"), Settings(data_dir=tmp_path))
+    tenant, _ = create_tenant(datasets.store, "lab", "pepper")
+    return datasets, tenant.id
+
+
+def test_a_datasets_channels_setting_stores_the_chosen_channel_or_composite(tmp_path):
+    import hashlib
+
+    rng = np.random.default_rng(4)
+    arr = rng.integers(0, 60000, (4, 24, 32)).astype(np.uint16)  # C, Y, X: 4 channels
+    data = _tiff(arr, photometric="minisblack", metadata={"axes": "CYX"})
+    datasets, t = _datasets(tmp_path)
+    default = datasets.create_dataset(t, "default")
+    one = datasets.create_dataset(t, "nuclei", channels=[2])
+    three = datasets.create_dataset(t, "composite", channels=[3, 0, 1])
+    assert datasets.get_dataset(t, one.id).channels == (2,)
+    plain_id = datasets.add_image(t, default.id, data, "a.tif")
+    assert plain_id == hashlib.sha256(data).hexdigest()  # no setting: stored as uploaded
+    first3 = datasets.get_image(t, plain_id)
+    assert all(np.array_equal(first3[..., c], _reference(arr[c])) for c in range(3))
+    grey_id = datasets.add_image(t, one.id, data, "a.tif")
+    assert grey_id != plain_id
+    grey = datasets.get_image(t, grey_id)
+    assert all(np.array_equal(grey[..., c], _reference(arr[2])) for c in range(3))
+    meta = datasets.image_info(t, one.id, grey_id).metadata
+    assert meta["channels"] == [2] and meta["source_sha256"] == plain_id
+    assert meta["shape"] == [4, 24, 32]  # the uploaded file's, not the stored one's
+    composite = datasets.get_image(t, datasets.add_image(t, three.id, data, "a.tif"))
+    for c, source in enumerate([3, 0, 1]):
+        assert np.array_equal(composite[..., c], _reference(arr[source]))
+    # The same file again: the same stored bytes, so the same image (idempotent).
+    assert datasets.put_image(t, one.id, data, "a.tif") == (grey_id, False)
+    # 8-bit PNGs are kept as they are.
+    from vplab.images import encode_png
+
+    png = encode_png(rng.integers(0, 255, (8, 8, 3)).astype(np.uint8))
+    assert datasets.add_image(t, one.id, png) == hashlib.sha256(png).hexdigest()
+
+
+def test_channels_settings_are_checked_and_a_missing_channel_writes_nothing(tmp_path):
+    datasets, t = _datasets(tmp_path)
+    for bad in ([0, 1, 2, 3], [1, 1], [-1], [64], [True], "2"):
+        with pytest.raises(InvalidInput, match="channels"):
+            datasets.create_dataset(t, "x", channels=bad)
+    assert datasets.list_datasets(t) == []
+    ds = datasets.create_dataset(t, "two", channels=[3])
+    two = _tiff(np.zeros((2, 8, 8), np.uint16), photometric="minisblack", metadata={"axes": "CYX"})
+    with pytest.raises(InvalidInput, match=r"2 channels \(0\.\.1\).*names \[3\]"):
+        datasets.add_image(t, ds.id, two)
+    assert datasets.list_images(t, ds.id) == []
+    assert datasets.update_dataset(t, ds.id, channels=[1, 0]).channels == (1, 0)
+    assert datasets.update_dataset(t, ds.id, name="renamed").channels == (1, 0)  # kept
+    assert datasets.update_dataset(t, ds.id, channels=[]).channels is None  # the default again
+    with pytest.raises(InvalidInput):
+        datasets.update_dataset(t, ds.id, channels=[9, 9])

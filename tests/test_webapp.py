@@ -447,3 +447,24 @@ def test_a_16bit_microscopy_tiff_is_shown_through_the_servers_rendition(page, st
     page.goto(f"{stack.url}/ui/#/d/{ds}/images")
     page.get_by_test_id("image-tile").wait_for()
     assert page.watch.clean() == []
+
+
+def test_a_dataset_created_with_a_tiff_channel_keeps_the_setting(page, stack):
+    page.get_by_test_id("dataset-name-input").fill("gfp only")
+    page.get_by_test_id("dataset-channels").fill("1")
+    page.get_by_test_id("dataset-create").click()
+    expect(page.get_by_test_id("upload-input")).to_be_attached()
+    ds = re.search(r"#/d/([^/]+)/", page.url).group(1)
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        assert c.get(f"/v1/datasets/{ds}").json()["channels"] == [1]
+    page.goto(f"{stack.url}/ui/#/")
+    expect(page.get_by_test_id("dataset-channels-shown")).to_have_text("channels 1")
+    # A setting the server refuses is shown, and nothing is created.
+    page.get_by_test_id("dataset-name-input").fill("bad")
+    page.get_by_test_id("dataset-channels").fill("1, 1")
+    page.get_by_test_id("dataset-create").click()
+    expect(page.get_by_test_id("error-banner")).to_contain_text("channels")
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        assert "bad" not in [d["name"] for d in c.get("/v1/datasets").json()["datasets"]]
+    assert page.watch.clean(allow=(r"status of 400",)) == []

@@ -51,7 +51,7 @@ import numpy as np
 from vplab.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from vplab.images import decode_image, image_sha256
 from vplab.masks import encode_label_map, read_label_png
-from vplab.microscopy import tiff_metadata
+from vplab.microscopy import select_channels, tiff_metadata
 from vplab.settings import Settings
 from vplab.storage import ArtifactStore, keys
 from vplab.tenancy.limits import RequestLimits
@@ -85,6 +85,9 @@ class Dataset:
     name: str
     created_at: str
     classes: tuple[DatasetClass, ...] = ()  # ids 1..K; () only before get_dataset fills it
+    # Multi-channel TIFFs: the channels (0-based) stored for each, 1 = grey, 2-3 = a
+    # composite (vplab.microscopy.select_channels); None = the default rule.
+    channels: tuple[int, ...] | None = None
 
 
 DEFAULT_CLASSES = (DatasetClass(1, "object", _PALETTE[0]),)
@@ -144,6 +147,24 @@ def _check_color(color: object, class_id: int) -> str:
     if not isinstance(color, str) or not _COLOR.fullmatch(color):
         raise InvalidInput(f"class {class_id}: color must be '#rrggbb', got {color!r}")
     return color.lower()
+
+
+MAX_CHANNEL = 63  # a channel index; far above any microscope's channel count
+
+
+def _check_channels(channels: object) -> tuple[int, ...] | None:
+    """``[c]`` (one channel: grey) or 2-3 distinct channels (a composite); ``[]`` -> None."""
+    if channels is None:
+        return None
+    if not isinstance(channels, (list, tuple)) or len(channels) > 3:
+        raise InvalidInput(f"channels must be a list of 1 to 3 channel indices, got {channels!r}")
+    if any(
+        isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CHANNEL for c in channels
+    ):
+        raise InvalidInput(f"channels must be integers 0..{MAX_CHANNEL}, got {list(channels)}")
+    if len(set(channels)) != len(channels):
+        raise InvalidInput(f"channels must be distinct, got {list(channels)}")
+    return tuple(channels) or None
 
 
 def _check_classes(classes: object) -> tuple[DatasetClass, ...]:
@@ -211,12 +232,15 @@ class DatasetStore:
         name: str,
         dataset_id: str | None = None,
         classes: list[dict[str, object]] | None = None,
+        channels: list[int] | None = None,
     ) -> Dataset:
         """New dataset; its id is ``dataset_id`` (``Conflict`` if taken) or ``d-<12 hex>``.
-        ``classes``: ``[{name, color?}]``, ids 1..K in this order (None: one class)."""
+        ``classes``: ``[{name, color?}]``, ids 1..K in this order (None: one class).
+        ``channels``: see ``Dataset.channels``."""
         t = _tid(tenant)
         name = _check_text(name, "dataset name", _MAX_NAME)
         checked = _check_classes(classes)
+        chosen = _check_channels(channels)
         reused_id = dataset_id is not None
         if dataset_id is None:
             dataset_id = f"d-{secrets.token_hex(6)}"
@@ -225,16 +249,16 @@ class DatasetStore:
             raise Conflict(f"dataset {dataset_id!r} already exists")
         if reused_id:  # leftovers of a deleted dataset of this id, deleted mid class append
             self.store.delete_prefix(keys.dataset_classes_prefix(t, dataset_id))
-        ds = Dataset(id=dataset_id, name=name, created_at=_now(), classes=checked)
-        self.store.put_json(
-            record,
-            {
-                "id": ds.id,
-                "name": ds.name,
-                "created_at": ds.created_at,
-                "classes": [_class_record(c) for c in ds.classes],
-            },
-        )
+        ds = Dataset(id=dataset_id, name=name, created_at=_now(), classes=checked, channels=chosen)
+        body: dict[str, Any] = {
+            "id": ds.id,
+            "name": ds.name,
+            "created_at": ds.created_at,
+            "classes": [_class_record(c) for c in ds.classes],
+        }
+        if chosen is not None:
+            body["channels"] = list(chosen)
+        self.store.put_json(record, body)
         return ds
 
     def get_dataset(self, tenant: str, dataset_id: str) -> Dataset:
@@ -249,6 +273,7 @@ class DatasetStore:
             id=dataset_id,
             name=str(data.get("name", dataset_id)),
             created_at=str(data.get("created_at", "")),
+            channels=tuple(data["channels"]) if data.get("channels") else None,
         )
         by_id = {c.id: c for c in DEFAULT_CLASSES}  # records from before classes: one class
         if isinstance(data.get("classes"), list):
@@ -267,12 +292,16 @@ class DatasetStore:
         dataset_id: str,
         name: str | None = None,
         classes: list[dict[str, object]] | None = None,
+        channels: list[int] | None = None,
     ) -> Dataset:
         """Rename the dataset; edit classes (``{id, name?, color?}``) and append classes
-        (``{name, color?}``: the next ids). Everything is checked before anything is written."""
+        (``{name, color?}``: the next ids); set ``channels`` (``[]``: back to the default
+        rule; images already stored keep theirs). Everything is checked before anything is
+        written."""
         t = _tid(tenant)
         ds = self.get_dataset(t, dataset_id)
         new_name = None if name is None else _check_text(name, "dataset name", _MAX_NAME)
+        new_channels = None if channels is None else _check_channels(channels)
         if classes is not None and not isinstance(classes, (list, tuple)):
             raise InvalidInput("classes must be a list of {id, name?, color?} or {name, color?}")
         current = {c.id: c for c in ds.classes}
@@ -314,9 +343,14 @@ class DatasetStore:
         ]
         _check_unique_names(preview)
         # Writes: the record (name), each edit (last wins), each append (its own new id).
-        if new_name is not None:
+        if new_name is not None or channels is not None:
             record = self.store.get_json(keys.dataset(t, dataset_id))
-            record["name"] = new_name
+            if new_name is not None:
+                record["name"] = new_name
+            if channels is not None:
+                record.pop("channels", None)
+                if new_channels is not None:
+                    record["channels"] = list(new_channels)
             self.store.put_json(keys.dataset(t, dataset_id), record)
         for edited in edits.values():
             self.store.put_json(keys.dataset_class(t, dataset_id, edited.id), _class_record(edited))
@@ -369,16 +403,30 @@ class DatasetStore:
     def add_image(
         self, tenant: str, dataset_id: str, data: bytes, filename: str | None = None
     ) -> str:
-        """Store an image in a dataset; return its id (the sha256 of ``data``).
+        """Store an image in a dataset; return its id (the sha256 of the stored bytes:
+        ``data``, or for a TIFF in a dataset with a ``channels`` setting, the TIFF of those
+        channels).
 
         Decoded under the request limits and quota-checked before anything is written.
         Re-uploading the same bytes is idempotent (same id, nothing changes).
         """
+        return self.put_image(tenant, dataset_id, data, filename)[0]
+
+    def put_image(
+        self, tenant: str, dataset_id: str, data: bytes, filename: str | None = None
+    ) -> tuple[str, bool]:
+        """``add_image``, and whether the image is new to the dataset."""
         t = _tid(tenant)
         filename = _check_filename(filename)
-        self.get_dataset(t, dataset_id)
-        decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
+        ds = self.get_dataset(t, dataset_id)
+        limits = (self.settings.max_image_bytes, self.settings.max_image_pixels)
+        decode_image(data, *limits)
         data = bytes(data)
+        meta = tiff_metadata(data)
+        if meta is not None and ds.channels is not None:
+            source = image_sha256(data)
+            data = select_channels(data, ds.channels, *limits)
+            meta |= {"channels": list(ds.channels), "source_sha256": source}
         sha = image_sha256(data)
         image_key = keys.image(t, sha)
         marker = keys.dataset_image(t, dataset_id, sha)
@@ -389,7 +437,6 @@ class DatasetStore:
         with room:
             if not had_marker:
                 record: dict[str, Any] = {"filename": filename, "added_at": _now()}
-                meta = tiff_metadata(data)
                 if meta is not None:
                     record["metadata"] = meta
                 self.store.put_json(marker, record)
@@ -404,7 +451,7 @@ class DatasetStore:
                     with contextlib.suppress(Exception):
                         self.store.delete(marker)
                 raise
-        return sha
+        return sha, not had_marker
 
     def list_images(self, tenant: str, dataset_id: str) -> list[str]:
         """Image ids (sha256) in the dataset, sorted."""

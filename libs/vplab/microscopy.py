@@ -4,7 +4,9 @@ The rule (one rule, applied by ``vplab.images.decode_image`` on every path):
 - The image is the file's first series. Planes: the first index of every axis other than
   Y, X and the channel axis (T, Z, ...: the first time point, the first z-slice).
 - Channels (C or S axis): 1 -> grey; 2 or 3 -> red, green(, blue) in file order; more than
-  3 -> the first 3 (a chosen channel is a per-dataset setting for later).
+  3 -> the first 3. A dataset's ``channels`` setting chooses others: ``select_channels``
+  makes the stored image a TIFF of just those (raw values, in the chosen order), so the
+  rule above, unchanged, shows one chosen channel as grey and 2-3 as a composite.
 - Intensities: 8-bit RGB (or grey) is kept as it is; anything else (16-bit, 32-bit,
   float) is scaled per channel from its 1st to its 99.8th percentile onto 0..255, clipped
   (NaN and infinities count as the low end). ``NORMALISATION`` names the rule.
@@ -104,6 +106,44 @@ def decode_tiff(
     elif out.shape[2] == 2:
         out = np.concatenate([out, np.zeros_like(out[..., :1])], axis=2)
     return np.ascontiguousarray(out)
+
+
+def select_channels(
+    data: bytes,
+    channels: tuple[int, ...],
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
+) -> bytes:
+    """A TIFF of the first plane's ``channels`` (0-based, this order), raw values: what a
+    dataset with a ``channels`` setting stores for an uploaded TIFF. Deterministic (the
+    same file and choice give the same bytes, hence the same image id)."""
+    import tifffile
+
+    tif, series = _series(data, max_bytes, max_pixels)
+    with tif:
+        try:
+            arr = series.asarray()
+        except Exception as e:
+            raise InvalidInput(f"image is not a readable TIFF ({type(e).__name__}: {e})") from e
+    if np.iscomplexobj(arr) or (arr.dtype.kind not in "uif" and arr.dtype != bool):
+        raise InvalidInput(f"TIFF pixels of type {arr.dtype} are not supported")
+    plane, _ = _first_plane(arr, series.axes)
+    n = plane.shape[2]
+    missing = [c for c in channels if c >= n]
+    if missing:
+        raise InvalidInput(
+            f"the image has {n} channel{'s' if n > 1 else ''} (0..{n - 1}): the dataset's "
+            f"channels setting {list(channels)} names {missing}"
+        )
+    picked = np.ascontiguousarray(plane[..., list(channels)])
+    buf = io.BytesIO()
+    if len(channels) == 1:
+        tifffile.imwrite(buf, picked[..., 0], photometric="minisblack")
+    else:
+        tifffile.imwrite(
+            buf, picked, photometric="minisblack", planarconfig="contig", metadata={"axes": "YXC"}
+        )
+    return buf.getvalue()
 
 
 def tiff_metadata(data: bytes) -> dict[str, Any] | None:

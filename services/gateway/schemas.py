@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -96,6 +97,30 @@ class ClassOut(BaseModel):
     color: str
 
 
+_CHANNELS = (
+    "Multi-channel TIFFs: the channels (0-based) stored for each image, one (shown grey) or "
+    "2-3 distinct (a red/green/blue composite); default: 1 -> grey, 2-3 -> RGB, more -> "
+    "the first 3. 8-bit PNG/JPEG images are stored as they are"
+)
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON true / false are not integers (pydantic would take them as 1 / 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+_ChannelIndex = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=63)]
+Channels = Annotated[
+    list[_ChannelIndex],
+    Field(min_length=1, max_length=3, json_schema_extra={"uniqueItems": True}),
+]
+ChannelsOrNone = Annotated[  # PATCH: [] clears the setting
+    list[_ChannelIndex], Field(max_length=3, json_schema_extra={"uniqueItems": True})
+]
+
+
 class DatasetCreate(_Body):
     name: str = Field(
         min_length=1, max_length=200, pattern=_NAME_PATTERN, description="A display name"
@@ -107,6 +132,7 @@ class DatasetCreate(_Body):
         description="Classes, ids 1..K in this order; default: one class. Labels are label "
         "maps of values 0..K (a one-class dataset also takes binary masks)",
     )
+    channels: Channels | None = Field(default=None, description=_CHANNELS)
 
 
 class DatasetPatch(_Body):
@@ -117,6 +143,11 @@ class DatasetPatch(_Body):
         description="With an id: edit that class (name and/or colour; the last edit of an id "
         "wins). Without: append a class, which gets the next id. Ids are never reused",
     )
+    channels: ChannelsOrNone | None = Field(
+        default=None,
+        description=_CHANNELS + "; `[]` = back to the default rule. Images already stored "
+        "keep the channels they were stored with",
+    )
 
 
 class DatasetOut(BaseModel):
@@ -124,10 +155,22 @@ class DatasetOut(BaseModel):
     name: str
     created_at: str
     classes: list[ClassOut]
+    channels: list[int] | None = Field(description="The channels setting (null: the default)")
 
 
 class DatasetList(BaseModel):
     datasets: list[DatasetOut]
+
+
+class ImageInfoOut(BaseModel):
+    image_id: str
+    filename: str | None
+    added_at: str
+    metadata: dict[str, Any] | None = Field(
+        description="TIFFs: format (TIFF / OME-TIFF), axes, shape, dtype, the normalisation "
+        "rule, OME pixel sizes and channel names; with a channels setting, the channels "
+        "stored and the uploaded file's sha256 (source_sha256)"
+    )
 
 
 class ImageList(BaseModel):

@@ -31,7 +31,6 @@ from pycocotools import mask as cocomask
 from vplab.dataio.archive import Archive, Limits
 from vplab.datasets import DatasetStore
 from vplab.errors import InvalidInput, NotFound, VPLabError
-from vplab.images import image_sha256
 from vplab.masks.png import encode_label_map, read_label_map
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -333,12 +332,11 @@ def _import_one(
 ) -> None:
     try:
         data = archive.read(file)
-        present = datasets.image_in_dataset(tenant, dataset_id, image_sha256(data))
-        image_id = datasets.add_image(tenant, dataset_id, data, PurePosixPath(file).name)
-        if present:
-            report.images_present += 1
-        else:
+        image_id, added = datasets.put_image(tenant, dataset_id, data, PurePosixPath(file).name)
+        if added:
             report.images_added += 1
+        else:
+            report.images_present += 1
         if label is None:
             return
         arr = label()

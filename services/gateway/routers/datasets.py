@@ -43,7 +43,9 @@ def create_dataset(body: S.DatasetCreate, tenant: TenantId, datasets: DatasetsDe
     classes = (
         None if body.classes is None else [c.model_dump(exclude_none=True) for c in body.classes]
     )
-    return plain(datasets.create_dataset(tenant, body.name, classes=classes))
+    return plain(
+        datasets.create_dataset(tenant, body.name, classes=classes, channels=body.channels)
+    )
 
 
 @router.patch(
@@ -63,7 +65,11 @@ def update_dataset(
     classes = (
         None if body.classes is None else [c.model_dump(exclude_none=True) for c in body.classes]
     )
-    return plain(datasets.update_dataset(tenant, dataset_id, name=body.name, classes=classes))
+    return plain(
+        datasets.update_dataset(
+            tenant, dataset_id, name=body.name, classes=classes, channels=body.channels
+        )
+    )
 
 
 @router.get("/datasets", summary="List the tenant's datasets", response_model=S.DatasetList)
@@ -113,6 +119,17 @@ async def upload_image(
 def list_images(dataset_id: DatasetIdPath, tenant: TenantId, datasets: DatasetsDep) -> Any:
     details = image_details(datasets, prediction_runs(datasets.store), tenant, dataset_id)
     return {"images": [d["image_id"] for d in details], "details": details}
+
+
+@router.get(
+    "/datasets/{dataset_id}/images/{image_id}",
+    summary="An image's record in a dataset: file name, when added, microscopy metadata",
+    response_model=S.ImageInfoOut,
+)
+def image_info(
+    dataset_id: DatasetIdPath, image_id: ImageIdPath, tenant: TenantId, datasets: DatasetsDep
+) -> Any:
+    return plain(datasets.image_info(tenant, dataset_id, image_id))
 
 
 @router.delete(

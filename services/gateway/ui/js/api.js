@@ -131,7 +131,7 @@ export async function follow(path, onEvent, { signal, retries = 5 } = {}) {
 /** The API, one function per route the page uses. */
 export const api = {
   datasets: () => getJson("/v1/datasets"),
-  createDataset: (name, classes) => postJson("/v1/datasets", { name, classes }),
+  createDataset: (name, classes, channels) => postJson("/v1/datasets", { name, classes, channels }),
   deleteDataset: (id) => call("DELETE", `/v1/datasets/${id}`),
   importArchive: (id, file) =>
     call("POST", `/v1/datasets/${id}/import`, {

@@ -31,14 +31,18 @@ export function DatasetsView() {
   const [list, setList] = useState(null);
   const [name, setName] = useState("");
   const [classes, setClasses] = useState([{ name: "object", color: PALETTE[0] }]);
+  const [channels, setChannels] = useState("");
   const reload = guarded(async () => setList((await api.datasets()).datasets));
   useEffect(() => void reload(), []);
 
   const create = guarded(async (e) => {
     e.preventDefault();
     const cls = classes.map((c, i) => ({ name: c.name.trim() || `class ${i + 1}`, color: c.color }));
-    const d = await api.createDataset(name.trim(), cls);
+    // "2" or "0, 2, 1": the TIFF channels to keep (the server checks them); "" = the default.
+    const chosen = channels.split(/[\s,]+/).filter(Boolean).map(Number);
+    const d = await api.createDataset(name.trim(), cls, chosen.length ? chosen : undefined);
     setName("");
+    setChannels("");
     go({ dataset: d.id, view: "images" });
   });
   const remove = guarded(async (d) => {
@@ -58,6 +62,7 @@ export function DatasetsView() {
           <span class="classes">${d.classes.map(
             (c) => html`<span class="chip" key=${c.id}><i class="swatch" style=${{ background: c.color }}></i>${c.name}</span>`,
           )}</span>
+          ${d.channels && html`<span class="muted" data-testid="dataset-channels-shown">channels ${d.channels.join(", ")}</span>`}
           <span class="muted">${d.created_at.slice(0, 10)}</span>
           <button class="link danger" onClick=${() => remove(d)}>delete</button>
         </li>`,
@@ -68,6 +73,10 @@ export function DatasetsView() {
       <input data-testid="dataset-name-input" placeholder="Name" value=${name} required
         onInput=${(e) => setName(e.target.value)} />
       <${ClassRows} classes=${classes} setClasses=${setClasses} />
+      <label class="muted" title="Multi-channel TIFFs: one channel (grey) or 2-3 (a composite), 0-based; empty = 1 -> grey, 2-3 -> RGB, more -> the first 3">
+        TIFF channels <input data-testid="dataset-channels" placeholder="default" size="8" value=${channels}
+          onInput=${(e) => setChannels(e.target.value)} />
+      </label>
       <button type="submit" data-testid="dataset-create" disabled=${!name.trim()}>Create</button>
     </form>
   </section>`;
