@@ -427,6 +427,9 @@ class SpySegmenter:
     def embed(self, image):
         return self.inner.embed(image)
 
+    def embed_images(self, images):
+        return self.inner.embed_images(images)
+
     def decode(self, embedding, point_coords=None, point_labels=None, **kw):
         self.calls.append(
             {"coords": np.array(point_coords), "labels": np.array(point_labels), **kw}

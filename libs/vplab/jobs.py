@@ -276,9 +276,10 @@ def run_job(settings, tenant: str, job_id: str) -> str:
     from vplab.datasets import DatasetStore
     from vplab.inference.runtime import ModelRuntime
     from vplab.models import configure_compute
+    from vplab.segmentation.tiling import default_halo
     from vplab.storage import open_store
     from vplab.training import CheckpointStore, TrainConfig, Trainer
-    from vplab.training.data import per_class_samples
+    from vplab.training.data import per_class_samples, tile_samples
     from vplab.training.feature_cache import StoreFeatureCache
     from vplab.tuned import save_tuned_model
 
@@ -331,6 +332,10 @@ def run_job(settings, tenant: str, job_id: str) -> str:
             )
             for sample in per_class_samples(image_id, image, label_map, n_classes)
         ]
+        sam = runtime.base.build(store)
+        if settings.tile_large_images:  # trained on the tiles it will be served on
+            window = sam.image_encoder.img_size
+            samples = tile_samples(samples, window, settings.tile_halo or default_halo(window))
         config = TrainConfig(
             method=job.method,
             method_config=dict(job.method_config),
@@ -342,7 +347,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
             n_dihedral=settings.train_views,
         )
         trainer = Trainer(
-            runtime.base.build(store),
+            sam,
             config,
             samples,
             checkpoints=CheckpointStore(store, tenant, job_id),

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 64 * 1024 * 1024
     max_import_bytes: int = 2 * 1024**3  # an uploaded archive (POST .../import)
+    # Images larger than the SAM encoder's input are embedded as tiles with a halo
+    # (vplab.segmentation.tiling); off: shrunk to fit, as SAM does. 0 = an eighth of the input.
+    tile_large_images: bool = True
+    tile_halo: int = 0
     max_points_per_request: int = 64
     max_targets_per_call: int = 256
 

@@ -163,7 +163,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise InvalidInput("give at least one --points X,Y or a --box")
     image = read_image(args.image)
     segmenter = PromptSegmenter(base_sam(args).build())
-    emb = segmenter.embed(image)
+    emb = segmenter.embed_images([image])[0]  # a large image: its tiles
     coords = np.array([[p[:2] for p in points]], dtype=np.float32) if points else None
     labels = np.array([[int(p[2]) if len(p) == 3 else 1 for p in points]]) if points else None
     boxes = np.array([box], dtype=np.float32) if box else None

@@ -23,6 +23,8 @@ from vplab.inference.runtime import ModelRuntime
 from vplab.models import PatchFeatures, extract_patch_features_batch
 from vplab.segmentation import PromptSegmenter
 from vplab.segmentation.embedding import ImageEmbedding
+from vplab.segmentation.predictor import BASE_OUTPUT
+from vplab.segmentation.tiling import TiledEmbedding, load_sam_embedding, needs_tiling, tile_grid
 from vplab.storage import keys
 
 ENCODERS = ("sam", "dinov2")
@@ -65,8 +67,19 @@ class FeatureEngine:
     @property
     def segmenter(self) -> PromptSegmenter:
         if not hasattr(self, "_segmenter"):
-            self._segmenter = PromptSegmenter(self.rt.sam, self.rt.device)
+            self._segmenter = self.segmenter_for(self.rt.sam)
         return self._segmenter
+
+    def segmenter_for(self, sam, output: str = BASE_OUTPUT) -> PromptSegmenter:
+        """A segmenter of ``sam`` that embeds as the settings say (tiling large images)."""
+        s = self.rt.settings
+        return PromptSegmenter(
+            sam,
+            self.rt.device,
+            output=output,
+            tile_large_images=s.tile_large_images,
+            tile_halo=s.tile_halo or None,
+        )
 
     # -- images ----------------------------------------------------------------------
     def image(self, tenant: str, image_id: str) -> np.ndarray:
@@ -101,12 +114,23 @@ class FeatureEngine:
             except NotFound:
                 return None
             value = (
-                ImageEmbedding.from_bytes(data)
+                load_sam_embedding(data)
                 if req.encoder == "sam"
                 else patch_features_from_bytes(data)
             )
+            if req.encoder == "sam" and not self._as_configured(value):
+                return None  # embedded under other tiling settings: embed it again
             self.lru.put(req.key, value, _nbytes(value))
         return value
+
+    def _as_configured(self, value) -> bool:
+        """Whether a cached SAM embedding is what the tiling settings give its image."""
+        seg = self.segmenter
+        H, W = value.original_size
+        if not (seg.tile_large_images and needs_tiling(H, W, seg.img_size)):
+            return isinstance(value, ImageEmbedding)
+        grid = tile_grid(H, W, seg.img_size, seg.tile_halo)
+        return isinstance(value, TiledEmbedding) and value.tiles == grid
 
     def precompute(self, tenant: str, image_ids: list[str], encoder: str) -> list[bool | str]:
         """Fill the cache for these images (one encoder batch of the misses): per image,
@@ -139,8 +163,8 @@ class FeatureEngine:
             except VPLabError as e:
                 results[i] = e
         if misses["sam"]:
-            segmenter = self.segmenter if sam is None else PromptSegmenter(sam, self.rt.device)
-            embeddings = segmenter.embed_batch([m[2] for m in misses["sam"]])
+            segmenter = self.segmenter if sam is None else self.segmenter_for(sam)
+            embeddings = segmenter.embed_images([m[2] for m in misses["sam"]])
             self._store_misses(
                 misses["sam"], embeddings, [e.to_bytes() for e in embeddings], results
             )
@@ -163,7 +187,7 @@ class FeatureEngine:
             self.store.put_bytes(req.key, blob)
             # Serve what was stored (bf16-rounded), so a hit and a miss give the same result.
             value = (
-                ImageEmbedding.from_bytes(blob)
+                load_sam_embedding(blob)
                 if req.encoder == "sam"
                 else patch_features_from_bytes(blob)
             )
@@ -178,7 +202,7 @@ class FeatureEngine:
 
     def sam_embedding(
         self, tenant: str, image_id: str, sam=None, encoder_id: str | None = None
-    ) -> ImageEmbedding:
+    ) -> ImageEmbedding | TiledEmbedding:
         return self._one(tenant, image_id, "sam", sam, encoder_id)[0]
 
     def dino_features(self, tenant: str, image_id: str) -> PatchFeatures:

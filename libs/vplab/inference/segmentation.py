@@ -31,6 +31,7 @@ from vplab.peft.ptsam import ptsam_decode
 from vplab.segmentation import PromptSegmenter
 from vplab.segmentation.mask_input import mask_to_mask_input
 from vplab.segmentation.predictor import check_prompt
+from vplab.segmentation.tiling import TiledEmbedding, crop, prompt_anchor
 from vplab.segmentation.transforms import postprocess_masks
 from vplab.storage import keys
 from vplab.tenancy.limits import RequestLimits
@@ -119,7 +120,7 @@ class SegmentationEngine:
             model_id,
             cfg["method"],
             sam,
-            PromptSegmenter(sam, self.rt.device, output=output),
+            self.features.segmenter_for(sam, output),
             encoder_id,
             encoder_tuned,
             spec.prompt_free,
@@ -228,6 +229,16 @@ class SegmentationEngine:
                 raise InvalidInput(
                     f"mask_input is {prev.shape[1]}x{prev.shape[0]} but the image is {W}x{H}"
                 )
+            check_prompt(coords, labels, boxes, H, W)
+            if isinstance(emb, TiledEmbedding):  # the mask of the tile the prompt picks
+                anchor = prompt_anchor(
+                    None if coords is None else coords[0],
+                    None if labels is None else labels[0],
+                    None if boxes is None else boxes[0],
+                )
+                if anchor is None:
+                    raise InvalidInput("on a tiled image a prompt needs a point or a box")
+                prev = crop(prev, emb.tiles[emb.tile_of(*anchor)].window)
             low = segmenter.mask_input_size[0]
             mask_input = mask_to_mask_input(prev, segmenter.img_size, low).numpy()
         check_prompt(coords, labels, boxes, H, W)  # before it can share a batch
@@ -245,13 +256,22 @@ class SegmentationEngine:
                 f"model {model.model_id} ({model.method}) needs prompts: use SegmentPrompt"
             )
         emb = self._embedding(tenant, image_id, model).to(self.rt.device)
+
+        def window_logits(e) -> torch.Tensor:  # (h, w) at the embedding's image size
+            low = ptsam_decode(model.sam, e.features, model.output).float()
+            full = postprocess_masks(low, e.input_size, e.original_size, model.segmenter.img_size)
+            return full[0, 0].cpu()
+
         with torch.no_grad():
-            logits = ptsam_decode(model.sam, emb.features, model.output)
-            logits = postprocess_masks(
-                logits.float(), emb.input_size, emb.original_size, model.segmenter.img_size
-            )
-        prob = torch.sigmoid(logits[0, 0]).cpu()
-        mask = (logits[0, 0] > 0).cpu()
+            if isinstance(emb, TiledEmbedding):  # each pixel from the tile whose core holds it
+                logits = torch.empty(emb.original_size)
+                for tile, e in zip(emb.tiles, emb.embeddings):
+                    (y0, x0, y1, x1), (wy, wx) = tile.core, tile.window[:2]
+                    logits[y0:y1, x0:x1] = window_logits(e)[y0 - wy : y1 - wy, x0 - wx : x1 - wx]
+            else:
+                logits = window_logits(emb)
+        prob = torch.sigmoid(logits)
+        mask = logits > 0
         score = float(prob[mask].mean()) if mask.any() else 0.0
         return encode_rle(_column_major(mask)), score
 

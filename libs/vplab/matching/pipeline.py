@@ -180,7 +180,7 @@ class VisualPrompter:
             if target_features is None:
                 target_features = self.extract_features([target_image])[0]
             if target_embedding is None:
-                target_embedding = self.segmenter.embed(target_image)
+                target_embedding = self.segmenter.embed_images([target_image])[0]
         h, w = (int(v) for v in target_embedding.original_size)
         hw = (h, w)
         if tuple(int(v) for v in target_features.original_size) != hw:

@@ -23,6 +23,14 @@ from segment_anything.modeling import Sam
 from vplab.errors import InvalidInput
 from vplab.images import check_rgb_image
 from vplab.segmentation.embedding import ImageEmbedding
+from vplab.segmentation.tiling import (
+    TiledEmbedding,
+    crop,
+    default_halo,
+    needs_tiling,
+    prompt_anchor,
+    tile_grid,
+)
 from vplab.segmentation.transforms import (
     apply_boxes,
     apply_coords,
@@ -107,6 +115,8 @@ class PromptSegmenter:
         device: torch.device | str | None = None,
         amp: bool | None = None,
         output: str = BASE_OUTPUT,
+        tile_large_images: bool = True,
+        tile_halo: int | None = None,
     ):
         output_selection(output)  # unknown -> InvalidInput
         # The decoder output this model serves (``decode(multimask_output=None)``).
@@ -124,6 +134,9 @@ class PromptSegmenter:
         # bf16 autocast for the encoder on CUDA only: on CPU it is slower, and tests
         # compare against SamPredictor in fp32.
         self.amp = (self.device.type == "cuda") if amp is None else amp
+        # Images larger than the encoder's input: tiles with this halo (vplab.segmentation.tiling).
+        self.tile_large_images = tile_large_images
+        self.tile_halo = default_halo(self.img_size) if tile_halo is None else tile_halo
 
     @property
     def mask_score_threshold(self) -> float | None:
@@ -161,6 +174,25 @@ class PromptSegmenter:
         """HxWx3 uint8 RGB -> ``ImageEmbedding`` (one encoder pass, no gradients)."""
         return self.embed_batch([image])[0]
 
+    def embed_tiled(self, image: np.ndarray, halo: int | None = None) -> TiledEmbedding:
+        """Every window of the image's tile grid, at the image's resolution."""
+        check_rgb_image(image, "image")
+        H, W = int(image.shape[0]), int(image.shape[1])
+        tiles = tile_grid(H, W, self.img_size, self.tile_halo if halo is None else halo)
+        return TiledEmbedding(
+            tiles, self.embed_batch([crop(image, t.window) for t in tiles]), (H, W)
+        )
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding | TiledEmbedding]:
+        """``embed_batch``, except that an image larger than the encoder's input is tiled
+        (unless ``tile_large_images`` is off: then it is shrunk to fit, as SAM does)."""
+        large = [
+            self.tile_large_images and needs_tiling(im.shape[0], im.shape[1], self.img_size)
+            for im in images
+        ]
+        small = iter(self.embed_batch([im for im, big in zip(images, large) if not big]))
+        return [self.embed_tiled(im) if big else next(small) for im, big in zip(images, large)]
+
     # --- decoder -----------------------------------------------------------------------
 
     def decode(
@@ -182,7 +214,16 @@ class PromptSegmenter:
         e.g. a previous ``low_res_logits`` entry. Every given prompt kind must have the
         same B. ``multimask_output=None``: the output this model serves (``self.output``:
         3 masks for "best_of_3", else the one trained mask) - what visual prompting uses.
+
+        A ``TiledEmbedding``: each set is decoded on the tile its anchor picks
+        (``vplab.segmentation.tiling``), its masks placed in the whole image; there
+        ``mask_input`` and ``low_res_logits`` are in that tile's frame.
         """
+        if isinstance(embedding, TiledEmbedding):
+            return self._decode_tiled(
+                embedding, point_coords, point_labels, boxes, mask_input, multimask_output,
+                return_logits,
+            )  # fmt: skip
         emb = self._check_embedding(embedding)
         H, W = emb.original_size
         points = _parse_points(point_coords, point_labels, H, W)
@@ -231,6 +272,82 @@ class PromptSegmenter:
             masks = postprocess_masks(low_res, emb.input_size, emb.original_size, self.img_size)
         if not return_logits:
             masks = masks > self.sam.mask_threshold
+        return DecodeResult(masks=masks, iou_predictions=iou, low_res_logits=low_res)
+
+    def _decode_tiled(
+        self,
+        tiled: TiledEmbedding,
+        point_coords: PointsInput,
+        point_labels: PointsInput,
+        boxes: np.ndarray | None,
+        mask_input: np.ndarray | torch.Tensor | None,
+        multimask_output: bool | None,
+        return_logits: bool,
+    ) -> DecodeResult:
+        H, W = tiled.original_size
+        points = _parse_points(point_coords, point_labels, H, W)
+        box_arr = _parse_boxes(boxes, H, W)
+        masks_in = _parse_mask_input(mask_input, self.mask_input_size)
+        n = points[0].shape[0] if points is not None else None
+        n = box_arr.shape[0] if n is None and box_arr is not None else n
+        if n is None:
+            raise InvalidInput(
+                "on a tiled image a prompt needs a point or a box: it picks the tile"
+            )
+        groups: dict[int, list[int]] = {}
+        for b in range(n):
+            anchor = prompt_anchor(
+                None if points is None else points[0][b],
+                None if points is None else points[1][b],
+                None if box_arr is None else box_arr[b],
+            )
+            if anchor is None:
+                raise InvalidInput(f"prompt set {b} has no point or box to pick its tile")
+            groups.setdefault(tiled.tile_of(*anchor), []).append(b)
+        parts = []
+        for t, members in groups.items():
+            y0, x0, y1, x1 = tiled.tiles[t].window
+            coords = labels = None
+            if points is not None:  # the tile's points, in its frame (the rest unseen)
+                coords, labels = [], []
+                for b in members:
+                    c, lab = points[0][b], points[1][b]
+                    keep = (lab >= 0) & (c[:, 0] >= x0) & (c[:, 0] <= x1)
+                    keep &= (c[:, 1] >= y0) & (c[:, 1] <= y1)
+                    coords.append(c[keep] - (x0, y0))
+                    labels.append(lab[keep])
+            local_boxes = None
+            if box_arr is not None:  # clipped to the window
+                bx = box_arr[members]
+                local_boxes = np.stack(
+                    [
+                        np.clip(bx[:, 0], x0, x1) - x0,
+                        np.clip(bx[:, 1], y0, y1) - y0,
+                        np.clip(bx[:, 2], x0, x1) - x0,
+                        np.clip(bx[:, 3], y0, y1) - y0,
+                    ],
+                    axis=1,
+                )
+            part = self.decode(
+                tiled.embeddings[t],
+                coords,
+                labels,
+                boxes=local_boxes,
+                mask_input=None if masks_in is None else masks_in[members],
+                multimask_output=multimask_output,
+                return_logits=return_logits,
+            )
+            parts.append((torch.as_tensor(members), tiled.tiles[t].window, part))
+        first = parts[0][2]
+        m, device = first.masks.shape[1], first.masks.device
+        fill = -1e4 if return_logits else 0  # outside a set's window: background
+        masks = torch.full((n, m, H, W), fill, dtype=first.masks.dtype, device=device)
+        iou = torch.zeros((n, m), dtype=first.iou_predictions.dtype, device=device)
+        low_res = torch.zeros((n, m, *first.low_res_logits.shape[2:]), device=device)
+        for index, (y0, x0, y1, x1), part in parts:
+            masks[index, :, y0:y1, x0:x1] = part.masks
+            iou[index] = part.iou_predictions
+            low_res[index] = part.low_res_logits.to(low_res.dtype)
         return DecodeResult(masks=masks, iou_predictions=iou, low_res_logits=low_res)
 
     def _check_embedding(self, embedding: ImageEmbedding) -> ImageEmbedding:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,20 @@ class LabeledImage:
     image: np.ndarray  # (H, W, 3) uint8
     label: np.ndarray  # (H, W) bool, the target class
     # The image this sample shows, when several samples share it (one per class of a
-    # multi-class label: ``per_class_samples``); default: ``name``.
+    # multi-class label: ``per_class_samples``); default: ``name``. Names its cached
+    # embeddings.
     image_key: str = ""
+    # The dataset image a tile of a large image comes from (``tile_samples``).
+    origin: str = ""
 
     @property
     def key(self) -> str:
         return self.image_key or self.name
+
+    @property
+    def source(self) -> str:
+        """The dataset image this sample is (a tile of): what it was trained on."""
+        return self.origin or self.key
 
 
 def per_class_samples(
@@ -39,6 +48,37 @@ def per_class_samples(
     return [
         LabeledImage(f"{image_id}.c{k}", image, label_map == k, image_key=image_id) for k in present
     ]
+
+
+def tile_samples(samples: list[LabeledImage], window: int, halo: int) -> list[LabeledImage]:
+    """Samples larger than the encoder's input (``window``) as one sample per tile window,
+    at the image's resolution - what the served tiles embed (vplab.segmentation.tiling);
+    the others as they are. Only tiles whose core holds a labelled pixel are kept (all of
+    them when none does: an empty label teaches "nothing here"). A tile's ``image_key``
+    is derived from its image's and its window (its own embedding cache entry)."""
+    from vplab.segmentation.tiling import crop, needs_tiling, tile_grid
+
+    out: list[LabeledImage] = []
+    for s in samples:
+        H, W = s.label.shape
+        if not needs_tiling(H, W, window):
+            out.append(s)
+            continue
+        tiles = tile_grid(H, W, window, halo)
+        labelled = [t for t in tiles if crop(s.label, t.core).any()] or tiles
+        for t in labelled:
+            i = tiles.index(t)
+            key = hashlib.sha256(f"{s.key}:{list(t.window)}".encode()).hexdigest()
+            out.append(
+                LabeledImage(
+                    f"{s.name}.t{i}",
+                    crop(s.image, t.window),
+                    crop(s.label, t.window),
+                    image_key=key,
+                    origin=s.source,
+                )
+            )
+    return out
 
 
 def validate_samples(samples: list[LabeledImage]) -> None:
@@ -96,14 +136,14 @@ def split_train_val(
 ) -> tuple[list[LabeledImage], list[LabeledImage]]:
     """Hold out ``round(n * val_fraction)`` images (at least 1) when there are at least
     ``min_images``; with fewer, all train and the validation split is empty. Images, not
-    samples: the samples of one image (its classes) land on the same side."""
-    images = list(dict.fromkeys(s.key for s in samples))
+    samples: the samples of one image (its classes, its tiles) land on the same side."""
+    images = list(dict.fromkeys(s.source for s in samples))
     n = len(images)
     if val_fraction <= 0 or n < max(2, min_images):
         return list(samples), []
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     held_out = {images[i] for i in order[:n_val]}
-    val = [s for s in samples if s.key in held_out]
-    train = [s for s in samples if s.key not in held_out]
+    val = [s for s in samples if s.source in held_out]
+    train = [s for s in samples if s.source not in held_out]
     return train, val

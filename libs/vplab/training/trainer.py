@@ -456,7 +456,7 @@ class Trainer:
             val_on_train=self.val_on_train,
             history=info["history"],
             output=self.output,
-            trained_on=sorted({s.key for s in self.samples_by_name.values()}),
+            trained_on=sorted({s.source for s in self.samples_by_name.values()}),
         )
 
 
