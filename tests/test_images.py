@@ -224,3 +224,21 @@ def test_encode_png_lossless(arr):
 def test_encode_png_rejects(arr):
     with pytest.raises(InvalidInput, match="encode_png"):
         encode_png(arr)
+
+
+def test_the_one_format_table_names_what_pil_writes():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vplab.images import FORMATS, format_named, sniff_format
+
+    pixels = Image.fromarray(np.full((8, 8, 3), 90, np.uint8))
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        pixels.save(buf, format=fmt.name)
+        found = sniff_format(buf.getvalue())
+        assert found is fmt and format_named(Image.open(buf).format) is fmt, fmt.name
+    assert sniff_format(b"II+\x00" + b"\x00" * 12).name == "TIFF"  # BigTIFF
+    assert sniff_format(b"%!PS-Adobe-3.0 EPSF") is None and format_named("EPS") is None

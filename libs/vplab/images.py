@@ -17,6 +17,7 @@ import io
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,46 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vplab.errors import InvalidInput, PayloadTooLarge
 
-# Formats PIL may try. A closed list keeps exotic decoders (e.g. EPS, which runs
-# Ghostscript) away from untrusted bytes. "JPEG" also opens camera MPO files.
-ALLOWED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
-
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """A format we accept: PIL's name for it, its media type, file extension, magic."""
+
+    name: str
+    media_type: str
+    ext: str
+    magic: tuple[bytes, ...]
+
+
+# The one table of accepted formats (PIL may try only these: a closed list keeps exotic
+# decoders, e.g. EPS, which runs Ghostscript, away from untrusted bytes; "JPEG" also
+# opens camera MPO files). WebP's magic is RIFF....WEBP (see ``sniff_format``).
+FORMATS = (
+    ImageFormat("PNG", "image/png", ".png", (b"\x89PNG\r\n\x1a\n",)),
+    ImageFormat("JPEG", "image/jpeg", ".jpg", (b"\xff\xd8\xff",)),
+    ImageFormat("TIFF", "image/tiff", ".tif", TIFF_MAGIC),
+    ImageFormat("BMP", "image/bmp", ".bmp", (b"BM",)),
+    ImageFormat("WEBP", "image/webp", ".webp", ()),
+    ImageFormat("GIF", "image/gif", ".gif", (b"GIF8",)),
+)
+ALLOWED_FORMATS = tuple(f.name for f in FORMATS)
+_BY_NAME = {f.name: f for f in FORMATS}
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """The format the bytes' header names (None: none we accept)."""
+    head = bytes(data[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _BY_NAME["WEBP"]
+    return next((f for f in FORMATS if any(head.startswith(m) for m in f.magic)), None)
+
+
+def format_named(name: str | None) -> ImageFormat | None:
+    """The accepted format of PIL's name ``name`` (``Image.format``)."""
+    return _BY_NAME.get(name or "")
+
 
 # PIL raises these for malformed or truncated data (no single base class).
 _DECODE_ERRORS = (

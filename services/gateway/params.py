@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from services.gateway import schemas as S
 from services.gateway.errors import ApiError
 from vplab.errors import InvalidInput
+from vplab.images import sniff_format
 from vplab.masks import rle_area
 from vplab.storage.keys import ID_PATTERN, SHA256_PATTERN
 from vplab.tenancy import RequestLimits
@@ -79,23 +80,9 @@ def checked_rle(rle: S.Rle, what: str) -> dict[str, Any]:
     return wire
 
 
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-)
-
-
 def image_media_type(data: bytes) -> str:
-    for magic, media in _MAGIC:
-        if data.startswith(magic):
-            return media
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
+    found = sniff_format(data)
+    return found.media_type if found is not None else "application/octet-stream"
 
 
 def png_response(data: bytes, filename: str | None = None) -> Response:

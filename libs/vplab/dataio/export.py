@@ -27,18 +27,11 @@ from PIL import Image
 
 from vplab.datasets import DatasetStore
 from vplab.errors import InvalidInput
+from vplab.images import format_named
 from vplab.masks.png import encode_label_map, read_label_map
 from vplab.storage import keys
 
 EXPORT_FORMATS = ("coco", "masks")
-_EXT = {
-    "PNG": ".png",
-    "JPEG": ".jpg",
-    "TIFF": ".tif",
-    "BMP": ".bmp",
-    "GIF": ".gif",
-    "WEBP": ".webp",
-}
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,8 @@ class _Names:
         self.stems: set[str] = set()
 
     def name(self, image_id: str, filename: str | None, image_format: str | None) -> str:
-        ext = _EXT.get(image_format or "", ".bin")
+        known = format_named(image_format)
+        ext = known.ext if known is not None else ".bin"
         name = filename or f"{image_id[:16]}{ext}"
         stem = PurePosixPath(name).stem
         if stem in self.stems:
