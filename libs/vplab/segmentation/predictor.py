@@ -197,7 +197,7 @@ class PromptSegmenter:
 
     def decode(
         self,
-        embedding: ImageEmbedding,
+        embedding: ImageEmbedding | TiledEmbedding,
         point_coords: PointsInput = None,
         point_labels: PointsInput = None,
         boxes: np.ndarray | None = None,
