@@ -144,7 +144,9 @@ def test_dataset_image_label_flow(stack):
         r = c.post("/v1/datasets", json={"name": "cells"})
         assert r.status_code == 201
         ds = r.json()
-        assert set(ds) == {"id", "name", "created_at", "classes", "channels"} and ds["name"] == "cells"
+        assert (
+            set(ds) == {"id", "name", "created_at", "classes", "channels"} and ds["name"] == "cells"
+        )
         assert ds["channels"] is None  # the default TIFF rule
         assert ds["classes"] == [{"id": 1, "name": "object", "color": "#1f77b4"}]
         assert c.get("/v1/datasets").json() == {"datasets": [ds]}
