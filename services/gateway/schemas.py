@@ -111,7 +111,9 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-_ChannelIndex = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=63)]
+_ChannelIndex = Annotated[
+    int, Field(ge=0, le=63), BeforeValidator(_not_bool)
+]  # this order: the bounds reach the schema
 Channels = Annotated[
     list[_ChannelIndex],
     Field(min_length=1, max_length=3, json_schema_extra={"uniqueItems": True}),
