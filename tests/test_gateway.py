@@ -1287,3 +1287,23 @@ def test_a_weight_delta_model_exports_as_a_merged_plain_sam_checkpoint(tmp_path)
             assert_error(r, 400, "invalid_argument")
             assert "not a pure weight delta" in r.json()["error"]["message"]
             assert c.get("/v1/models/m-epeft0000000/export").status_code == 200  # the adapter
+
+
+def test_every_bound_in_the_openapi_document_is_json_schema(local_stack):
+    """pydantic writes a bound it cannot apply (e.g. behind a before-validator) as a raw
+    ``ge`` / ``le`` key, which no client or fuzzer reads: the bound silently vanishes."""
+    with httpx.Client(base_url=local_stack.url) as c:
+        doc = c.get("/openapi.json").json()
+    leaked: list[str] = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, dict):
+            leaked.extend(f"{path}.{k}" for k in ("ge", "le", "gt", "lt") if k in node)
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(doc, "$")
+    assert leaked == []
