@@ -213,19 +213,21 @@ class FeatureEngine:
 
     @staticmethod
     def _info(req: _Req, value, hit: bool) -> EmbedInfo:
-        t = value.features
+        shape = value.shape if isinstance(value, TiledEmbedding) else value.features.shape
         return EmbedInfo(
             req.image_id,
             req.encoder_id,
             req.key,
             hit,
-            tuple(t.shape),
+            tuple(shape),
             "bfloat16",
             tuple(value.original_size),
         )
 
 
 def _nbytes(value) -> int:
+    if isinstance(value, TiledEmbedding):  # without concatenating its tiles
+        return value.nbytes
     return value.features.numel() * value.features.element_size()
 
 

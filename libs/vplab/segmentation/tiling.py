@@ -107,8 +107,17 @@ class TiledEmbedding:
 
     @property
     def features(self) -> torch.Tensor:
-        """(n_tiles, C, g, g): every tile's encoder output (its size, for caches and logs)."""
+        """(n_tiles, C, g, g): every tile's encoder output, concatenated (a copy)."""
         return torch.cat([e.features for e in self.embeddings])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``features``' shape, without the copy (cache lookups report it)."""
+        return (len(self.embeddings), *self.embeddings[0].features.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.features.numel() * e.features.element_size() for e in self.embeddings)
 
     def tile_of(self, x: float, y: float) -> int:
         """Index of the tile whose core holds (x, y) (edges belong to the last tile)."""
