@@ -94,14 +94,18 @@ def test_the_reaper_kills_every_tagged_process_once_its_parent_is_killed(spawn):
         import os, subprocess, time
         from vplab import procs
         os.environ[procs.STACK_ENV] = "{tag}"
-        procs.start_reaper(procs.STACK_ENV, "{tag}")
-        subprocess.Popen(["sleep", "60"], start_new_session=True)  # not in our group
+        reaper = procs.start_reaper(procs.STACK_ENV, "{tag}")
+        sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)  # not in our group
         print("ready", flush=True)
+        print(reaper, sleeper.pid, flush=True)
         time.sleep(60)
         """
     )
+    started = {int(pid) for pid in parent.stdout.readline().split()}
     # The reaper and sleep: /proc/PID/environ is the environment a process was started with.
-    assert len(procs.tagged(procs.STACK_ENV, tag)) == 2
+    # Waited for, and each one described when missing: a CI run once saw only one of them.
+    found = _wait(lambda: set(procs.tagged(procs.STACK_ENV, tag)) == started)
+    assert found, [(pid, procs.alive(pid), procs.cmdline(pid)) for pid in started]
     parent.kill()
     parent.wait()
     assert _wait(lambda: not procs.tagged(procs.STACK_ENV, tag)), procs.tagged(procs.STACK_ENV, tag)
