@@ -21,6 +21,8 @@ EXPECTED_VIT_B = {
     "full-ft": 93_735_472,
     "cellseg1": 171_008,
     "cellseg1-md": 23_552,
+    "cellseg1-pf": 171_008,
+    "cellseg1-md-pf": 23_552,
     "samed": 4_212_016,
     # Encoder methods without a reference row, derived from the architecture:
     "qlora": 5_244_208,  # same adapter as lora

@@ -31,6 +31,8 @@ ENCODER_EXPECTED = {
     "full-ft": 93_735_472,
     "cellseg1": 171_008,
     "cellseg1-md": 23_552,
+    "cellseg1-pf": 171_008,  # the same parameters, trained and served prompt-free
+    "cellseg1-md-pf": 23_552,
     "samed": 4_212_016,
 }
 MERGEABLE = {
@@ -45,6 +47,8 @@ MERGEABLE = {
     "freeze-encoder",
     "cellseg1",
     "cellseg1-md",
+    "cellseg1-pf",
+    "cellseg1-md-pf",
     "samed",
 }
 ENCODER_METHODS = sorted(MERGEABLE | {"qlora", "fact", "adaptformer"})

@@ -16,7 +16,8 @@ from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
 
 from vplab.errors import InvalidInput
 from vplab.peft import apply_method, count_trainable, get_method, trainable_by_piece
-from vplab.peft.ptsam import PromptedBlock, PTSAMMaskDecoder, inject_encoder_prompts, ptsam_decode
+from vplab.peft.ptsam import PromptedBlock, PTSAMMaskDecoder, inject_encoder_prompts
+from vplab.segmentation.prompt_free import prompt_free_decode
 
 
 def tiny_sam() -> Sam:
@@ -85,7 +86,7 @@ def test_prompt_free_decode_vit_b_shapes(vit_b):
     sam = decoder_only_copy(vit_b)
     apply_method(sam, "ptsam-md")
     with torch.no_grad():
-        logits = ptsam_decode(sam, torch.randn(2, 256, 64, 64))
+        logits = prompt_free_decode(sam, torch.randn(2, 256, 64, 64))
     assert logits.shape == (2, 1, 256, 256)
 
 
@@ -187,8 +188,8 @@ def test_prompt_free_decode_batch_of_two(tiny):
     apply_method(sam, "ptsam-md", {"md_init_std": 1.0})
     emb = torch.randn(2, 256, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        logits = ptsam_decode(sam, emb)
-        singles = torch.cat([ptsam_decode(sam, emb[i : i + 1]) for i in range(2)])
+        logits = prompt_free_decode(sam, emb)
+        singles = torch.cat([prompt_free_decode(sam, emb[i : i + 1]) for i in range(2)])
         # Same thing spelled with the stock decoder: the learned prompts as sparse
         # embeddings after the output tokens, no-mask dense input, mask token 0.
         pe = tiny.prompt_encoder
@@ -202,7 +203,7 @@ def test_prompt_free_decode_batch_of_two(tiny):
                 for i in range(2)
             ]
         )
-        stock = ptsam_decode(tiny, emb)  # stock SAM with no prompt at all
+        stock = prompt_free_decode(tiny, emb)  # stock SAM with no prompt at all
     assert logits.shape == (2, 1, 64, 64)  # 4 x grid: (2, 1, 256, 256) for ViT-B
     torch.testing.assert_close(logits, singles, rtol=0, atol=1e-5)
     torch.testing.assert_close(logits, ref, rtol=0, atol=1e-5)
@@ -211,15 +212,15 @@ def test_prompt_free_decode_batch_of_two(tiny):
 
 def test_prompt_free_decode_rejects_wrong_shapes(tiny):
     with pytest.raises(InvalidInput):
-        ptsam_decode(tiny, torch.randn(2, 256, 8, 8))
+        prompt_free_decode(tiny, torch.randn(2, 256, 8, 8))
     with pytest.raises(InvalidInput):
-        ptsam_decode(tiny, torch.randn(256, 16, 16))
+        prompt_free_decode(tiny, torch.randn(256, 16, 16))
 
 
 def test_gradients_reach_only_the_prompts(tiny, images):
     sam = copy.deepcopy(tiny)
     apply_method(sam, "ptsam")
-    logits = ptsam_decode(sam, sam.image_encoder(images[:1]))
+    logits = prompt_free_decode(sam, sam.image_encoder(images[:1]))
     logits.sigmoid().mean().backward()
     pieces = {}
     for name, p in sam.named_parameters():
@@ -244,8 +245,8 @@ def test_reproducible_with_seed(tiny, images):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["mask_decoder.prompts.weight"], sc["mask_decoder.prompts.weight"])
     with torch.no_grad():
-        out_a = ptsam_decode(a, a.image_encoder(images[:1]))
-        out_b = ptsam_decode(b, b.image_encoder(images[:1]))
+        out_a = prompt_free_decode(a, a.image_encoder(images[:1]))
+        out_b = prompt_free_decode(b, b.image_encoder(images[:1]))
     assert torch.equal(out_a, out_b)
 
 
@@ -266,9 +267,9 @@ def test_ptsam_segment_end_to_end(tiny):
     sam = decoder_only_copy(tiny)
     apply_method(sam, "ptsam-md")
     image = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
-    from vplab.peft.ptsam import ptsam_segment
+    from vplab.segmentation.prompt_free import prompt_free_segment
 
-    mask = ptsam_segment(sam, image)
+    mask = prompt_free_segment(sam, image)
     assert mask.shape == (40, 70) and mask.dtype == bool
     with pytest.raises(InvalidInput):
-        ptsam_segment(sam, image[..., 0])
+        prompt_free_segment(sam, image[..., 0])

@@ -289,3 +289,19 @@ def test_online_augmentation_draws_fresh_views_for_encoder_methods():
         cfg.resolved().augmentation == "online"
         and TrainConfig(method="ptsam-md").resolved().augmentation == "bank"
     )
+
+
+@pytest.mark.parametrize(
+    "method,prompt_free",
+    [("cellseg1-md", False), ("cellseg1-md-pf", True), ("cellseg1-pf", True), ("samed", True)],
+)
+def test_prompt_free_methods_train_and_validate_without_any_prompt(method, prompt_free):
+    """The PTSAM paper ran CellSeg1 (modified) and SAMed with SAM's no-prompt embedding
+    (#12 point 5): their prompt-free variants never call the prompt encoder, in training or
+    in validation, while the prompted CellSeg1 does; all of them learn something."""
+    sam = build_sam("sam_tiny")
+    calls: list[int] = []
+    sam.prompt_encoder.register_forward_hook(lambda *a: calls.append(1))
+    result = Trainer(sam, _config(method=method, steps=4, eval_every=2), _samples(2)).run()
+    assert result.steps_done == 4 and len(result.history) == 2
+    assert (not calls) == prompt_free, len(calls)

@@ -10,6 +10,8 @@ METHOD_NAMES: tuple[str, ...] = (
     "bias-tune",
     "cellseg1",
     "cellseg1-md",
+    "cellseg1-md-pf",
+    "cellseg1-pf",
     "epeft",
     "epeft-adapter",
     "epeft-ia3",

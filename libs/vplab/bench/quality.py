@@ -8,7 +8,9 @@
 2. Table 3 analog - the whole visual-prompting pipeline (dinov2_mini matching -> points
    -> sam_mini decoder), reference = the first shot, decoder tuned with E-PEFT on 0, 5,
    10, 40 shots.
-3. PTSAM analog - prompt-free ``ptsam-md`` vs ``ptsam`` vs ``samed``, 16 shots, Dice.
+3. PTSAM analog - prompt-free, 16 shots, Dice: frozen encoder ``ptsam-md`` vs
+   ``cellseg1-md-pf``; encoder tuned ``ptsam`` vs ``cellseg1-pf`` vs ``samed`` (the paper's
+   two groups, every method trained and scored with SAM's no-prompt embedding).
 
 Protocol: every seed draws one nested list of shot indices per domain from a training
 pool (the first k are the k-shot set, so every method sees the same shots); test images
@@ -40,7 +42,7 @@ HELP = "the papers' tables on miniworld target domains (sam_mini / dinov2_mini)"
 POOL_START = 0  # training pool: render(domain, 0, POOL_START + k)
 TEST_START = 10_000  # test images: render(domain, 0, TEST_START + k)
 
-PTSAM_METHODS = ("ptsam-md", "ptsam", "samed")
+PTSAM_METHODS = ("ptsam-md", "cellseg1-md-pf", "ptsam", "cellseg1-pf", "samed")
 TABLE1: dict[str, tuple[str, dict[str, Any]]] = {  # label -> (method, config overrides)
     "Adapter": ("epeft-adapter", {}),
     "IA3": ("epeft-ia3", {}),
@@ -151,11 +153,11 @@ def pipeline_ious(model: Model, dino, domain: str, ref, indices) -> np.ndarray:
 @torch.no_grad()
 def ptsam_dice(model: Model, domain: str, indices) -> np.ndarray:
     from vplab.masks import dice
-    from vplab.peft.ptsam import ptsam_segment
+    from vplab.segmentation.prompt_free import prompt_free_segment
 
     sam, output = model
     return np.array(
-        [dice(ptsam_segment(sam, s.image, output), s.label) for s in samples(domain, indices)]
+        [dice(prompt_free_segment(sam, s.image, output), s.label) for s in samples(domain, indices)]
     )
 
 

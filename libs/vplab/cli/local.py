@@ -294,11 +294,11 @@ def run_predict(args: argparse.Namespace) -> int:
     files = _image_files(args.images)
     out = Path(args.out)
     if get_method(cfg["method"]).prompt_free:
-        from vplab.peft.ptsam import ptsam_segment
+        from vplab.segmentation.prompt_free import prompt_free_segment
 
         out.mkdir(parents=True, exist_ok=True)
         for path in tqdm(files, desc="predict", unit="img", file=sys.stderr):
-            mask = ptsam_segment(sam, read_image(path), adapter_output(cfg))
+            mask = prompt_free_segment(sam, read_image(path), adapter_output(cfg))
             _write_png(out / f"{path.stem}.png", mask.astype(np.uint8) * 255)
     else:
         if not args.ref:

@@ -27,10 +27,10 @@ from vplab.matching import VisualPromptConfig, VisualPrompter
 from vplab.matching.uncertainty import class_score, uncertainty
 from vplab.peft import get_method
 from vplab.peft.adapter_io import adapter_output
-from vplab.peft.ptsam import ptsam_decode
 from vplab.segmentation import PromptSegmenter
 from vplab.segmentation.mask_input import mask_to_mask_input
 from vplab.segmentation.predictor import check_prompt
+from vplab.segmentation.prompt_free import prompt_free_decode
 from vplab.segmentation.tiling import TiledEmbedding, crop, prompt_anchor
 from vplab.segmentation.transforms import postprocess_masks
 from vplab.storage import keys
@@ -258,7 +258,7 @@ class SegmentationEngine:
         emb = self._embedding(tenant, image_id, model).to(self.rt.device)
 
         def window_logits(e) -> torch.Tensor:  # (h, w) at the embedding's image size
-            low = ptsam_decode(model.sam, e.features, model.output).float()
+            low = prompt_free_decode(model.sam, e.features, model.output).float()
             full = postprocess_masks(low, e.input_size, e.original_size, model.segmenter.img_size)
             return full[0, 0].cpu()
 

@@ -257,9 +257,9 @@ class Trainer:
         """(low-res logits (1, M, L, L) of the trained output(s), their predicted IoU
         (1, M) or None when prompt-free, the target (1, L, L))."""
         if self.spec.prompt_free:
-            from vplab.peft.ptsam import ptsam_decode
+            from vplab.segmentation.prompt_free import prompt_free_decode
 
-            return ptsam_decode(self.sam, embedding, self.output), None, item.target
+            return prompt_free_decode(self.sam, embedding, self.output), None, item.target
         coords, labels = sample_prompt(item.label, generator, self.config.num_negatives)
         coords = apply_coords_torch(coords, item.original_size, self.sam.image_encoder.img_size)
         target = self._component_target(item, coords) if labels[0] == 1 else item.target
@@ -315,7 +315,7 @@ class Trainer:
         """Mean IoU on the validation images through the serving code path: the tuned
         model's ``PromptSegmenter`` (its served output) and ``decode_class`` (scores,
         threshold, NMS, union) with the fixed prompts of ``validation_prompts``; prompt-free
-        methods through ``ptsam_decode`` with the served output token (``served_mask``)."""
+        methods through ``prompt_free_decode`` with the served output token (``served_mask``)."""
         from vplab.segmentation import PromptSegmenter
 
         was_training = self.sam.training
@@ -326,10 +326,10 @@ class Trainer:
             with self._autocast():
                 embedding = self._embedding(item)
             if segmenter is None:
-                from vplab.peft.ptsam import ptsam_decode
+                from vplab.segmentation.prompt_free import prompt_free_decode
 
                 with self._autocast():
-                    logits = ptsam_decode(self.sam, embedding, self.output)
+                    logits = prompt_free_decode(self.sam, embedding, self.output)
                 size = self.sam.image_encoder.img_size
                 masks = postprocess_masks(logits.float(), item.input_size, item.original_size, size)
                 pred = (masks[0, 0] > 0).cpu()

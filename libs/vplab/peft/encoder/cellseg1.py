@@ -6,6 +6,12 @@
 - ``cellseg1-md``: only the decoder LoRA part (23,552); the encoder is untouched, so the
   trainer can work from cached embeddings.
 - ``samed``: LoRA r4 on q, v of the encoder + full decoder + prompt encoder (4,212,016).
+
+Prompted or prompt-free: CellSeg1 is prompted (its paper segments from point prompts), so
+``cellseg1`` / ``cellseg1-md`` stay prompted; the PTSAM paper, to compare specialists,
+"use[s] SAM's no-prompt-embeddings during training, enabling CellSeg1 to automatically
+generate masks" - that variant is ``cellseg1-pf`` / ``cellseg1-md-pf`` (same parameters).
+SAMed is prompt-free by design (it decodes with no prompt), as the PTSAM paper ran it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from segment_anything.modeling.transformer import Attention as DecoderAttention
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
 from vplab.peft.encoder.lora import lora_linear, lora_qkv
-from vplab.peft.registry import MethodSpec, register
+from vplab.peft.registry import MethodSpec, Recipe, register
 
 
 def lora_decoder_attentions(
@@ -70,33 +76,59 @@ def inject_samed(sam: Sam, config: SamedConfig) -> None:
     train_heads(sam, config)
 
 
-register(
-    MethodSpec(
-        name="cellseg1",
-        config_cls=CellSeg1Config,
-        inject=inject_cellseg1,
-        encoder_mode="full",
-        mergeable=True,
-        description="LoRA r4 on q, v of the encoder and of every decoder attention; rest frozen.",
-    )
+_PROMPT_FREE_SOURCE = (
+    "PTSAM paper: CellSeg1 and SAMed trained and run with SAM's no-prompt embedding; "
+    "lr and steps ours"
 )
-register(
-    MethodSpec(
-        name="cellseg1-md",
-        config_cls=CellSeg1MdConfig,
-        inject=inject_cellseg1_md,
-        encoder_mode="frozen",
-        mergeable=True,
-        description="LoRA r4 on q, v of every mask-decoder attention only.",
+
+for name, config_cls, inject, mode, description in (
+    (
+        "cellseg1",
+        CellSeg1Config,
+        inject_cellseg1,
+        "full",
+        "LoRA r4 on q, v of the encoder and of every decoder attention; rest frozen.",
+    ),
+    (
+        "cellseg1-md",
+        CellSeg1MdConfig,
+        inject_cellseg1_md,
+        "frozen",
+        "LoRA r4 on q, v of every mask-decoder attention only.",
+    ),
+):
+    register(
+        MethodSpec(
+            name=name,
+            config_cls=config_cls,
+            inject=inject,
+            encoder_mode=mode,
+            mergeable=True,
+            description=description,
+        )
     )
-)
+    register(
+        MethodSpec(
+            name=f"{name}-pf",
+            config_cls=config_cls,
+            inject=inject,
+            encoder_mode=mode,
+            prompt_free=True,
+            mergeable=True,
+            recipe=Recipe(source=_PROMPT_FREE_SOURCE),
+            description=f"{name} trained and served prompt-free (the PTSAM paper's variant).",
+        )
+    )
 register(
     MethodSpec(
         name="samed",
         config_cls=SamedConfig,
         inject=inject_samed,
         encoder_mode="full",
+        prompt_free=True,
         mergeable=True,
-        description="LoRA r4 on q, v of the encoder + full decoder + prompt encoder (SAMed).",
+        recipe=Recipe(source=_PROMPT_FREE_SOURCE),
+        description="LoRA r4 on q, v of the encoder + full decoder + prompt encoder (SAMed); "
+        "prompt-free",
     )
 )

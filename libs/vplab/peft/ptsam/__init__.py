@@ -1,7 +1,7 @@
 """PTSAM: prompt-tuned SAM (METHODS.md section 4).
 
 Importing this package registers ``ptsam-md`` and ``ptsam`` (see vplab.peft.registry).
-Prompt-free inference/training goes through ``ptsam_decode``.
+Prompt-free inference/training goes through ``vplab.segmentation.prompt_free``.
 """
 
 from vplab.peft.ptsam.config import PTSAMConfig, PTSAMDecoderConfig
@@ -11,8 +11,6 @@ from vplab.peft.ptsam.model import (
     inject_encoder_prompts,
     inject_ptsam,
     inject_ptsam_md,
-    ptsam_decode,
-    ptsam_segment,
 )
 
 __all__ = [
@@ -26,6 +24,4 @@ __all__ = [
     "inject_ptsam",
     "inject_ptsam_md",
     "prompted_attention",
-    "ptsam_decode",
-    "ptsam_segment",
 ]
