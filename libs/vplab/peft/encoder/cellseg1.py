@@ -16,7 +16,7 @@ SAMed is prompt-free by design (it decodes with no prompt), as the PTSAM paper r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from segment_anything.modeling import Sam
@@ -24,7 +24,7 @@ from segment_anything.modeling.transformer import Attention as DecoderAttention
 
 from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
 from vplab.peft.encoder.lora import lora_linear, lora_qkv
-from vplab.peft.registry import MethodSpec, Recipe, register
+from vplab.peft.registry import EncoderMode, MethodSpec, Recipe, register
 
 
 def lora_decoder_attentions(
@@ -81,22 +81,10 @@ _PROMPT_FREE_SOURCE = (
     "lr and steps ours"
 )
 
-for name, config_cls, inject, mode, description in (
-    (
-        "cellseg1",
-        CellSeg1Config,
-        inject_cellseg1,
-        "full",
-        "LoRA r4 on q, v of the encoder and of every decoder attention; rest frozen.",
-    ),
-    (
-        "cellseg1-md",
-        CellSeg1MdConfig,
-        inject_cellseg1_md,
-        "frozen",
-        "LoRA r4 on q, v of every mask-decoder attention only.",
-    ),
-):
+
+def _register_with_prompt_free_variant(
+    name: str, config_cls: type, inject: Callable, mode: EncoderMode, description: str
+) -> None:
     register(
         MethodSpec(
             name=name,
@@ -119,6 +107,22 @@ for name, config_cls, inject, mode, description in (
             description=f"{name} trained and served prompt-free (the PTSAM paper's variant).",
         )
     )
+
+
+_register_with_prompt_free_variant(
+    "cellseg1",
+    CellSeg1Config,
+    inject_cellseg1,
+    "full",
+    "LoRA r4 on q, v of the encoder and of every decoder attention; rest frozen.",
+)
+_register_with_prompt_free_variant(
+    "cellseg1-md",
+    CellSeg1MdConfig,
+    inject_cellseg1_md,
+    "frozen",
+    "LoRA r4 on q, v of every mask-decoder attention only.",
+)
 register(
     MethodSpec(
         name="samed",
