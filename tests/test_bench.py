@@ -165,6 +165,18 @@ def test_quality_quick_produces_its_json(capsys):
     assert any(line.startswith("Table 3 analog") for line in lines)
 
 
+def test_calibrate_quick_scores_the_grid_and_the_shipped_default(capsys):
+    """``vplab bench calibrate --quick`` (#12 point 4): the shipped default is the grid point
+    with the weights' own mask threshold, so their mIoU agree exactly."""
+    lines, doc = _run(capsys, "calibrate", "--quick")
+    assert doc["benchmark"] == "calibrate" and doc["config"]["domain"] == "pebbles"
+    assert doc["default_mask_score_threshold"] == 0.1  # the embedded sam_mini's calibration
+    assert doc["grid"]["arithmetic/mean/0.4/0.1"] == doc["default_miou"]
+    assert doc["papers_thresholds_miou"] == doc["grid"]["arithmetic/mean/0.4/0.42"]
+    assert doc["best_miou"] == max(doc["grid"].values())
+    assert any(line.startswith("best: ") for line in lines)
+
+
 def test_uncertainty_quick_ranks_then_compares_strategies(capsys):
     """``vplab bench uncertainty --quick``: round 0, three correction strategies, round 1."""
     lines, doc = _run(capsys, "uncertainty", "--quick")

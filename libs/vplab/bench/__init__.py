@@ -24,6 +24,7 @@ _MODULES = (
     "load",
     "decoder_batch",
     "quality",
+    "calibrate",
     "uncertainty",
     "ui",
     "dataio",
