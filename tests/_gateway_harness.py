@@ -431,6 +431,7 @@ class FakeServices(
                     base_model=request.base_model or "vit_b",
                     state=common_pb2.QUEUED,
                     total_steps=request.steps or 100,
+                    recipe=request.recipe or "vplab",
                     created_at=f"2026-01-01T00:00:{n:02d}Z",
                     updated_at=f"2026-01-01T00:00:{n:02d}Z",
                     attempts=0,

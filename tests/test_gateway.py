@@ -485,6 +485,7 @@ def test_bad_inputs_are_4xx_and_write_nothing(stack):
             {"dataset_id": "Bad!"},
             {"dataset_id": ds, "method": "nosuchmethod"},
             {"dataset_id": ds, "method_config": [1]},
+            {"dataset_id": ds, "recipe": "Not A Recipe!"},
         ):
             assert_error(c.post("/v1/trainings", json=body), 400)
         assert_error(

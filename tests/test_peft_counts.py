@@ -47,5 +47,9 @@ def test_trainable_count_vit_b(method):
 def test_describe_lines_format():
     lines = describe_lines("lora", "sam_vit_b")
     assert lines[-1] == "trainable_params: 5244208"
+    assert lines[0] == "recipes: vplab, micro-sam"
+    assert (
+        "recipe.micro-sam.lr: 1e-05" in lines and "recipe.micro-sam.corrective_rounds: 7" in lines
+    )
     assert "lora: 1179648" in lines
     assert all(": " in line for line in lines)

@@ -48,6 +48,8 @@ def test_submit_job_validates_before_writing(lab):
         (dict(lr=0.0), InvalidInput, "lr"),
         (dict(lr=float("nan")), InvalidInput, "lr"),
         (dict(seed=-2), InvalidInput, "seed"),
+        (dict(recipe="micro-sam"), InvalidInput, "no recipe 'micro-sam'"),  # E-PEFT has none
+        (dict(method="lora", recipe="nope"), InvalidInput, "its recipes: vplab, micro-sam"),
     ]
     for kwargs, error, match in bad:
         with pytest.raises(error, match=match):
@@ -65,7 +67,9 @@ def test_submit_job_defaults_and_quota(lab):
     job = submit_job(datasets, jobs, "t1", ds)
     assert (job.method, job.steps, job.state) == ("epeft", 200, JobState.QUEUED)  # the recipe's
     assert jobs.get("t1", job.job_id).state == "QUEUED" and jobs.active() == [("t1", job.job_id)]
-    submit_job(datasets, jobs, "t1", ds, method="lora", steps=3, method_config={"r": 2})
+    assert job.recipe == "vplab"
+    tuned = submit_job(datasets, jobs, "t1", ds, method="lora", recipe="micro-sam")
+    assert (tuned.recipe, jobs.get("t1", tuned.job_id).recipe) == ("micro-sam", "micro-sam")
     with pytest.raises(QuotaExceeded):
         submit_job(datasets, jobs, "t1", ds)
 

@@ -10,6 +10,7 @@ from vplab.errors import InvalidInput
 from vplab.models import build_sam
 from vplab.storage import LocalStore, keys
 from vplab.training import CheckpointStore, LabeledImage, TrainConfig, Trainer
+from vplab.training.prompts import corrective_points
 
 
 def _samples(n=3, size=96, seed=0):
@@ -250,7 +251,7 @@ def test_best_of_3_trains_the_iou_head_that_serving_picks_with():
     trainer = Trainer(build_sam("sam_tiny"), cfg, samples)
     trainer._prepare()
     item = trainer.bank[0]
-    logits, iou_pred, _ = trainer._decode(item, trainer._embedding(item), trainer.sampler)
+    ((logits, iou_pred, _),) = trainer._rounds(item, trainer._embedding(item), trainer.sampler)
     assert logits.shape[1] == 3 and iou_pred is not None and iou_pred.shape == (1, 3)
     loss = trainer._loss([item])
     loss.backward()
@@ -305,3 +306,53 @@ def test_prompt_free_methods_train_and_validate_without_any_prompt(method, promp
     result = Trainer(sam, _config(method=method, steps=4, eval_every=2), _samples(2)).run()
     assert result.steps_done == 4 and len(result.history) == 2
     assert (not calls) == prompt_free, len(calls)
+
+
+def test_an_iterative_prompting_update_adds_a_positive_in_the_misses_and_a_negative_in_the_leaks():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.zeros(16, 16, dtype=torch.bool)
+    target[4:8, 4:8] = True
+    half = target.clone()
+    half[4:6] = False  # misses two rows
+    half[10:12, 10:12] = True  # and leaks a square
+    for _ in range(20):
+        points, labels = corrective_points(half, target, gen)
+        (xp, yp), (xn, yn) = points.long().tolist()
+        assert labels.tolist() == [1, 0]
+        assert target[yp, xp] and not half[yp, xp]  # a miss
+        assert half[yn, xn] and not target[yn, xn]  # a leak
+        points, labels = corrective_points(target, target, gen)  # nothing to fix: fallbacks
+        (xp, yp), (xn, yn) = points.long().tolist()
+        assert target[yp, xp] and not target[yn, xn]
+    points, labels = corrective_points(half, torch.zeros_like(target), gen)  # empty target
+    assert labels.tolist() == [0] and half[int(points[0, 1]), int(points[0, 0])]
+
+
+def test_the_micro_sam_recipe_prompts_iteratively_and_cuts_the_lr_on_a_plateau():
+    """#12 point 6: the recipe "micro-sam" trains the best of 3 outputs with Dice, 8 prompt
+    rounds per item (7 corrective clicks, each fed the previous logits), and a plateau
+    schedule stepped on the validation IoU; a method without it refuses the name."""
+    sam = build_sam("sam_tiny")
+    calls = []  # (points, mask_input given) per training decode
+
+    def on_prompt(module, args, kwargs, out):
+        if torch.is_grad_enabled():  # training, not validation
+            calls.append((kwargs["points"][0].shape[1], kwargs.get("masks") is not None))
+
+    sam.prompt_encoder.register_forward_hook(on_prompt, with_kwargs=True)
+    cfg = _config(
+        method="freeze-encoder", recipe="micro-sam", steps=6, eval_every=1, batch_size=1, lr=1e-12
+    )
+    trainer = Trainer(sam, cfg, _samples(2))
+    result = trainer.run()
+    assert trainer.recipe.name == "micro-sam" and result.output == "best_of_3"
+    # 8 rounds per item: the visual-prompting prompt (1 positive + 2 negatives), then 7
+    # updates of a positive and a negative each; the previous logits go in half the time.
+    assert [n for n, _ in calls] == [3, 5, 7, 9, 11, 13, 15, 17] * 6
+    fed = [given for n, given in calls if n > 3]
+    assert 0 < sum(fed) < len(fed) and not any(given for n, given in calls if n == 3)
+    # lr 1e-12 changes nothing: the first validation is the best, and after 4 more without
+    # improvement (patience 3) the plateau schedule has cut the lr once.
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-12 * 0.9)
+    with pytest.raises(InvalidInput, match="no recipe 'micro-sam'"):
+        TrainConfig(method="epeft", recipe="micro-sam").resolved()

@@ -386,6 +386,8 @@ def test_methods_route_lists_the_registry_with_counts(stack):
         assert m["base"] == "vit_b"  # not a demo stack: the configured architecture
         assert m["trainable_parameters"] == describe(name, m["base"])[1]
     assert all(m["description"] for m in methods.values())
+    assert methods["lora"]["recipes"] == ["vplab", "micro-sam"]
+    assert methods["epeft"]["recipes"] == ["vplab"]
 
 
 def test_import_an_archive_and_export_coco_from_the_images_page(page, stack, tmp_path):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from vplab.errors import Conflict, InvalidInput, NotFound, VPLabError
-from vplab.method_names import DEFAULT_METHOD
+from vplab.method_names import DEFAULT_METHOD, DEFAULT_RECIPE
 from vplab.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 from vplab.storage import ArtifactStore, keys
 
@@ -53,6 +53,7 @@ class Job:
     method_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     lr: float | None = None
+    recipe: str = DEFAULT_RECIPE  # the method's named training recipe
     state: str = QUEUED
     step: int = 0
     best_val_iou: float = 0.0
@@ -208,6 +209,7 @@ def submit_job(
     method_config: dict[str, Any] | None = None,
     seed: int = 0,
     lr: float | None = None,
+    recipe: str = "",
 ) -> Job:
     """Validate a training request and record it as a QUEUED job (the caller launches it).
 
@@ -230,6 +232,7 @@ def submit_job(
         raise InvalidInput(f"lr must be a positive number, got {lr!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
+    chosen = get_method(method).recipe_named(recipe)  # InvalidInput: not this method's
     datasets.get_dataset(tenant, dataset_id)  # NotFound for unknown or foreign ids
     if not datasets.list_labels(tenant, dataset_id):
         raise InvalidInput(f"dataset {dataset_id} has no labels: upload corrected masks first")
@@ -240,10 +243,11 @@ def submit_job(
         dataset_id=dataset_id,
         method=method,
         base_model=base_model,
-        steps=steps or get_method(method).recipe.steps,  # 0 on the wire: the recipe's
+        steps=steps or chosen.steps,  # 0 on the wire: the recipe's
         method_config=dict(method_config or {}),
         seed=seed,
         lr=lr,
+        recipe=chosen.name,
     )
     return jobs.create(job)
 
@@ -341,6 +345,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
             method_config=dict(job.method_config),
             steps=job.steps,
             lr=job.lr,
+            recipe=job.recipe,
             seed=job.seed,
             checkpoint_every=settings.train_checkpoint_every,
             eval_every=settings.train_eval_every,

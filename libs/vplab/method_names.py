@@ -31,3 +31,4 @@ METHOD_NAMES: tuple[str, ...] = (
     "ssf",
 )
 DEFAULT_METHOD = "epeft"
+DEFAULT_RECIPE = "vplab"  # every method's default training recipe (vplab.peft.registry)

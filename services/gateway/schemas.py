@@ -347,6 +347,12 @@ class TrainingCreate(_Body):
     lr: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="default: the method's"
     )
+    recipe: str = Field(
+        default="",
+        pattern=r"^([a-z0-9][a-z0-9-]{0,31})?$",
+        description="A named training recipe of the method (`GET /v1/methods`: `recipes`); "
+        "empty = its default",
+    )
 
 
 class JobOut(BaseModel):
@@ -370,6 +376,7 @@ class JobOut(BaseModel):
     )
     tuned_miou: float | None = Field(description="The same with the tuned model")
     gain_images: int = Field(description="How many images the gain was measured on")
+    recipe: str = Field(description="The training recipe the job uses")
 
 
 class JobList(BaseModel):
@@ -383,6 +390,7 @@ class MethodOut(BaseModel):
     prompt_free: bool
     mergeable: bool = Field(description="Exportable as a merged plain-SAM checkpoint")
     default_steps: int
+    recipes: list[str] = Field(description="Named training recipes, the default first")
     base: str = Field(description="The deployed base model the count is for")
     trainable_parameters: int | None = Field(
         description="On `base`; null when the method's defaults do not fit it (see `unavailable`)"

@@ -149,6 +149,7 @@ class TrainingDeployment:
                 method_config=convert.method_config_from_json(request.method_config_json),
                 seed=request.seed,
                 lr=request.lr or None,
+                recipe=request.recipe,
             )
             self._launch(tenant, job.job_id)
             self.job_states.inc(tags={"state": "QUEUED"})

@@ -203,6 +203,24 @@ def test_prompt_free_ptsam_model(stack, loops):
     assert e.value.status == 400
 
 
+def test_a_named_training_recipe_reaches_the_trainer(stack, loops):
+    """#12 point 6 over REST: the micro-sam recipe trains the best of three outputs, so the
+    model records best_of_3 (the default recipe trains token 0); a recipe the method does
+    not have is a 400 from the training service, nothing queued."""
+    c = _client(stack, "acme")
+    job = c.start_training(loops["acme"].dataset, "freeze-encoder", steps=2, recipe="micro-sam")
+    assert job["recipe"] == "micro-sam"
+    done = c.wait_for_training(job["job_id"], timeout=300)
+    assert done["state"] == "SUCCEEDED" and done["recipe"] == "micro-sam", done
+    config = {m["model_id"]: m["config"] for m in c.list_models()}[done["model_id"]]
+    assert config["output"] == "best_of_3" and config["method"] == "freeze-encoder"
+    before = len(c.list_trainings())
+    with pytest.raises(VPLabAPIError) as e:
+        c.start_training(loops["acme"].dataset, "epeft", steps=2, recipe="micro-sam")
+    assert e.value.status == 400 and "no recipe" in str(e.value)
+    assert len(c.list_trainings()) == before
+
+
 def test_cross_tenant_rest_is_not_found(stack, loops):
     a, b = loops["acme"], _client(stack, "globex")
     attempts = [

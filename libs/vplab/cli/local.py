@@ -71,6 +71,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="adapter output directory")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float)
+    p.add_argument("--recipe", help="a named training recipe of the method (`vplab peft describe`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="{}", help="method config overrides as JSON")
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -227,6 +228,7 @@ def run_train(args: argparse.Namespace) -> int:
         method_config=overrides,
         steps=args.steps,
         lr=args.lr,
+        recipe=args.recipe,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every,

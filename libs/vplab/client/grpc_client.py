@@ -170,9 +170,10 @@ class VPLabGrpcClient:
         method_config: dict[str, Any] | None = None,
         seed: int = 0,
         lr: float | None = None,
+        recipe: str = "",
     ) -> dict[str, Any]:
         request = convert.start_training_to_pb(
-            dataset_id, method, base_model or "", steps, method_config, seed, lr
+            dataset_id, method, base_model or "", steps, method_config, seed, lr, recipe
         )
         return convert.job_from_pb(
             self._unary(self._train.StartTraining, request, TRAINING_APP).job

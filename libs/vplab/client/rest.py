@@ -404,8 +404,10 @@ class VPLabClient:
         method_config: dict[str, Any] | None = None,
         seed: int = 0,
         lr: float | None = None,
+        recipe: str = "",
     ) -> dict[str, Any]:
-        """Queue a fine-tuning job on the dataset's labels -> the job (``job_id``, ``state``...)."""
+        """Queue a fine-tuning job on the dataset's labels -> the job (``job_id``, ``state``...).
+        ``recipe``: one of the method's named recipes (``GET /v1/methods``), "" = its default."""
         body: dict[str, Any] = {
             "dataset_id": dataset_id,
             "method": method,
@@ -417,6 +419,8 @@ class VPLabClient:
             body["base_model"] = base_model
         if lr is not None:
             body["lr"] = float(lr)
+        if recipe:
+            body["recipe"] = recipe
         return self._json("POST", "/v1/trainings", json=body)
 
     def get_training(self, job_id: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ class MethodInfo:
     prompt_free: bool
     mergeable: bool
     default_steps: int
+    recipes: list[str]  # named training recipes, the default first
     base: str
     trainable_parameters: int | None  # None: the method's defaults do not fit this base
     unavailable: str  # why, when trainable_parameters is None
@@ -49,6 +50,7 @@ def method_catalog(base: str) -> tuple[MethodInfo, ...]:
                 prompt_free=spec.prompt_free,
                 mergeable=spec.mergeable,
                 default_steps=spec.recipe.steps,
+                recipes=list(spec.recipes),
                 base=base,
                 trainable_parameters=count,
                 unavailable=why,

@@ -57,14 +57,24 @@ def describe(
 
 
 def describe_lines(method: str, base: str = "vit_b", config: dict | None = None) -> list[str]:
-    """Lines "recipe.FIELD: value" (how the method trains unless told otherwise), "piece: N"
+    """Lines "recipes: NAMES", "recipe.FIELD: value" (how the method trains unless told
+    otherwise), "recipe.NAME.FIELD: value" where another named recipe differs, "piece: N"
     per piece, then exactly "trainable_params: N"."""
     import dataclasses
 
     pieces, total = describe(method, base, config)
-    recipe = dataclasses.asdict(get_method(method).recipe)
+    spec = get_method(method)
+    recipe = dataclasses.asdict(spec.recipe)
+    alternatives = [  # another recipe: the fields where it differs from the default
+        f"recipe.{alt.name}.{k}: {v}"
+        for alt in spec.alternatives
+        for k, v in dataclasses.asdict(alt).items()
+        if v != recipe[k] and k != "name"
+    ]
     return (
-        [f"recipe.{k}: {v}" for k, v in recipe.items() if v != ""]
+        [f"recipes: {', '.join(spec.recipes)}"]
+        + [f"recipe.{k}: {v}" for k, v in recipe.items() if v != ""]
+        + alternatives
         + [f"{piece}: {n}" for piece, n in pieces.items()]
         + [f"trainable_params: {total}"]
     )

@@ -217,6 +217,7 @@ class JobLike(Protocol):
     zero_shot_miou: float | None
     tuned_miou: float | None
     gain_images: int
+    recipe: str
 
 
 def job_state_to_pb(state: str | None) -> common_pb2.JobState:
@@ -255,6 +256,7 @@ def job_to_pb(job: JobLike) -> training_pb2.Job:
         zero_shot_miou=job.zero_shot_miou,
         tuned_miou=job.tuned_miou,
         gain_images=job.gain_images,
+        recipe=job.recipe,
     )
 
 
@@ -277,6 +279,7 @@ def job_from_pb(job: training_pb2.Job) -> dict[str, Any]:
         "zero_shot_miou": _optional(job, "zero_shot_miou"),
         "tuned_miou": _optional(job, "tuned_miou"),
         "gain_images": job.gain_images,
+        "recipe": job.recipe,
     }
 
 
@@ -346,6 +349,7 @@ def start_training_to_pb(
     method_config: dict[str, Any] | None = None,
     seed: int = 0,
     lr: float | None = None,
+    recipe: str = "",
 ) -> training_pb2.StartTrainingRequest:
     return training_pb2.StartTrainingRequest(
         dataset_id=dataset_id,
@@ -355,6 +359,7 @@ def start_training_to_pb(
         method_config_json=method_config_to_json(method_config),
         seed=seed,
         lr=lr or 0.0,
+        recipe=recipe,
     )
 
 

@@ -66,6 +66,26 @@ def sample_prompt(
     return torch.stack([yx[:, 1], yx[:, 0]], dim=1) + 0.5, torch.cat(labels)
 
 
+def corrective_points(
+    prediction: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of iterative prompting on (H, W) bool ``prediction`` and ``target``, as
+    micro-sam draws it: a positive uniform in the misses (none missed: in the target) and a
+    negative uniform in the leaks (none leaked: on the background); an empty target gets
+    the negative only. -> (points (P, 2) as (x, y) cell centres, labels (P,) 1/0)."""
+    picks, labels = [], []
+    for region, fallback, value in (
+        (target & ~prediction, target, 1),
+        (prediction & ~target, ~target, 0),
+    ):
+        region = (region if region.any() else fallback).cpu()
+        if region.any():
+            picks.append(_distinct_cells(region, 1, generator))
+            labels.append(value)
+    yx = torch.cat(picks).float()
+    return torch.stack([yx[:, 1], yx[:, 0]], dim=1) + 0.5, torch.tensor(labels)
+
+
 def validation_prompts(label: torch.Tensor, max_points: int = 40, num_negatives: int = 2):
     """Fixed prompts for validating on one labelled image, in the form serving sends:
     one positive at the deepest pixel of each connected component (largest first, at most

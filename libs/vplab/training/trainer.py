@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from vplab.training.checkpoint import TrainerState, decode_state, encode_state
 from vplab.training.checkpoints import CheckpointStore
 from vplab.training.data import LabeledImage, split_train_val, validate_samples
 from vplab.training.losses import segmentation_loss
-from vplab.training.prompts import sample_prompt, validation_prompts
+from vplab.training.prompts import corrective_points, sample_prompt, validation_prompts
 from vplab.training.validation import served_mask
 
 
@@ -49,6 +49,7 @@ class TrainConfig:
 
     method: str = "epeft"
     method_config: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None  # a named recipe of the method (None: its default)
     steps: int | None = None
     batch_size: int = 2
     lr: float | None = None
@@ -65,6 +66,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         spec = get_method(self.method)  # unknown method -> InvalidInput
+        spec.recipe_named(self.recipe)  # unknown recipe -> InvalidInput
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -100,10 +102,11 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled from the method's recipe."""
         self.validate()
-        recipe = get_method(self.method).recipe
+        recipe = get_method(self.method).recipe_named(self.recipe)
         return dataclasses.replace(
             self,
             method_config=dict(self.method_config),
+            recipe=recipe.name,
             steps=self.steps or recipe.steps,
             lr=self.lr or recipe.lr,
             weight_decay=recipe.weight_decay if self.weight_decay is None else self.weight_decay,
@@ -160,6 +163,7 @@ class Trainer:
         self.steps, self.lr = int(config.steps or 0), float(config.lr or 0.0)
         self.weight_decay, self.output = float(config.weight_decay or 0.0), str(config.output)
         self.spec = get_method(config.method)
+        self.recipe = self.spec.recipe_named(config.recipe)  # loss, prompting, schedule
         self.samples = samples
         self.checkpoints = checkpoints
         self.on_progress = on_progress or (lambda e: None)
@@ -219,9 +223,18 @@ class Trainer:
             lr=self.lr,
         )
         total = self.steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-        )
+        self.scheduler: Any
+        if self.recipe.schedule == "plateau":  # stepped on each validation's IoU
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode="max",
+                factor=self.recipe.plateau_factor,
+                patience=self.recipe.plateau_patience,
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+            )
         self.sampler = torch.Generator().manual_seed(cfg.seed)
 
     # -- model pieces ----------------------------------------------------------------
@@ -251,27 +264,56 @@ class Trainer:
         k = int(comps[y, x])
         return target if k == 0 else target * (comps == k)[None]
 
-    def _decode(
+    def _rounds(
         self, item: BankItem, embedding: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(low-res logits (1, M, L, L) of the trained output(s), their predicted IoU
-        (1, M) or None when prompt-free, the target (1, L, L))."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """Per prompting round: (low-res logits (1, M, L, L) of the trained output(s), their
+        predicted IoU (1, M) or None when prompt-free, the target (1, L, L)).
+
+        Round 0 is the prompt visual prompting sends, decoded through the output the model
+        is served through; each of the recipe's ``corrective_rounds`` then adds a positive
+        in the misses and a negative in the leaks of the previous round's best mask, whose
+        logits go back in as ``mask_input`` with the recipe's probability (iterative
+        prompting, micro-sam's form), and decodes token 0: with several points SAM is used
+        with one output, and SAM and micro-sam train it that way.
+        """
         if self.spec.prompt_free:
             from vplab.segmentation.prompt_free import prompt_free_decode
 
-            return prompt_free_decode(self.sam, embedding, self.output), None, item.target
+            yield prompt_free_decode(self.sam, embedding, self.output), None, item.target
+            return
+        size = self.sam.image_encoder.img_size
         coords, labels = sample_prompt(item.label, generator, self.config.num_negatives)
-        coords = apply_coords_torch(coords, item.original_size, self.sam.image_encoder.img_size)
+        coords = apply_coords_torch(coords, item.original_size, size)
         target = self._component_target(item, coords) if labels[0] == 1 else item.target
-        multimask, keep = output_selection(self.output)
-        logits, iou_pred = decode_torch(
-            self.sam,
-            embedding,
-            coords[None].to(self.device),
-            labels[None].to(self.device),
-            multimask_output=multimask,
-        )
-        return logits[:, keep], iou_pred[:, keep], target
+        coords, labels = coords[None].to(self.device), labels[None].to(self.device)
+        mask_input = None
+        for r in range(1 + self.recipe.corrective_rounds):
+            multimask, keep = output_selection(self.output if r == 0 else "token0")
+            logits, iou_pred = decode_torch(
+                self.sam,
+                embedding,
+                coords,
+                labels,
+                mask_input=mask_input,
+                multimask_output=multimask,
+            )
+            logits, iou_pred = logits[:, keep], iou_pred[:, keep]
+            yield logits, iou_pred, target
+            if r == self.recipe.corrective_rounds:
+                return
+            with torch.no_grad():
+                best = int(iou_pred.argmax(1)) if logits.shape[1] > 1 else 0
+                previous = logits[:, best : best + 1].detach()  # (1, 1, L, L)
+                h, w = self._valid_lowres(item, logits.shape[-1])
+                xy, new_labels = corrective_points(
+                    previous[0, 0, :h, :w] > 0, target[0, :h, :w].to(self.device) > 0.5, generator
+                )
+                xy = xy * (size / logits.shape[-1])  # low-res cell centres -> img_size frame
+                feed = float(torch.rand(1, generator=generator)) < self.recipe.mask_input_prob
+                mask_input = previous if feed else None
+            coords = torch.cat([coords, xy.to(coords)[None]], dim=1)
+            labels = torch.cat([labels, new_labels.to(labels)[None]], dim=1)
 
     def _valid_lowres(self, item: BankItem, lowres: int) -> tuple[int, int]:
         size = self.sam.image_encoder.img_size
@@ -287,27 +329,44 @@ class Trainer:
         image, label = random_view(sample.image, sample.label)
         return make_item(self.sam, sample.name, "online", image, label, "full")
 
+    def _output_loss(
+        self, logits: torch.Tensor, iou_pred: torch.Tensor | None, target: torch.Tensor, item
+    ) -> torch.Tensor:
+        """The mask loss of the best output (min over the multimask outputs; one output:
+        itself) plus MSE of the IoU head onto the true IoU of every output."""
+        h, w = self._valid_lowres(item, logits.shape[-1])
+        logits = logits[..., :h, :w].float()
+        target = target.to(self.device)[:, :h, :w]
+        ce_weight, dice_weight = (0.0, 1.0) if self.recipe.loss == "dice" else (0.2, 0.8)
+        per_output = torch.stack(
+            [
+                segmentation_loss(logits[:, m], target, ce_weight, dice_weight)
+                for m in range(logits.shape[1])
+            ]
+        )
+        loss = per_output.min()
+        if iou_pred is not None:
+            with torch.no_grad():  # the IoU head learns the true IoU of each output
+                hard, gt = logits > 0, (target > 0.5)[:, None]
+                inter = (hard & gt).flatten(2).sum(-1).float()
+                union = (hard | gt).flatten(2).sum(-1).float()
+                true_iou = torch.where(union > 0, inter / union.clamp(min=1), 1.0)
+            loss = loss + F.mse_loss(iou_pred.float(), true_iou)
+        return loss
+
     def _loss(self, items: list[BankItem]) -> torch.Tensor:
         losses = []
         for item in items:
             item = self._train_item(item)
-            # One decoder call per item: the decoder repeats the image embedding per prompt set.
-            logits, iou_pred, target = self._decode(item, self._embedding(item), self.sampler)
-            h, w = self._valid_lowres(item, logits.shape[-1])
-            logits = logits[..., :h, :w].float()
-            target = target.to(self.device)[:, :h, :w]
-            per_output = torch.stack(
-                [segmentation_loss(logits[:, m], target) for m in range(logits.shape[1])]
-            )
-            loss = per_output.min()  # min over the multimask outputs (one output: itself)
-            if iou_pred is not None:
-                with torch.no_grad():  # the IoU head learns the true IoU of each output
-                    hard, gt = logits > 0, (target > 0.5)[:, None]
-                    inter = (hard & gt).flatten(2).sum(-1).float()
-                    union = (hard | gt).flatten(2).sum(-1).float()
-                    true_iou = torch.where(union > 0, inter / union.clamp(min=1), 1.0)
-                loss = loss + F.mse_loss(iou_pred.float(), true_iou)
-            losses.append(loss)
+            # One decoder call per item and round: the decoder repeats the image embedding
+            # per prompt set. Iterative prompting averages its rounds.
+            rounds = [
+                self._output_loss(logits, iou_pred, target, item)
+                for logits, iou_pred, target in self._rounds(
+                    item, self._embedding(item), self.sampler
+                )
+            ]
+            losses.append(torch.stack(rounds).mean())
         return torch.stack(losses).mean()
 
     @torch.no_grad()
@@ -399,12 +458,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.scheduler.step()
+            if self.recipe.schedule == "cosine":
+                self.scheduler.step()
             step += 1
             loss_value = float(loss.detach())
             val_iou = None
             if step % cfg.eval_every == 0 or step == self.steps:
                 val_iou = self.evaluate()
+                if self.recipe.schedule == "plateau":
+                    self.scheduler.step(val_iou)
                 info["history"].append({"step": step, "loss": loss_value, "val_iou": val_iou})
                 if val_iou > info["best_val_iou"]:
                     info.update(best_val_iou=val_iou, best_step=step)

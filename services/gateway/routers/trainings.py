@@ -40,6 +40,7 @@ async def start_training(
         body.method_config,
         body.seed,
         body.lr,
+        body.recipe,
     )
     r = await up.unary(TRAINING, "StartTraining", request, authorization)
     return convert.job_from_pb(r.job)

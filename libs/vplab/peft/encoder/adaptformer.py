@@ -15,7 +15,12 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
+from vplab.peft.encoder.common import (
+    MICRO_SAM_RECIPE,
+    EncoderPeftConfig,
+    encoder_blocks,
+    train_heads,
+)
 from vplab.peft.registry import MethodSpec, register
 
 
@@ -79,6 +84,7 @@ register(
         config_cls=AdaptFormerConfig,
         inject=inject_adaptformer,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=False,
         description="Parallel bottleneck-64 adapter on every encoder MLP + decoder + prompt encoder.",
     )

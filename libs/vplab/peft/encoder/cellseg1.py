@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 
-from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
+from vplab.peft.encoder.common import (
+    MICRO_SAM_RECIPE,
+    EncoderPeftConfig,
+    encoder_blocks,
+    train_heads,
+)
 from vplab.peft.encoder.lora import lora_linear, lora_qkv
 from vplab.peft.registry import EncoderMode, MethodSpec, Recipe, register
 
@@ -91,6 +96,7 @@ def _register_with_prompt_free_variant(
             config_cls=config_cls,
             inject=inject,
             encoder_mode=mode,
+            alternatives=(MICRO_SAM_RECIPE,),
             mergeable=True,
             description=description,
         )

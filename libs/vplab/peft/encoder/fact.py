@@ -17,7 +17,12 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
+from vplab.peft.encoder.common import (
+    MICRO_SAM_RECIPE,
+    EncoderPeftConfig,
+    encoder_blocks,
+    train_heads,
+)
 from vplab.peft.registry import MethodSpec, register
 
 
@@ -68,6 +73,7 @@ register(
         config_cls=FactConfig,
         inject=inject_fact,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=False,
         description="FacT-TT r16 on q, v of every encoder block + decoder + prompt encoder.",
     )

@@ -14,7 +14,13 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
-from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, qkv_slices, train_heads
+from vplab.peft.encoder.common import (
+    MICRO_SAM_RECIPE,
+    EncoderPeftConfig,
+    encoder_blocks,
+    qkv_slices,
+    train_heads,
+)
 from vplab.peft.layers.lora import LoRALinear
 from vplab.peft.registry import MethodSpec, register
 
@@ -80,6 +86,7 @@ register(
         config_cls=LoraConfig,
         inject=inject_lora,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="LoRA r32 on q and v of every encoder block + decoder + prompt encoder.",
     )
@@ -90,6 +97,7 @@ register(
         config_cls=LateLoraConfig,
         inject=inject_late_lora,
         encoder_mode="late",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="LoRA r32 on q, k, v and MLP lin1/lin2 of blocks >= start_block + decoder.",
     )

@@ -19,7 +19,13 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from vplab.errors import Unavailable
-from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, is_meta, train_heads
+from vplab.peft.encoder.common import (
+    MICRO_SAM_RECIPE,
+    EncoderPeftConfig,
+    encoder_blocks,
+    is_meta,
+    train_heads,
+)
 from vplab.peft.encoder.lora import lora_qkv
 from vplab.peft.registry import MethodSpec, register
 
@@ -93,6 +99,7 @@ register(
         config_cls=QLoraConfig,
         inject=inject_qlora,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=False,
         description="LoRA r32 on q, v over 4-bit frozen encoder weights (bitsandbytes, CUDA only).",
     )

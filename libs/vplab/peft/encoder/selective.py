@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 from segment_anything.modeling import Sam
 
-from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, set_trainable, train_heads
+from vplab.peft.encoder.common import (
+    MICRO_SAM_RECIPE,
+    EncoderPeftConfig,
+    encoder_blocks,
+    set_trainable,
+    train_heads,
+)
 from vplab.peft.registry import MethodSpec, register
 
 
@@ -95,6 +101,7 @@ register(
         config_cls=FreezeEncoderConfig,
         inject=inject_freeze_encoder,
         encoder_mode="frozen",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="Image encoder frozen; mask decoder and prompt encoder train.",
     )
@@ -105,6 +112,7 @@ register(
         config_cls=AttnTuneConfig,
         inject=inject_attn_tune,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="Attention weights of every encoder block (qkv, proj, rel-pos) + decoder.",
     )
@@ -115,6 +123,7 @@ register(
         config_cls=BiasTuneConfig,
         inject=inject_bias_tune,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="Every bias in the encoder blocks + decoder + prompt encoder.",
     )
@@ -125,6 +134,7 @@ register(
         config_cls=LnTuneConfig,
         inject=inject_ln_tune,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="LayerNorms (norm1, norm2) of the encoder blocks + decoder + prompt encoder.",
     )
@@ -135,6 +145,7 @@ register(
         config_cls=LateFtConfig,
         inject=inject_late_ft,
         encoder_mode="late",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="Encoder blocks >= start_block fully trainable + decoder + prompt encoder.",
     )
@@ -145,6 +156,7 @@ register(
         config_cls=FullFtConfig,
         inject=inject_full_ft,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="Every parameter trains.",
     )

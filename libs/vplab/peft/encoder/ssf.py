@@ -15,7 +15,12 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from vplab.peft.encoder.common import EncoderPeftConfig, encoder_blocks, train_heads
+from vplab.peft.encoder.common import (
+    MICRO_SAM_RECIPE,
+    EncoderPeftConfig,
+    encoder_blocks,
+    train_heads,
+)
 from vplab.peft.registry import MethodSpec, register
 
 
@@ -85,6 +90,7 @@ register(
         config_cls=SsfConfig,
         inject=inject_ssf,
         encoder_mode="full",
+        alternatives=(MICRO_SAM_RECIPE,),
         mergeable=True,
         description="Scale/shift after qkv, proj, lin1, lin2, norm1, norm2 of every encoder block.",
     )

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartTrainingRequest(_message.Message):
-    __slots__ = ("dataset_id", "method", "base_model", "steps", "method_config_json", "seed", "lr")
+    __slots__ = ("dataset_id", "method", "base_model", "steps", "method_config_json", "seed", "lr", "recipe")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class StartTrainingRequest(_message.Message):
     METHOD_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     method: str
     base_model: str
@@ -24,10 +25,11 @@ class StartTrainingRequest(_message.Message):
     method_config_json: str
     seed: int
     lr: float
-    def __init__(self, dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., steps: _Optional[int] = ..., method_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., lr: _Optional[float] = ...) -> None: ...
+    recipe: str
+    def __init__(self, dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., steps: _Optional[int] = ..., method_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., lr: _Optional[float] = ..., recipe: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "dataset_id", "method", "base_model", "state", "step", "total_steps", "best_val_iou", "initial_val_iou", "model_id", "error", "created_at", "updated_at", "attempts", "zero_shot_miou", "tuned_miou", "gain_images")
+    __slots__ = ("job_id", "dataset_id", "method", "base_model", "state", "step", "total_steps", "best_val_iou", "initial_val_iou", "model_id", "error", "created_at", "updated_at", "attempts", "zero_shot_miou", "tuned_miou", "gain_images", "recipe")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +47,7 @@ class Job(_message.Message):
     ZERO_SHOT_MIOU_FIELD_NUMBER: _ClassVar[int]
     TUNED_MIOU_FIELD_NUMBER: _ClassVar[int]
     GAIN_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset_id: str
     method: str
@@ -62,7 +65,8 @@ class Job(_message.Message):
     zero_shot_miou: float
     tuned_miou: float
     gain_images: int
-    def __init__(self, job_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., best_val_iou: _Optional[float] = ..., initial_val_iou: _Optional[float] = ..., model_id: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., attempts: _Optional[int] = ..., zero_shot_miou: _Optional[float] = ..., tuned_miou: _Optional[float] = ..., gain_images: _Optional[int] = ...) -> None: ...
+    recipe: str
+    def __init__(self, job_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., best_val_iou: _Optional[float] = ..., initial_val_iou: _Optional[float] = ..., model_id: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., attempts: _Optional[int] = ..., zero_shot_miou: _Optional[float] = ..., tuned_miou: _Optional[float] = ..., gain_images: _Optional[int] = ..., recipe: _Optional[str] = ...) -> None: ...
 
 class StartTrainingResponse(_message.Message):
     __slots__ = ("job",)
