@@ -411,3 +411,35 @@ def test_a_multi_class_dataset_trains_one_adapter_that_serves_every_class(env):
     assert run.targets == sorted(ids[1:4]) and run.classes == [1, 2]
     result = engine.predict_target("t1", run, ids[3], model)
     assert set(result["classes"]) == {"1", "2"}
+
+
+def test_image_listing_reads_written_once_objects_once_and_still_sees_new_ones(env, monkeypatch):
+    """A listing of every image reads each result, verdict and label provenance from the
+    store once per process (they never change once written), yet shows a verdict or label
+    written after the previous listing."""
+    _, store, datasets, engine, ds, ids, _, _ = env
+    runs = P.prediction_runs(store)
+    run = P.submit_prediction(datasets, runs, "t1", ds, [{"image_id": ids[0]}], targets=ids[1:4])
+    P.run_prediction(store, datasets, "t1", run.run_id, _predict(engine))
+    first = {d["image_id"]: d for d in P.image_details(datasets, runs, "t1", ds)}
+    assert first[ids[2]]["prediction"]["run_id"] == run.run_id
+    assert first[ids[2]]["prediction"]["review"] is None
+    read: list[str] = []
+    get_json = store.get_json
+    monkeypatch.setattr(store, "get_json", lambda key: read.append(key) or get_json(key))
+    P.image_details(datasets, runs, "t1", ds)
+    once = ("/results/", "/reviews/", "/labels/")
+    assert not [k for k in read if any(part in k for part in once)], read
+    P.review_result(datasets, runs, "t1", run.run_id, ids[2], P.ACCEPTED)
+    read.clear()
+    after = {d["image_id"]: d for d in P.image_details(datasets, runs, "t1", ds)}
+    assert after[ids[2]]["prediction"]["review"] == "accepted"
+    assert after[ids[2]]["provenance"] == {
+        "run_id": run.run_id,
+        "model_id": "",
+        "source": "accepted",
+    }
+    assert after[ids[2]]["label_version"] == datasets.list_labels("t1", ds)[ids[2]]
+    assert len([k for k in read if any(part in k for part in once)]) == 2  # the new two
+    page, _ = P.list_results(store, runs, "t1", run.run_id, "image", 10)
+    assert [r["image_id"] for r in page] == sorted(ids[1:4])

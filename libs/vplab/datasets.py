@@ -54,6 +54,7 @@ from vplab.masks import encode_label_map, read_label_png
 from vplab.microscopy import select_channels, tiff_metadata
 from vplab.settings import Settings
 from vplab.storage import ArtifactStore, keys
+from vplab.storage.create_only import CREATE_ONLY
 from vplab.tenancy.limits import RequestLimits
 from vplab.tenancy.quotas import Quotas
 
@@ -657,24 +658,50 @@ class DatasetStore:
         accepted prediction (then ``run_id``, ``model_id``, ``source`` accepted / edited)."""
         t = _tid(tenant)
         try:
-            record = self.store.get_json(keys.label_provenance(t, dataset_id, image_id, version))
+            record = CREATE_ONLY.get(
+                self.store, keys.label_provenance(t, dataset_id, image_id, version)
+            )
         except NotFound:
             return {"source": "manual"}
         return record if isinstance(record, dict) else {"source": "manual"}
 
     def list_labels(self, tenant: str, dataset_id: str) -> dict[str, int]:
         """``{image_id: latest label version}`` for the labelled images of the dataset."""
+        return {sha: v for sha, (v, _) in self._latest_label_keys(tenant, dataset_id).items()}
+
+    def latest_labels(self, tenant: str, dataset_id: str) -> dict[str, tuple[int, dict[str, Any]]]:
+        """``{image_id: (latest label version, its provenance)}`` from one listing; each
+        provenance record is read once per process (it never changes once written)."""
+        t = _tid(tenant)
+        out = {}
+        for sha, (version, has_provenance) in self._latest_label_keys(t, dataset_id).items():
+            provenance: dict[str, Any] = {"source": "manual"}
+            if has_provenance:
+                try:
+                    key = keys.label_provenance(t, dataset_id, sha, version)
+                    record = CREATE_ONLY.get(self.store, key)
+                    provenance = record if isinstance(record, dict) else provenance
+                except NotFound:  # removed meanwhile
+                    pass
+            out[sha] = (version, provenance)
+        return out
+
+    def _latest_label_keys(self, tenant: str, dataset_id: str) -> dict[str, tuple[int, bool]]:
+        """``{image_id: (latest version, whether a provenance record is beside it)}``."""
         t = _tid(tenant)
         members = set(self.list_images(t, dataset_id))
-        prefix = keys.dataset_labels_prefix(t, dataset_id)
+        listed = set(self.store.list(keys.dataset_labels_prefix(t, dataset_id)))
         latest: dict[str, int] = {}
-        for key in self.store.list(prefix):
+        for key in listed:
             parsed = keys.parse_label(key, t)
             if parsed is None or parsed[0] != dataset_id or parsed[1] not in members:
                 continue
             _, sha, v = parsed
             latest[sha] = max(v, latest.get(sha, 0))
-        return dict(sorted(latest.items()))
+        return {
+            sha: (v, keys.label_provenance(t, dataset_id, sha, v) in listed)
+            for sha, v in sorted(latest.items())
+        }
 
     def labeled_samples(
         self, tenant: str, dataset_id: str, label_maps: bool = False

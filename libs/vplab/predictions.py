@@ -31,6 +31,7 @@ from vplab.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, 
 from vplab.jobs import now as _now
 from vplab.masks import decode_rle, encode_label_map, encode_rle
 from vplab.storage import ArtifactStore, keys
+from vplab.storage.create_only import CREATE_ONLY
 
 if TYPE_CHECKING:
     from vplab.datasets import DatasetStore
@@ -530,6 +531,25 @@ def result_summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def cached_summary(
+    store: ArtifactStore, tenant: str, run_id: str, image_id: str, folder: str = keys.PREDICTIONS
+) -> dict[str, Any]:
+    """``result_summary`` of a stored result, read from the store once per process (results
+    are create-only)."""
+    key = keys.prediction_result(tenant, run_id, keys.check_sha256(image_id, "image_id"), folder)
+    try:
+        return CREATE_ONLY.get(store, key, result_summary)
+    except NotFound:
+        raise NotFound(f"run {run_id} has no result for image {image_id}") from None
+
+
+def review_ids(store: ArtifactStore, tenant: str, run_id: str) -> list[str]:
+    """The images whose result in the run has a verdict (one listing)."""
+    prefix = keys.prediction_reviews_prefix(tenant, run_id)
+    found = (keys.parse_prediction_object(k, prefix) for k in store.list(prefix))
+    return sorted(i for i in found if i is not None)
+
+
 def _cursor(item: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(item["image_id"].encode()).decode().rstrip("=")
 
@@ -553,10 +573,7 @@ def list_results(
         raise InvalidInput(f"order must be one of {list(ORDERS)}, got {order!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise InvalidInput(f"limit must be 1..1000, got {limit!r}")
-    items = [
-        result_summary(get_result(store, tenant, run_id, i))
-        for i in result_ids(store, tenant, run_id)
-    ]
+    items = [cached_summary(store, tenant, run_id, i) for i in result_ids(store, tenant, run_id)]
     if order == "uncertainty":
         items.sort(key=lambda r: (-r["uncertainty"], r["image_id"]))
     elif order == "score":
@@ -639,11 +656,16 @@ def latest_results(
     result for the image."""
     latest: dict[str, dict[str, Any]] = {}
     for run in runs.list(tenant, limit=10_000, dataset_id=dataset_id):  # newest first
+        reviewed = set(review_ids(store, tenant, run.run_id))
         for image_id in result_ids(store, tenant, run.run_id):
             if image_id in latest:
                 continue
-            summary = result_summary(get_result(store, tenant, run.run_id, image_id))
-            review = get_review(store, tenant, run.run_id, image_id)
+            summary = cached_summary(store, tenant, run.run_id, image_id)
+            review = (
+                CREATE_ONLY.get(store, keys.prediction_review(tenant, run.run_id, image_id))
+                if image_id in reviewed
+                else None
+            )
             latest[image_id] = {
                 "run_id": run.run_id,
                 "model_id": run.model_id,
@@ -660,14 +682,11 @@ def image_details(
     """Per image of the dataset (sorted): its latest label version, where that came from,
     and its latest prediction (``latest_results``)."""
     images = datasets.list_images(tenant, dataset_id)
-    labels = datasets.list_labels(tenant, dataset_id)
+    labels = datasets.latest_labels(tenant, dataset_id)
     predicted = latest_results(datasets.store, runs, tenant, dataset_id)
     out = []
     for image_id in images:
-        version = labels.get(image_id)
-        provenance = (
-            datasets.label_provenance(tenant, dataset_id, image_id, version) if version else None
-        )
+        version, provenance = labels.get(image_id, (None, None))
         out.append(
             {
                 "image_id": image_id,
