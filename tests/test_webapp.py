@@ -470,3 +470,24 @@ def test_a_dataset_created_with_a_tiff_channel_keeps_the_setting(page, stack):
     with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
         assert "bad" not in [d["name"] for d in c.get("/v1/datasets").json()["datasets"]]
     assert page.watch.clean(allow=(r"status of 400",)) == []
+
+
+def test_a_method_with_several_recipes_offers_them_and_the_job_records_the_choice(page, stack):
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        ds = c.post("/v1/datasets", json={"name": "recipes"}).json()["id"]
+    page.goto(f"{stack.url}/ui/#/d/{ds}/train")
+    page.get_by_test_id("method-select").select_option("epeft")
+    expect(page.get_by_test_id("recipe-select")).to_have_count(0)  # E-PEFT has one recipe
+    page.get_by_test_id("method-select").select_option("lora")
+    recipes = page.get_by_test_id("recipe-select")
+    expect(recipes.locator("option")).to_have_text(["vplab", "micro-sam"])
+    recipes.select_option("micro-sam")
+    page.get_by_test_id("train-start").click()
+    expect(page.get_by_test_id("train-progress")).to_contain_text("lora (micro-sam)")
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        jobs = c.get("/v1/trainings").json()["jobs"]
+    assert [(j["method"], j["recipe"]) for j in jobs if j["dataset_id"] == ds] == [
+        ("lora", "micro-sam")
+    ]
+    assert page.watch.clean() == []

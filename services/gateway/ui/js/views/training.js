@@ -1,5 +1,5 @@
 // Fine-tuning: pick a method (the registry, with trainable parameters on the deployed base
-// and a one-line description) and the steps; follow the job live (SSE): step, loss and
+// and a one-line description), its training recipe where it has several, and the steps; follow the job live (SSE): step, loss and
 // validation curves, ETA, cancel. The state is always shown; Start is disabled while a
 // job of this dataset runs.
 import { useEffect, useRef, useState } from "../../vendor/hooks.module.js";
@@ -15,6 +15,7 @@ const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1));
 export function TrainingView({ dataset }) {
   const [methods, setMethods] = useState([]);
   const [method, setMethod] = useState("epeft");
+  const [recipe, setRecipe] = useState(""); // "" = the method's default recipe
   const [steps, setSteps] = useState(0);
   const [jobs, setJobs] = useState([]);
   const [job, setJob] = useState(null);
@@ -70,6 +71,7 @@ export function TrainingView({ dataset }) {
   const start = guarded(async () => {
     const body = { dataset_id: dataset.id, method };
     if (steps > 0) body.steps = steps;
+    if (recipe) body.recipe = recipe;
     const j = await api.startTraining(body);
     reload();
     watch(j);
@@ -80,15 +82,26 @@ export function TrainingView({ dataset }) {
   });
   const running = job && ACTIVE.includes(job.state);
   const spec = methods.find((m) => m.name === method);
+  // "lora", or "lora (micro-sam)" for a job on another than its method's default recipe.
+  const withRecipe = (j) => {
+    const byDefault = methods.find((m) => m.name === j.method)?.recipes?.[0];
+    return j.recipe && j.recipe !== byDefault ? `${j.method} (${j.recipe})` : j.method;
+  };
   return html`<section class="training">
     <div class="panel">
       <label>Method
-        <select data-testid="method-select" value=${method} onChange=${(e) => setMethod(e.target.value)}>
+        <select data-testid="method-select" value=${method}
+          onChange=${(e) => { setMethod(e.target.value); setRecipe(""); }}>
           ${methods.map(
             (m) => html`<option value=${m.name} disabled=${m.trainable_parameters == null}>
               ${m.name} · ${fmtInt(m.trainable_parameters)} params</option>`,
           )}
         </select></label>
+      ${spec?.recipes?.length > 1 && html`<label>Recipe
+        <select data-testid="recipe-select" value=${recipe || spec.recipes[0]}
+          onChange=${(e) => setRecipe(e.target.value === spec.recipes[0] ? "" : e.target.value)}>
+          ${spec.recipes.map((r) => html`<option value=${r}>${r}</option>`)}
+        </select></label>`}
       <label>Steps <input type="number" min="0" max="100000" value=${steps} data-testid="train-steps"
         onInput=${(e) => setSteps(Math.max(0, parseInt(e.target.value || "0", 10)))} />
         <span class="muted">${steps ? "" : `(default ${spec?.default_steps ?? "…"})`}</span></label>
@@ -101,7 +114,7 @@ export function TrainingView({ dataset }) {
     ${job && html`<div class="panel" data-testid="train-progress" data-state=${job.state}
         data-step=${job.step} data-total=${job.total_steps}>
       <strong class=${"state " + job.state.toLowerCase()}>${job.state.toLowerCase()}</strong>
-      <span> ${job.method} · step ${job.step}/${job.total_steps}</span>
+      <span> ${withRecipe(job)} · step ${job.step}/${job.total_steps}</span>
       <progress max=${job.total_steps || 1} value=${job.step}></progress>
       ${running && html`<span> ETA ${formatSeconds(eta)}</span>`}
       ${job.state === "SUCCEEDED" && html`<span> → model <code>${job.model_id}</code>
@@ -115,7 +128,7 @@ export function TrainingView({ dataset }) {
       <thead><tr><th>job</th><th>method</th><th>state</th><th>steps</th><th>val IoU</th><th>model</th></tr></thead>
       <tbody>${jobs.map(
         (j) => html`<tr key=${j.job_id} onClick=${() => (ACTIVE.includes(j.state) ? watch(j) : setJob(j))}>
-          <td>${j.job_id}</td><td>${j.method}</td><td>${j.state.toLowerCase()}</td>
+          <td>${j.job_id}</td><td>${withRecipe(j)}</td><td>${j.state.toLowerCase()}</td>
           <td>${j.step}/${j.total_steps}</td><td>${pct(j.initial_val_iou)} → ${pct(j.best_val_iou)}</td>
           <td>${j.model_id}</td></tr>`,
       )}</tbody>
