@@ -33,11 +33,33 @@ class S3Server:
         )
 
 
+def _atomic_conditional_puts() -> None:
+    """moto's PutObject checks If-None-Match / If-Match, then stores: two steps, and its
+    server answers requests on threads, so two creators of one key could both win (a run
+    of the 32-writer label test got 31 versions). S3 decides a conditional write
+    atomically; one lock around moto's PutObject keeps the fake to that contract."""
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "vplab_atomic", False):
+        return
+    original, lock = S3Response.put_object, threading.Lock()
+
+    def put_object(self):
+        with lock:
+            return original(self)
+
+    put_object.vplab_atomic = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """One moto S3 server per session. moto ignores credentials: never test auth with it."""
     from moto.server import ThreadedMotoServer
 
+    _atomic_conditional_puts()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
