@@ -111,6 +111,20 @@ def test_exif_orientation_applied():
     assert out.shape == (6, 4, 3)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_image_size_from_the_header_is_the_decoded_shape(orientation):
+    from vplab.images import image_size
+
+    img = Image.fromarray(_rgb(4, 6))
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    for fmt in ("PNG", "JPEG"):
+        data = _save(img, fmt, exif=exif)
+        assert image_size(data) == decode_image(data).shape[:2], (fmt, orientation)
+    tiff = _save(Image.fromarray(_rgb(5, 3)), "TIFF")
+    assert image_size(tiff) == decode_image(tiff).shape[:2] == (5, 3)
+
+
 # --- rejection ------------------------------------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from vplab.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
-from vplab.images import decode_image, image_sha256
+from vplab.images import decode_image, image_sha256, image_size
 from vplab.masks import encode_label_map, read_label_png
 from vplab.microscopy import select_channels, tiff_metadata
 from vplab.settings import Settings
@@ -502,6 +502,14 @@ class DatasetStore:
             self.settings.max_image_pixels,
         )
 
+    def image_shape(self, tenant: str, image_id: str) -> tuple[int, int]:
+        """(H, W) of ``get_image``, from the header (no pixels decoded, except a TIFF's)."""
+        return image_size(
+            self.get_image_bytes(tenant, image_id),
+            self.settings.max_image_bytes,
+            self.settings.max_image_pixels,
+        )
+
     def remove_image(self, tenant: str, dataset_id: str, image_id: str) -> None:
         """Remove the image (and its labels) from the dataset; its bytes go when no other
         dataset of the tenant uses them. ``NotFound`` if it is not in the dataset."""
@@ -584,7 +592,7 @@ class DatasetStore:
             png_bytes, self.settings.max_image_bytes, self.settings.max_image_pixels
         )
         _check_label_values(arr, ds)
-        height, width = self.get_image(t, sha).shape[:2]
+        height, width = self.image_shape(t, sha)
         if arr.shape != (height, width):
             raise InvalidInput(
                 f"label is {arr.shape[1]}x{arr.shape[0]} (WxH) but image {sha} is "

@@ -159,6 +159,24 @@ def decode_image(
     return to_rgb_uint8(img)
 
 
+def image_size(
+    data: bytes, max_bytes: int | None = None, max_pixels: int | None = None
+) -> tuple[int, int]:
+    """(H, W) of what ``decode_image`` returns, from the header where the format allows:
+    EXIF orientations 5-8 (a quarter turn) swap the stored sides. A TIFF is decoded (its
+    shape depends on the microscopy rules)."""
+    if isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:4]) in TIFF_MAGIC:
+        h, w = decode_image(data, max_bytes, max_pixels).shape[:2]
+        return h, w
+    img = open_image(data, max_bytes, max_pixels)
+    width, height = img.size
+    try:
+        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except _DECODE_ERRORS:
+        turned = False  # decode_image ignores a broken EXIF block too
+    return (width, height) if turned else (height, width)
+
+
 def read_image(
     path: str | Path, max_bytes: int | None = None, max_pixels: int | None = None
 ) -> np.ndarray:
