@@ -177,6 +177,19 @@ def test_calibrate_quick_scores_the_grid_and_the_shipped_default(capsys):
     assert any(line.startswith("best: ") for line in lines)
 
 
+def test_fidelity_quick_compares_serving_with_the_trained_output(capsys):
+    """``vplab bench fidelity --quick`` (#12's targets): per method the pipeline's and the
+    trained output's mIoU at the same prompts, and a job's validation vs held-out mIoU."""
+    lines, doc = _run(capsys, "fidelity", "--quick")
+    assert doc["benchmark"] == "fidelity" and doc["config"]["quick"] is True
+    assert set(doc["methods"]) == {"E-PEFT", "Decoder FT"}
+    for m in doc["methods"].values():
+        assert 0.0 <= m["pipeline_miou"] <= 1.0 and 0.0 <= m["trained_output_miou"] <= 1.0
+        assert m["output"] == "token0" and m["val_on_train"] is True  # 5 shots: all train
+    assert doc["holdout_best_val_iou"] is not None and doc["val_gap_holdout"] >= 0
+    assert any(line.startswith("E-PEFT on 10 labelled images") for line in lines)
+
+
 def test_uncertainty_quick_ranks_then_compares_strategies(capsys):
     """``vplab bench uncertainty --quick``: round 0, three correction strategies, round 1."""
     lines, doc = _run(capsys, "uncertainty", "--quick")

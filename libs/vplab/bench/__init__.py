@@ -25,6 +25,7 @@ _MODULES = (
     "decoder_batch",
     "quality",
     "calibrate",
+    "fidelity",
     "uncertainty",
     "ui",
     "dataio",

@@ -89,8 +89,13 @@ def shot_lists(domain: str, seed: int, max_shots: int, pool: int = 400) -> list[
 
     rng = np.random.default_rng([seed, 7919])
     order = rng.permutation(pool) + POOL_START
-    picked = [int(i) for i in order if render(domain, 0, int(i)).mask(1).sum() >= 30]
-    return picked[:max_shots]
+    picked: list[int] = []
+    for i in order:  # rendered only until enough are found (~0.1 s per image)
+        if len(picked) == max_shots:
+            break
+        if render(domain, 0, int(i)).mask(1).sum() >= 30:
+            picked.append(int(i))
+    return picked
 
 
 def test_indices(n: int) -> list[int]:
@@ -177,6 +182,22 @@ def tune_decoder(
 ):
     """``Trainer`` on ``shots`` (LabeledImages or indices of ``domain``) -> the tuned model
     and the output it was trained on."""
+    result = train_decoder(sam, method, domain, shots, seed, steps, config, labelled, views)
+    return result.model, result.output
+
+
+def train_decoder(
+    sam,
+    method: str,
+    domain: str,
+    shots,
+    seed: int = 0,
+    steps: int = 150,
+    config=None,
+    labelled=None,
+    views: tuple[int, int] = (4, 1),
+):
+    """``tune_decoder``'s run -> the whole ``TrainResult`` (validation figures included)."""
     from vplab.training import TrainConfig, Trainer
 
     data = labelled if labelled is not None else samples(domain, shots)
@@ -190,8 +211,7 @@ def tune_decoder(
         n_dihedral=views[0],
         n_photometric=views[1],
     )
-    result = Trainer(sam, cfg, data).run()
-    return result.model, result.output
+    return Trainer(sam, cfg, data).run()
 
 
 def lora_rank_matching(target_params: int) -> tuple[int, int]:
