@@ -1,7 +1,8 @@
 """Few-shot semantic segmentation training of a PEFT method on SAM (METHODS.md section 6).
 
 0.2 x CE + 0.8 x Dice, AdamW, cosine schedule, batch 2, the best checkpoint kept, seeds
-everywhere. Checkpoints carry optimizer, schedule and RNG state, so a run resumed from its
+everywhere - the default recipe; a method's named recipes (``Recipe``: e.g. micro-sam's
+Dice-only loss, iterative prompting and plateau schedule) change those. Checkpoints carry optimizer, schedule and RNG state, so a run resumed from its
 latest checkpoint ends exactly where an uninterrupted run would have.
 
 Train what we deploy (#12): the trainer trains the decoder output the tuned model is
