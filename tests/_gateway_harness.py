@@ -432,6 +432,7 @@ class FakeServices(
                     state=common_pb2.QUEUED,
                     total_steps=request.steps or 100,
                     recipe=request.recipe or "vplab",
+                    val_on_train=True,  # the fake datasets have fewer than 10 labels
                     created_at=f"2026-01-01T00:00:{n:02d}Z",
                     updated_at=f"2026-01-01T00:00:{n:02d}Z",
                     attempts=0,

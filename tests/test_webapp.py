@@ -485,6 +485,8 @@ def test_a_method_with_several_recipes_offers_them_and_the_job_records_the_choic
     recipes.select_option("micro-sam")
     page.get_by_test_id("train-start").click()
     expect(page.get_by_test_id("train-progress")).to_contain_text("lora (micro-sam)")
+    # With fewer than 10 labels validation ran on the training images: the page says so.
+    expect(page.get_by_test_id("val-on-train")).to_have_text("(on training images)")
     with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
         jobs = c.get("/v1/trainings").json()["jobs"]
     assert [(j["method"], j["recipe"]) for j in jobs if j["dataset_id"] == ds] == [

@@ -57,6 +57,9 @@ class Job:
     state: str = QUEUED
     step: int = 0
     best_val_iou: float = 0.0
+    # Fewer than 10 labelled images: every one trains, so validation ran on training images
+    # and best_val_iou overstates held-out quality (BENCHMARKS.md section 14).
+    val_on_train: bool = False
     initial_val_iou: float = 0.0
     model_id: str = ""
     error: str = ""
@@ -366,6 +369,7 @@ def run_job(settings, tenant: str, job_id: str) -> str:
             result.best_val_iou,
             result.steps_done,
         )
+        job.val_on_train = result.val_on_train
         if result.cancelled:
             job.state = CANCELLED
         else:

@@ -377,6 +377,10 @@ class JobOut(BaseModel):
     tuned_miou: float | None = Field(description="The same with the tuned model")
     gain_images: int = Field(description="How many images the gain was measured on")
     recipe: str = Field(description="The training recipe the job uses")
+    val_on_train: bool = Field(
+        description="Validation ran on the training images (fewer than 10 labelled): "
+        "best_val_iou then overstates quality on new images"
+    )
 
 
 class JobList(BaseModel):

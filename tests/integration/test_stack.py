@@ -212,6 +212,7 @@ def test_a_named_training_recipe_reaches_the_trainer(stack, loops):
     assert job["recipe"] == "micro-sam"
     done = c.wait_for_training(job["job_id"], timeout=300)
     assert done["state"] == "SUCCEEDED" and done["recipe"] == "micro-sam", done
+    assert done["val_on_train"] is True  # a handful of labels: every one trained
     config = {m["model_id"]: m["config"] for m in c.list_models()}[done["model_id"]]
     assert config["output"] == "best_of_3" and config["method"] == "freeze-encoder"
     before = len(c.list_trainings())

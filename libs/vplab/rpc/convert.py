@@ -218,6 +218,7 @@ class JobLike(Protocol):
     tuned_miou: float | None
     gain_images: int
     recipe: str
+    val_on_train: bool
 
 
 def job_state_to_pb(state: str | None) -> common_pb2.JobState:
@@ -257,6 +258,7 @@ def job_to_pb(job: JobLike) -> training_pb2.Job:
         tuned_miou=job.tuned_miou,
         gain_images=job.gain_images,
         recipe=job.recipe,
+        val_on_train=job.val_on_train,
     )
 
 
@@ -280,6 +282,7 @@ def job_from_pb(job: training_pb2.Job) -> dict[str, Any]:
         "tuned_miou": _optional(job, "tuned_miou"),
         "gain_images": job.gain_images,
         "recipe": job.recipe,
+        "val_on_train": job.val_on_train,
     }
 
 

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from vplab.rpc.v1 import common_pb2 as vplab_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vplab/v1/training.proto\x12\x08vplab.v1\x1a\x15vplab/v1/common.proto\"\xa3\x01\n\x14StartTrainingRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x1a\n\x12method_config_json\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x05\x12\n\n\x02lr\x18\x07 \x01(\x02\x12\x0e\n\x06recipe\x18\x08 \x01(\t\"\x9a\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.vplab.v1.JobState\x12\x0c\n\x04step\x18\x06 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x07 \x01(\x05\x12\x14\n\x0c\x62\x65st_val_iou\x18\x08 \x01(\x02\x12\x17\n\x0finitial_val_iou\x18\t \x01(\x02\x12\x10\n\x08model_id\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\x12\n\nupdated_at\x18\r \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0e \x01(\x05\x12\x1b\n\x0ezero_shot_miou\x18\x0f \x01(\x02H\x00\x88\x01\x01\x12\x17\n\ntuned_miou\x18\x10 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x0bgain_images\x18\x11 \x01(\x05\x12\x0e\n\x06recipe\x18\x12 \x01(\tB\x11\n\x0f_zero_shot_miouB\r\n\x0b_tuned_miou\"3\n\x15StartTrainingResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.vplab.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.vplab.v1.Job\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x9f\x02\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.vplab.v1.JobState\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x05\x12\x11\n\x04loss\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07val_iou\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0c\x62\x65st_val_iou\x18\t \x01(\x02\x12\x12\n\x05\x65ta_s\x18\n \x01(\x02H\x02\x88\x01\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x10\n\x08model_id\x18\x0c \x01(\t\x12\x0c\n\x04time\x18\r \x01(\tB\x07\n\x05_lossB\n\n\x08_val_iouB\x08\n\x06_eta_s\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x11\x43\x61ncelJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.vplab.v1.Job\"C\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.vplab.v1.JobState\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.vplab.v1.Job2\xdf\x02\n\x08Training\x12P\n\rStartTraining\x12\x1e.vplab.v1.StartTrainingRequest\x1a\x1f.vplab.v1.StartTrainingResponse\x12;\n\x06GetJob\x12\x17.vplab.v1.GetJobRequest\x1a\x18.vplab.v1.GetJobResponse\x12;\n\x08WatchJob\x12\x19.vplab.v1.WatchJobRequest\x1a\x12.vplab.v1.JobEvent0\x01\x12\x44\n\tCancelJob\x12\x1a.vplab.v1.CancelJobRequest\x1a\x1b.vplab.v1.CancelJobResponse\x12\x41\n\x08ListJobs\x12\x19.vplab.v1.ListJobsRequest\x1a\x1a.vplab.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vplab/v1/training.proto\x12\x08vplab.v1\x1a\x15vplab/v1/common.proto\"\xa3\x01\n\x14StartTrainingRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x1a\n\x12method_config_json\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x05\x12\n\n\x02lr\x18\x07 \x01(\x02\x12\x0e\n\x06recipe\x18\x08 \x01(\t\"\xb0\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.vplab.v1.JobState\x12\x0c\n\x04step\x18\x06 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x07 \x01(\x05\x12\x14\n\x0c\x62\x65st_val_iou\x18\x08 \x01(\x02\x12\x17\n\x0finitial_val_iou\x18\t \x01(\x02\x12\x10\n\x08model_id\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\x12\n\nupdated_at\x18\r \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0e \x01(\x05\x12\x1b\n\x0ezero_shot_miou\x18\x0f \x01(\x02H\x00\x88\x01\x01\x12\x17\n\ntuned_miou\x18\x10 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x0bgain_images\x18\x11 \x01(\x05\x12\x0e\n\x06recipe\x18\x12 \x01(\t\x12\x14\n\x0cval_on_train\x18\x13 \x01(\x08\x42\x11\n\x0f_zero_shot_miouB\r\n\x0b_tuned_miou\"3\n\x15StartTrainingResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.vplab.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.vplab.v1.Job\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x9f\x02\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.vplab.v1.JobState\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x06 \x01(\x05\x12\x11\n\x04loss\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07val_iou\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0c\x62\x65st_val_iou\x18\t \x01(\x02\x12\x12\n\x05\x65ta_s\x18\n \x01(\x02H\x02\x88\x01\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x10\n\x08model_id\x18\x0c \x01(\t\x12\x0c\n\x04time\x18\r \x01(\tB\x07\n\x05_lossB\n\n\x08_val_iouB\x08\n\x06_eta_s\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x11\x43\x61ncelJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.vplab.v1.Job\"C\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.vplab.v1.JobState\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.vplab.v1.Job2\xdf\x02\n\x08Training\x12P\n\rStartTraining\x12\x1e.vplab.v1.StartTrainingRequest\x1a\x1f.vplab.v1.StartTrainingResponse\x12;\n\x06GetJob\x12\x17.vplab.v1.GetJobRequest\x1a\x18.vplab.v1.GetJobResponse\x12;\n\x08WatchJob\x12\x19.vplab.v1.WatchJobRequest\x1a\x12.vplab.v1.JobEvent0\x01\x12\x44\n\tCancelJob\x12\x1a.vplab.v1.CancelJobRequest\x1a\x1b.vplab.v1.CancelJobResponse\x12\x41\n\x08ListJobs\x12\x19.vplab.v1.ListJobsRequest\x1a\x1a.vplab.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTTRAININGREQUEST']._serialized_start=61
   _globals['_STARTTRAININGREQUEST']._serialized_end=224
   _globals['_JOB']._serialized_start=227
-  _globals['_JOB']._serialized_end=637
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=639
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=690
-  _globals['_GETJOBREQUEST']._serialized_start=692
-  _globals['_GETJOBREQUEST']._serialized_end=723
-  _globals['_GETJOBRESPONSE']._serialized_start=725
-  _globals['_GETJOBRESPONSE']._serialized_end=769
-  _globals['_WATCHJOBREQUEST']._serialized_start=771
-  _globals['_WATCHJOBREQUEST']._serialized_end=823
-  _globals['_JOBEVENT']._serialized_start=826
-  _globals['_JOBEVENT']._serialized_end=1113
-  _globals['_CANCELJOBREQUEST']._serialized_start=1115
-  _globals['_CANCELJOBREQUEST']._serialized_end=1149
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1151
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1198
-  _globals['_LISTJOBSREQUEST']._serialized_start=1200
-  _globals['_LISTJOBSREQUEST']._serialized_end=1267
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1269
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1316
-  _globals['_TRAINING']._serialized_start=1319
-  _globals['_TRAINING']._serialized_end=1670
+  _globals['_JOB']._serialized_end=659
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=661
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=712
+  _globals['_GETJOBREQUEST']._serialized_start=714
+  _globals['_GETJOBREQUEST']._serialized_end=745
+  _globals['_GETJOBRESPONSE']._serialized_start=747
+  _globals['_GETJOBRESPONSE']._serialized_end=791
+  _globals['_WATCHJOBREQUEST']._serialized_start=793
+  _globals['_WATCHJOBREQUEST']._serialized_end=845
+  _globals['_JOBEVENT']._serialized_start=848
+  _globals['_JOBEVENT']._serialized_end=1135
+  _globals['_CANCELJOBREQUEST']._serialized_start=1137
+  _globals['_CANCELJOBREQUEST']._serialized_end=1171
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1173
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1220
+  _globals['_LISTJOBSREQUEST']._serialized_start=1222
+  _globals['_LISTJOBSREQUEST']._serialized_end=1289
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1291
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1338
+  _globals['_TRAINING']._serialized_start=1341
+  _globals['_TRAINING']._serialized_end=1692
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ class StartTrainingRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., steps: _Optional[int] = ..., method_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., lr: _Optional[float] = ..., recipe: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "dataset_id", "method", "base_model", "state", "step", "total_steps", "best_val_iou", "initial_val_iou", "model_id", "error", "created_at", "updated_at", "attempts", "zero_shot_miou", "tuned_miou", "gain_images", "recipe")
+    __slots__ = ("job_id", "dataset_id", "method", "base_model", "state", "step", "total_steps", "best_val_iou", "initial_val_iou", "model_id", "error", "created_at", "updated_at", "attempts", "zero_shot_miou", "tuned_miou", "gain_images", "recipe", "val_on_train")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Job(_message.Message):
     TUNED_MIOU_FIELD_NUMBER: _ClassVar[int]
     GAIN_IMAGES_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    VAL_ON_TRAIN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset_id: str
     method: str
@@ -66,7 +67,8 @@ class Job(_message.Message):
     tuned_miou: float
     gain_images: int
     recipe: str
-    def __init__(self, job_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., best_val_iou: _Optional[float] = ..., initial_val_iou: _Optional[float] = ..., model_id: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., attempts: _Optional[int] = ..., zero_shot_miou: _Optional[float] = ..., tuned_miou: _Optional[float] = ..., gain_images: _Optional[int] = ..., recipe: _Optional[str] = ...) -> None: ...
+    val_on_train: bool
+    def __init__(self, job_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., method: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., best_val_iou: _Optional[float] = ..., initial_val_iou: _Optional[float] = ..., model_id: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., attempts: _Optional[int] = ..., zero_shot_miou: _Optional[float] = ..., tuned_miou: _Optional[float] = ..., gain_images: _Optional[int] = ..., recipe: _Optional[str] = ..., val_on_train: _Optional[bool] = ...) -> None: ...
 
 class StartTrainingResponse(_message.Message):
     __slots__ = ("job",)

@@ -118,7 +118,10 @@ export function TrainingView({ dataset }) {
       <progress max=${job.total_steps || 1} value=${job.step}></progress>
       ${running && html`<span> ETA ${formatSeconds(eta)}</span>`}
       ${job.state === "SUCCEEDED" && html`<span> → model <code>${job.model_id}</code>
-        · val IoU ${pct(job.initial_val_iou)} → ${pct(job.best_val_iou)}
+        · val IoU ${pct(job.initial_val_iou)} → ${pct(job.best_val_iou)}${job.val_on_train
+          ? html` <span class="muted" data-testid="val-on-train"
+              title="Fewer than 10 labelled images: all of them trained, so this validation ran on training images and overstates quality on new ones">(on training images)</span>`
+          : ""}
         ${job.zero_shot_miou != null ? ` · visual prompting mIoU ${pct(job.zero_shot_miou)} → ${pct(job.tuned_miou)} on ${job.gain_images} images` : ""}</span>`}
       ${job.error && html`<p class="error">${job.error}</p>`}
     </div>`}
@@ -129,9 +132,11 @@ export function TrainingView({ dataset }) {
       <tbody>${jobs.map(
         (j) => html`<tr key=${j.job_id} onClick=${() => (ACTIVE.includes(j.state) ? watch(j) : setJob(j))}>
           <td>${j.job_id}</td><td>${withRecipe(j)}</td><td>${j.state.toLowerCase()}</td>
-          <td>${j.step}/${j.total_steps}</td><td>${pct(j.initial_val_iou)} → ${pct(j.best_val_iou)}</td>
+          <td>${j.step}/${j.total_steps}</td><td>${pct(j.initial_val_iou)} → ${pct(j.best_val_iou)}${j.val_on_train ? "*" : ""}</td>
           <td>${j.model_id}</td></tr>`,
       )}</tbody>
     </table>
+    ${jobs.some((j) => j.val_on_train) && html`<p class="muted">* validated on its training
+      images (fewer than 10 labelled): overstates quality on new images</p>`}
   </section>`;
 }
