@@ -43,6 +43,8 @@ def test_every_benchmark_is_registered_with_quick():
         "uncertainty",
         "ui",
         "dataio",
+        "calibrate",
+        "fidelity",
     ]
     parser = build_parser()
     for name in benchmarks():

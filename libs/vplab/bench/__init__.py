@@ -24,11 +24,11 @@ _MODULES = (
     "load",
     "decoder_batch",
     "quality",
-    "calibrate",
-    "fidelity",
     "uncertainty",
     "ui",
     "dataio",
+    "calibrate",
+    "fidelity",
 )
 
 
