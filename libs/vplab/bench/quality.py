@@ -169,20 +169,9 @@ def ptsam_dice(model: Model, domain: str, indices) -> np.ndarray:
 # --- training (the existing trainer, nothing else) ------------------------------------------
 
 
-def tune_decoder(
-    sam,
-    method: str,
-    domain: str,
-    shots,
-    seed: int = 0,
-    steps: int = 150,
-    config=None,
-    labelled=None,
-    views: tuple[int, int] = (4, 1),
-):
-    """``Trainer`` on ``shots`` (LabeledImages or indices of ``domain``) -> the tuned model
-    and the output it was trained on."""
-    result = train_decoder(sam, method, domain, shots, seed, steps, config, labelled, views)
+def tune_decoder(*args, **kwargs):
+    """``train_decoder`` -> (the tuned model, the output it was trained on)."""
+    result = train_decoder(*args, **kwargs)
     return result.model, result.output
 
 
@@ -197,7 +186,8 @@ def train_decoder(
     labelled=None,
     views: tuple[int, int] = (4, 1),
 ):
-    """``tune_decoder``'s run -> the whole ``TrainResult`` (validation figures included)."""
+    """``Trainer`` on ``shots`` (LabeledImages or indices of ``domain``) -> its
+    ``TrainResult`` (the tuned model, its trained output, the validation figures)."""
     from vplab.training import TrainConfig, Trainer
 
     data = labelled if labelled is not None else samples(domain, shots)
