@@ -213,6 +213,17 @@ def _tar_with_link() -> bytes:
             "not in the archive",
         ),
         (_zip({"images/a.png": IMG, "ann.json": b"{not json"}), "not valid JSON"),
+        (
+            _zip(
+                {
+                    "images/a.png": IMG,
+                    "ann.json": json.dumps(
+                        {"images": [GOOD_IMAGE], "annotations": [POLY]}
+                    ).encode(),
+                }
+            ),
+            "has annotations but no categories",
+        ),
     ],
 )
 def test_malformed_archives_are_400_with_the_reason_and_write_nothing(st, body, reason):

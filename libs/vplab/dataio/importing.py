@@ -65,8 +65,14 @@ def _coco_file(archive: Archive) -> str | None:
     for name in archive.names():
         if name.lower().endswith(".json") and PurePosixPath(name).name != "classes.json":
             doc = _json(archive, name)
-            if isinstance(doc, dict) and {"images", "annotations", "categories"} <= set(doc):
-                return name
+            if not isinstance(doc, dict) or "annotations" not in doc:
+                continue  # not a COCO file: some other JSON riding along
+            # An annotations file without its images or categories cannot be read; skipping
+            # it would import the images unlabelled and hide the user's mistake.
+            missing = [k for k in ("images", "categories") if k not in doc]
+            if missing:
+                raise InvalidInput(f"{name} has annotations but no {' or '.join(missing)}")
+            return name
     return None
 
 
