@@ -457,3 +457,19 @@ def test_tenants_create_prints_a_key_that_authenticates(tmp_path, monkeypatch, c
         assert main(["tenants", "create", "Acme Labs"]) == 2  # same id: a clear error
     finally:
         get_settings.cache_clear()
+
+
+def test_gateway_keeps_idle_connections_longer_than_clients_do(monkeypatch, capsys):
+    """uvicorn's 5 s keep-alive equals httpx's pool expiry: a client may reuse a connection
+    the server is closing (ReadError under load). The gateway keeps them 75 s unless told."""
+    import uvicorn
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append(kw))
+    assert main(["gateway", "--port", "18080"]) == 0
+    assert calls[-1]["timeout_keep_alive"] == 75.0 and calls[-1]["port"] == 18080
+    assert main(["gateway", "--timeout-keep-alive", "2.5"]) == 0
+    assert calls[-1]["timeout_keep_alive"] == 2.5
+    assert main(["gateway", "--timeout-keep-alive", "0"]) != 0
+    assert "--timeout-keep-alive must be > 0" in capsys.readouterr().err
+    assert len(calls) == 2  # the bad value started nothing

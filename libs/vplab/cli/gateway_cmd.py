@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+# Longer than any client's or proxy's idle expiry. uvicorn's 5 s equals httpx's pool expiry,
+# so a client could send on a connection the server was closing that moment (a ReadError
+# at 128 load-bench clients, whose connections sat idle while the level's slowest requests
+# finished); an ingress in front (nginx: 60 s upstream keep-alive) must also close first.
+KEEP_ALIVE_S = 75.0
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from vplab.serving.apps import GATEWAY_PORT
@@ -31,6 +37,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="seconds open requests and streams get on SIGTERM (default: until they end)",
     )
+    p.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        default=KEEP_ALIVE_S,
+        help=f"seconds an idle keep-alive connection stays open (default {KEEP_ALIVE_S:g})",
+    )
     p.set_defaults(func=run_gateway)
 
 
@@ -46,6 +58,8 @@ def run_gateway(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--port must be 1..65535, got {args.port}")
     if args.workers < 1:
         raise InvalidInput("--workers must be >= 1")
+    if not args.timeout_keep_alive > 0:
+        raise InvalidInput("--timeout-keep-alive must be > 0")
     if args.grpc_target:
         os.environ["VPLAB_GRPC_TARGET"] = args.grpc_target  # read by Settings() in each worker
     uvicorn.run(
@@ -57,5 +71,6 @@ def run_gateway(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         proxy_headers=True,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        timeout_keep_alive=args.timeout_keep_alive,
     )
     return 0
