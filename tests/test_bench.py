@@ -138,6 +138,28 @@ def test_ui_quick_through_the_real_stack_in_chromium(capsys):
     assert any(line.startswith("target ui_overhead_p50_ms") for line in lines)
 
 
+def test_load_passes_alternate_and_each_level_is_its_median():
+    """``vplab bench load --rounds``: a level's figure is the median of its passes, so the
+    peak is not the maximum of single noisy draws (#13's rps64 definition)."""
+    from vplab.bench.load import pass_order, per_level
+
+    assert pass_order((1, 8, 64), 3) == [1, 8, 64, 64, 8, 1, 1, 8, 64]
+    row = {"p50_ms": 10.0, "shed_fraction": 0.0, "errors": {}}
+    passes = [
+        {**row, "clients": 8, "rps": 50.0, "p99_ms": 30.0},
+        {**row, "clients": 64, "rps": 40.0, "p99_ms": 900.0, "errors": {"UNKNOWN": 1}},
+        {**row, "clients": 64, "rps": 44.0, "p99_ms": 1000.0, "shed_fraction": 0.1},
+        {**row, "clients": 8, "rps": 41.0, "p99_ms": 20.0},
+        {**row, "clients": 8, "rps": 42.0, "p99_ms": 25.0, "p50_ms": None},
+    ]
+    by_n = {r["clients"]: r for r in per_level(passes)}
+    assert list(by_n) == [8, 64]
+    assert by_n[8]["rps"] == 42.0 and (by_n[8]["rps_min"], by_n[8]["rps_max"]) == (41.0, 50.0)
+    assert by_n[8]["p99_ms"] == 25.0 and by_n[8]["p50_ms"] == 10.0 and by_n[8]["passes"] == 3
+    assert by_n[64]["rps"] == 42.0 and by_n[64]["p99_ms"] == 950.0
+    assert by_n[64]["shed_fraction"] == 0.1 and by_n[64]["errors"] == {"UNKNOWN": 1}
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_load_quick_through_the_real_stack(capsys):
@@ -146,7 +168,8 @@ def test_load_quick_through_the_real_stack(capsys):
         assert doc[f"{transport}_peak_rps"] > 0
         assert doc[f"{transport}_other_errors"] == 0
         assert [r["clients"] for r in doc["levels"][transport]] == [1, 4]
-    assert doc["config"]["quick"] is True and doc["rss_mb"] > 0
+        assert [r["clients"] for r in doc["passes"][transport]] == [1, 4]  # one pass
+    assert doc["config"]["quick"] is True and doc["config"]["rounds"] == 1 and doc["rss_mb"] > 0
 
 
 @pytest.mark.slow
