@@ -27,7 +27,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 from vplab.bench._common import BenchResult, Target, demo_images, log, percentile
@@ -133,11 +132,11 @@ def per_level(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "clients": n,
                 "passes": len(mine),
-                "rps": median(rps),
+                "rps": percentile(rps, 50),
                 "rps_min": min(rps),
                 "rps_max": max(rps),
-                "p50_ms": median(p50) if p50 else None,
-                "p99_ms": median(p99) if p99 else None,
+                "p50_ms": percentile(p50, 50) if p50 else None,
+                "p99_ms": percentile(p99, 50) if p99 else None,
                 "shed_fraction": max(r["shed_fraction"] for r in mine),
                 "errors": errors,
             }
