@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,13 @@ def test_kill_children_escalates_to_sigkill(spawn):
     ok, alive, elapsed = parent.stdout.readline().split()
     parent.wait(timeout=10)
     assert ok == "True" and alive == "False" and float(elapsed) < 3
+
+
+def test_free_ports_sit_below_the_ephemeral_range_and_are_never_handed_out_twice():
+    # Ray's sockets and outgoing connections take ephemeral ports while a stack starts: a
+    # port from bind(0) was taken before Serve's proxy bound it (CI, 2026-12-02).
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [procs.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(20000 <= p < low and procs.port_free(p) for p in ports)
+    assert procs.port_free(procs.free_port("0.0.0.0"), "0.0.0.0")

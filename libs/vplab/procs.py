@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import random
 import re
 import select
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -354,6 +356,30 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     if host in ("0.0.0.0", "::"):
         return not _listening_inodes(port)
     return True
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, below the kernel's ephemeral range and above Ray's worker
+    ports (10002-19999), never one this process handed out before. A port from bind(0) is
+    ephemeral, and Ray's sockets and outgoing connections draw from that range while a stack
+    starts: one took Serve's HTTP port before the proxy bound it (CI, 2026-12-01/02)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(500) if low > 20001 else ():
+        port = random.randrange(20000, low)
+        if port not in _handed_out and port_free(port, host):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # no /proc, or nothing free below the range
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    _handed_out.add(port)
+    return port
 
 
 def describe_holders(holders: list[PortHolder]) -> str:

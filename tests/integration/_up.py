@@ -4,43 +4,26 @@ what tests need to find every process of it afterwards."""
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+from vplab import procs
+
 VPLAB = [sys.executable, "-m", "vplab.cli"]
 TAG = "VPLAB_TEST_STACK"  # inherited by every process of a test's stack, Ray workers included
 
 
 def port_free(port: int) -> bool:
-    """Free to listen on, on every address (SO_REUSEADDR: TIME_WAIT does not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-_taken: set[int] = set()
+    """Free to listen on, on every address (``vplab up`` listens on all of them)."""
+    return procs.port_free(port, "0.0.0.0")
 
 
 def free_port() -> int:
-    """A free port below the kernel's ephemeral range. A port from bind(0) is ephemeral, and
-    Ray's own sockets and Serve's replicas ("[::]:0") draw from that range while the stack
-    starts: one of them took the gRPC port before Serve's proxy bound it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    while True:
-        port = random.randrange(20000, max(20001, low))
-        if port not in _taken and port_free(port):
-            _taken.add(port)
-            return port
+    return procs.free_port("0.0.0.0")
 
 
 def tagged(tag: str) -> list[tuple[int, str]]:

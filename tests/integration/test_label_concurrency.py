@@ -4,7 +4,6 @@ moto), give 32 distinct versions whose payloads are all retrievable; If-Match gi
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ import pytest
 from vplab.datasets import DatasetStore
 from vplab.images import encode_png
 from vplab.masks import encode_binary_mask, read_binary_mask
+from vplab.procs import free_port
 from vplab.settings import Settings
 from vplab.stack import start_gateway_process
 from vplab.storage import open_store
@@ -23,12 +23,6 @@ from vplab.tenancy import create_tenant
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 H, W = 24, 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_up(url: str, timeout_s: float = 60) -> None:
@@ -65,7 +59,7 @@ def test_32_writers_on_two_gateway_processes(settings):
     d = datasets.create_dataset(tenant.id, "d").id
     rng = np.random.default_rng(0)
     image = datasets.add_image(tenant.id, d, encode_png(rng.integers(0, 255, (H, W, 3), np.uint8)))
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [start_gateway_process(settings, p, "127.0.0.1:1", quiet=True) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:

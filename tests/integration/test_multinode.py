@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from vplab.demo import load_demo_samples
 from vplab.images import encode_png
 from vplab.masks import encode_rle
 from vplab.masks.png import encode_binary_mask
+from vplab.procs import free_port
 from vplab.rpc import convert, status
 from vplab.rpc.v1 import (
     common_pb2,
@@ -55,12 +55,6 @@ HEAD_IP = "127.0.0.2"
 TARGETS = 24  # images of the prediction run (demo models: ~0.1-0.3 s each)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RayNode:
     """One ``ray start --block`` node; every process it starts carries ``NODE_TAG``."""
 
@@ -80,12 +74,12 @@ class RayNode:
         }
         ports = [
             f"--node-ip-address={ip}",
-            f"--node-manager-port={_free_port()}",
-            f"--object-manager-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
             "--min-worker-port=0",
             "--max-worker-port=0",
             "--disable-usage-stats",
@@ -197,14 +191,14 @@ def cluster(s3_server, tmp_path_factory):
     # when ray was imported.
     assert maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     log_dir = tmp_path_factory.mktemp("ray-nodes")
-    gcs_port, grpc_port, http_port = _free_port(), _free_port(), _free_port()
+    gcs_port, grpc_port, http_port = free_port(), free_port(), free_port()
     head = RayNode(
         "head",
         HEAD_IP,
         log_dir,
         "--head",
         f"--port={gcs_port}",
-        f"--ray-client-server-port={_free_port()}",
+        f"--ray-client-server-port={free_port()}",
         "--num-cpus=0",  # like the chart's head: the controller and proxy, never replicas
         "--include-dashboard=false",
         f"--temp-dir={tmp_path_factory.mktemp('ray-tmp')}",

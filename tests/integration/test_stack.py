@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import zipfile
@@ -25,6 +24,7 @@ from vplab.client import VPLabAPIError, VPLabClient
 from vplab.demo import load_demo_samples
 from vplab.images import encode_png
 from vplab.masks import encode_rle
+from vplab.procs import free_port
 from vplab.rpc.v1 import (
     common_pb2,
     features_pb2,
@@ -47,18 +47,12 @@ from _gateway_harness import UvicornThread, bomb_png
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(s3_server, tmp_path_factory):
     from services.gateway.main import create_app
     from vplab.stack import start_serve, stop_serve
 
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     settings = Settings(
         demo=True,
         data_dir=tmp_path_factory.mktemp("data"),

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,30 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from vplab.bench._common import log
+from vplab.procs import free_port
 from vplab.settings import Settings
 
 PEPPER = "vplab-bench-pepper"
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range. A port from bind(0) is ephemeral,
-    and Ray's sockets and Serve's replicas draw from that range while the stack starts:
-    one took the gRPC port before Serve's proxy bound it (a CI run, 2026-12-01)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 0
-    for _ in range(200) if low > 20001 else ():
-        port = random.randrange(20000, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # no /proc, or nothing free below the range
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bench_settings(work_dir: Path, sam_model: str, **overrides) -> Settings:
