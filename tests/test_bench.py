@@ -224,6 +224,26 @@ def test_uncertainty_quick_ranks_then_compares_strategies(capsys):
     lo, hi = doc["uncertainty_minus_random_ci"]
     assert lo <= doc["uncertainty_minus_random"] <= hi
     assert any("top-2 uncertain" in line for line in lines)
+    assert 0.0 <= doc["diverse_miou"] <= 1.0
+
+
+def test_uncertainty_quick_can_rank_with_the_stock_pipeline(capsys):
+    lines, doc = _run(capsys, "uncertainty", "--quick", "--round0", "stock")
+    assert doc["config"]["round0"] == "stock" and 0.0 <= doc["round0_miou"] <= 1.0
+    assert any(line.endswith("round 0 stock") for line in lines)
+
+
+def test_diverse_top_k_skips_near_copies_of_a_pick():
+    import numpy as np
+
+    from vplab.bench.uncertainty import diverse_top_k
+
+    # Images 0-2 look alike (one direction) and are the most uncertain; 3 and 4 differ.
+    descriptors = np.array([[1, 0], [0.999, 0.045], [0.998, 0.063], [0, 1], [0.7071, 0.7071]])
+    values = np.array([0.9, 0.85, 0.8, 0.5, 0.3])
+    assert diverse_top_k(values, descriptors, 3) == [0, 3, 4]
+    assert sorted(np.argsort(-values)[:3]) == [0, 1, 2]  # what the plain top-3 would take
+    assert sorted(diverse_top_k(values, descriptors, 9)) == [0, 1, 2, 3, 4]  # k > N: all
 
 
 def test_uncertainty_ranks_low_confidence_and_disagreement_first():

@@ -169,9 +169,19 @@ def ptsam_dice(model: Model, domain: str, indices) -> np.ndarray:
 # --- training (the existing trainer, nothing else) ------------------------------------------
 
 
-def tune_decoder(*args, **kwargs):
+def tune_decoder(
+    sam,
+    method: str,
+    domain: str,
+    shots,
+    seed: int = 0,
+    steps: int = 150,
+    config=None,
+    labelled=None,
+    views: tuple[int, int] = (4, 1),
+) -> Model:
     """``train_decoder`` -> (the tuned model, the output it was trained on)."""
-    result = train_decoder(*args, **kwargs)
+    result = train_decoder(sam, method, domain, shots, seed, steps, config, labelled, views)
     return result.model, result.output
 
 
