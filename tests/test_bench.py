@@ -225,6 +225,9 @@ def test_uncertainty_quick_ranks_then_compares_strategies(capsys):
     assert lo <= doc["uncertainty_minus_random"] <= hi
     assert any("top-2 uncertain" in line for line in lines)
     assert 0.0 <= doc["diverse_miou"] <= 1.0
+    lo, hi = doc["diverse_minus_random_ci"]
+    assert lo <= doc["diverse_minus_random"] <= hi
+    assert any(line.startswith("uncertain+diverse - random:") for line in lines)
 
 
 def test_uncertainty_quick_can_rank_with_the_stock_pipeline(capsys):

@@ -16,8 +16,9 @@ The loop on one miniworld target domain, per seed (sam_mini / dinov2_mini):
    on a disjoint test set, the same for every strategy.
 
 Figures: mean round-1 test mIoU per strategy (and, as diagnostics, each of the two terms
-of the uncertainty ranking alone), the uncertainty-minus-random difference with a
-bootstrap interval over seeds x test images, and the Spearman correlation of each ranking
+of the uncertainty ranking alone), the uncertainty-minus-random and
+uncertain+diverse-minus-random differences with paired bootstrap intervals over seeds x
+test images (``quality.paired_ci``), and the Spearman correlation of each ranking
 with the round-0 error on the pool (does it see the errors at all).
 """
 
@@ -30,7 +31,14 @@ import numpy as np
 import torch
 
 from vplab.bench._common import BenchResult, Target, log
-from vplab.bench.quality import base_model, samples, shot_lists, test_indices, tune_decoder
+from vplab.bench.quality import (
+    base_model,
+    paired_ci,
+    samples,
+    shot_lists,
+    test_indices,
+    tune_decoder,
+)
 
 NAME = "uncertainty"
 HELP = "correcting the most uncertain visual-prompting results vs random ones (miniworld)"
@@ -177,9 +185,10 @@ def run(args: argparse.Namespace) -> BenchResult:
             )
     unc = np.concatenate(per_strategy["uncertainty"])
     rnd = np.concatenate(per_strategy["random"])
+    div = np.concatenate(per_strategy["diverse"])
     diff = unc - rnd
-    boot = np.random.default_rng(0).choice(len(diff), (args.bootstrap, len(diff)))
-    lo, hi = np.percentile(diff[boot].mean(axis=1), [2.5, 97.5])
+    lo, hi = paired_ci(rnd, unc, args.bootstrap)
+    div_lo, div_hi = paired_ci(rnd, div, args.bootstrap)
     figures = {
         "round0_miou": float(np.concatenate(round0).mean()),
         "uncertainty_miou": float(unc.mean()),
@@ -187,11 +196,12 @@ def run(args: argparse.Namespace) -> BenchResult:
         "oracle_miou": float(np.concatenate(per_strategy["oracle"]).mean()),
         "low_score_miou": float(np.concatenate(per_strategy["low_score"]).mean()),
         "disagreement_miou": float(np.concatenate(per_strategy["disagreement"]).mean()),
-        "diverse_miou": float(np.concatenate(per_strategy["diverse"]).mean()),
-        "diverse_minus_random": float((np.concatenate(per_strategy["diverse"]) - rnd).mean()),
+        "diverse_miou": float(div.mean()),
+        "diverse_minus_random": float((div - rnd).mean()),
+        "diverse_minus_random_ci": [div_lo, div_hi],
         "uncertainty_minus_random": float(diff.mean()),
-        "uncertainty_minus_random_ci": [float(lo), float(hi)],
-        "uncertainty_minus_random_ci_low": float(lo),
+        "uncertainty_minus_random_ci": [lo, hi],
+        "uncertainty_minus_random_ci_low": lo,
         **{
             f"spearman_{name}_vs_error": float(np.nanmean(values_))
             for name, values_ in correlations.items()
@@ -210,6 +220,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         f"round 1, top-{k} disagreement   test mIoU {figures['disagreement_miou']:.3f}",
         f"round 1, {k} uncertain+diverse  test mIoU {figures['diverse_miou']:.3f}",
         f"uncertain - random: {diff.mean():+.3f} (95 % bootstrap [{lo:+.3f}, {hi:+.3f}])",
+        f"uncertain+diverse - random: {(div - rnd).mean():+.3f} "
+        f"(95 % bootstrap [{div_lo:+.3f}, {div_hi:+.3f}])",
         "Spearman with the round-0 error on the pool: "
         + ", ".join(f"{name} {figures[f'spearman_{name}_vs_error']:+.2f}" for name in correlations),
     ]
