@@ -24,20 +24,23 @@ demo: setup
 
 # The whole test suite, as CI runs it: lint and type checks first, then pytest.
 test: lint typecheck browser
-	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+	CHROMIUM=$(CHROMIUM) FIREFOX=$(FIREFOX) $(PY) -m pytest
 
 # The web app's tests drive Debian's chromium through Playwright (never `playwright install`:
-# it downloads). Installed with apt when missing and we are root (CI); otherwise say how.
+# it downloads) and Debian's firefox-esr over WebDriver BiDi (tests/_firefox.py says why not
+# Playwright's Firefox). Installed with apt when missing and we are root (CI); otherwise say how.
 CHROMIUM ?= /usr/lib/chromium/chromium
+FIREFOX ?= /usr/bin/firefox-esr
+BROWSER_PACKAGES = $(if $(wildcard $(CHROMIUM)),,chromium) $(if $(wildcard $(FIREFOX)),,firefox-esr)
 browser:
-	@test -x $(CHROMIUM) || { \
+	@test -z "$(strip $(BROWSER_PACKAGES))" || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
-	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) \
+	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES); }; \
 	  else \
-	    echo "The browser tests need Debian's chromium at $(CHROMIUM): run"; \
-	    echo "  sudo apt-get install --no-install-recommends chromium"; \
-	    echo "(or set CHROMIUM=/path/to/chromium)."; exit 1; \
+	    echo "The browser tests need Debian's chromium at $(CHROMIUM) and firefox-esr at $(FIREFOX): run"; \
+	    echo "  sudo apt-get install --no-install-recommends$(BROWSER_PACKAGES)"; \
+	    echo "(or set CHROMIUM=/path/to/chromium FIREFOX=/path/to/firefox)."; exit 1; \
 	  fi; }
 
 # ruff: lint and formatting (check only; `make format` rewrites).

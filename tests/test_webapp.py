@@ -1,5 +1,5 @@
-"""The web app in real Chromium, on the gateway with fake services (the real stack's
-end-to-end run is tests/integration/test_webapp_e2e.py).
+"""The web app in real Chromium and Firefox, on the gateway with fake services (the real
+stack's end-to-end run is tests/integration/test_webapp_e2e.py).
 
 - Served as it should be: `/` -> `/ui/`, a Content-Security-Policy without inline scripts on
   every file, vendored libraries with their licences, no inline script or style attribute.
@@ -7,6 +7,8 @@ end-to-end run is tests/integration/test_webapp_e2e.py).
   pycocotools, flood fill and hole filling against PIL, polygon fill against a per-pixel
   even-odd test, undo history, the SSE parser, the overlay, and the label PNG round trip
   through the real server.
+- Firefox (Debian's firefox-esr over WebDriver BiDi, `_firefox.py`): every pure-module
+  test runs in both browsers, and one workbench test signs in, clicks, brushes and saves.
 - Security: names render as text, the key is never in the URL or localStorage, a 401 returns
   to the key screen. A conflicting save is shown and overwrites nothing.
 """
@@ -31,7 +33,17 @@ from vplab.peft.describe import describe
 from vplab.storage import LocalStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _browser import chromium, download, open_page, overlay_pixels, screenshot, sign_in
+from _browser import (
+    OVERLAY_PIXELS,
+    SCREENSHOTS,
+    chromium,
+    download,
+    open_page,
+    overlay_pixels,
+    screenshot,
+    sign_in,
+)
+from _firefox import firefox
 from _gateway_harness import png_bytes, running_stack
 
 UI = Path(__file__).resolve().parents[1] / "services" / "gateway" / "ui"
@@ -58,6 +70,36 @@ def page(browser, stack):
     page.watch = watch
     yield page
     page.context.close()
+
+
+@pytest.fixture(scope="module")
+def firefox_browser():
+    with firefox() as b:
+        yield b
+
+
+def _firefox_sign_in(page, key: str) -> None:
+    page.fill("[data-testid=api-key-input]", key)
+    page.click("[data-testid=api-key-submit]")
+    page.wait_for("[data-testid=dataset-list]")
+
+
+@pytest.fixture
+def firefox_page(firefox_browser, stack):
+    """A signed-in Firefox tab on the app; ``page.watch`` collects its problems."""
+    firefox_browser.watch.problems.clear()
+    page = firefox_browser.new_page()
+    page.goto(stack.url + "/")
+    assert "Firefox/" in page.evaluate("() => navigator.userAgent")
+    _firefox_sign_in(page, stack.key)
+    yield page
+    page.close()
+
+
+@pytest.fixture(params=["chromium", "firefox"])
+def any_page(request):
+    """A signed-in page in each browser, for the tests that only call ``page.evaluate``."""
+    return request.getfixturevalue("page" if request.param == "chromium" else "firefox_page")
 
 
 def _module(page, name: str, body: str, arg=None):
@@ -120,7 +162,8 @@ def _random_masks(rng):
     yield big
 
 
-def test_rle_matches_pycocotools_both_ways(page):
+def test_rle_matches_pycocotools_both_ways(any_page):
+    page = any_page
     rng = np.random.default_rng(0)
     for mask in _random_masks(rng):
         h, w = mask.shape
@@ -148,7 +191,8 @@ def test_rle_matches_pycocotools_both_ways(page):
     assert "covers 3 pixels" in err
 
 
-def test_flood_fill_and_fill_holes_match_pil(page):
+def test_flood_fill_and_fill_holes_match_pil(any_page):
+    page = any_page
     rng = np.random.default_rng(1)
     for trial in range(6):
         h, w = int(rng.integers(8, 40)), int(rng.integers(8, 40))
@@ -187,7 +231,8 @@ def _even_odd(points, x: float, y: float) -> bool:
     return inside
 
 
-def test_polygon_fill_matches_an_even_odd_test_at_pixel_centres(page):
+def test_polygon_fill_matches_an_even_odd_test_at_pixel_centres(any_page):
+    page = any_page
     h, w = 30, 40
     for points in (
         [[3, 2], [35, 5], [20, 27]],
@@ -206,7 +251,8 @@ def test_polygon_fill_matches_an_even_odd_test_at_pixel_centres(page):
         assert np.array_equal(np.array(got, np.uint8).reshape(h, w), ref), points
 
 
-def test_undo_history_is_per_stroke_and_exact(page):
+def test_undo_history_is_per_stroke_and_exact(any_page):
+    page = any_page
     out = _module(
         page,
         "history",
@@ -233,7 +279,8 @@ def test_undo_history_is_per_stroke_and_exact(page):
     assert out["redone"] == 12 and out["atEnd"]
 
 
-def test_sse_parser_handles_any_chunking_and_line_ending(page):
+def test_sse_parser_handles_any_chunking_and_line_ending(any_page):
+    page = any_page
     stream = 'id: 1\nevent: progress\ndata: {"a": 1}\n\n: keepalive\n\nid: 2\r\ndata: x\r\ndata: y\r\n\r\nevent: end\rdata: {}\r\r\n'
     expected = [
         {"event": "progress", "data": '{"a": 1}', "id": "1"},
@@ -250,7 +297,8 @@ def test_sse_parser_handles_any_chunking_and_line_ending(page):
         assert got == expected, size
 
 
-def test_overlay_pixels_are_exactly_the_labelled_ones(page):
+def test_overlay_pixels_are_exactly_the_labelled_ones(any_page):
+    page = any_page
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, size=(23, 31)).astype(np.uint8)
     alpha = _module(
@@ -264,8 +312,9 @@ def test_overlay_pixels_are_exactly_the_labelled_ones(page):
     assert np.array_equal(np.array(alpha).reshape(23, 31) > 0, labels > 0)
 
 
-def test_label_png_round_trip_through_the_server_is_exact(page, stack):
+def test_label_png_round_trip_through_the_server_is_exact(any_page, stack):
     """The page's PNG encoder -> PUT -> the server's reader -> GET -> the page's decoder."""
+    page = any_page
     headers = {"Authorization": f"Bearer {stack.key}"}
     with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
         ds = c.post("/v1/datasets", json={"name": "rt", "classes": [{"name": n} for n in "abc"]})
@@ -492,4 +541,59 @@ def test_a_method_with_several_recipes_offers_them_and_the_job_records_the_choic
     assert [(j["method"], j["recipe"]) for j in jobs if j["dataset_id"] == ds] == [
         ("lora", "micro-sam")
     ]
+    assert page.watch.clean() == []
+
+
+# --- Firefox -------------------------------------------------------------------------------
+
+
+def test_in_firefox_a_click_paints_a_mask_the_brush_edits_it_and_save_stores_exactly_it(
+    firefox_page, stack
+):
+    page = firefox_page
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        ds = c.post("/v1/datasets", json={"name": "firefox"}).json()["id"]
+        image = c.post(
+            f"/v1/datasets/{ds}/images", files={"file": ("a.png", png_bytes(40, 60), "image/png")}
+        ).json()["image_id"]
+        page.goto(f"{stack.url}/ui/#/d/{ds}/edit/{image}")
+        page.wait_for("[data-testid=mask-overlay][data-paints]")
+        assert page.evaluate(OVERLAY_PIXELS) == 0
+        box = page.box("[data-testid=image-canvas]")
+
+        def at(x: float, y: float) -> tuple[float, float]:  # image pixel -> viewport point
+            return box["x"] + (x + 0.5) / 60 * box["width"], box["y"] + (y + 0.5) / 40 * box[
+                "height"
+            ]
+
+        # The point tool: the fake service answers a click with a 5x5 square around it.
+        page.click("[data-testid=tool-point]")
+        page.mouse_path([at(30, 20)])
+        page.wait_until(f"() => ({OVERLAY_PIXELS})() === 25", None, 30, "the mask of the click")
+        page.type("\ue007")  # WebDriver's Enter: commit the prompt's mask
+        # The brush adds a stroke along row 8.
+        page.click("[data-testid=tool-brush]")
+        page.mouse_path([at(5, 8), at(20, 8), at(35, 8)])
+        painted = page.wait_until(
+            f"() => {{ const n = ({OVERLAY_PIXELS})(); return n > 25 ? n : 0; }}",
+            None,
+            30,
+            "the brush stroke",
+        )
+        page.click("[data-testid=save-label]")
+        page.wait_until(
+            "() => document.querySelector('[data-testid=unsaved]').textContent === 'saved'",
+            None,
+            30,
+            "the save",
+        )
+        assert c.get(f"/v1/datasets/{ds}/labels").json() == {image: 1}
+        stored = np.asarray(
+            Image.open(io.BytesIO(c.get(f"/v1/datasets/{ds}/labels/{image}").content))
+        )
+    assert stored.shape == (40, 60)
+    assert stored[18:23, 28:33].all() and stored[8, 5:36].all()  # the click's square, the stroke
+    assert int((stored > 0).sum()) == painted  # what was painted is exactly what was stored
+    page.screenshot(SCREENSHOTS / "firefox-workbench.png")
     assert page.watch.clean() == []
