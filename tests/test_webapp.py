@@ -102,6 +102,14 @@ def any_page(request):
     return request.getfixturevalue("page" if request.param == "chromium" else "firefox_page")
 
 
+def _dataset_with_image(c: httpx.Client, h: int, w: int, **dataset) -> tuple[str, str]:
+    """A new dataset (``dataset``: the POST body) holding one ``h`` x ``w`` image."""
+    ds = c.post("/v1/datasets", json=dataset).json()["id"]
+    files = {"file": ("a.png", png_bytes(h, w), "image/png")}
+    image = c.post(f"/v1/datasets/{ds}/images", files=files).json()["image_id"]
+    return ds, image
+
+
 def _module(page, name: str, body: str, arg=None):
     """Run ``body`` (an async function of (m, arg), m = the module) in the page."""
     return page.evaluate(
@@ -317,11 +325,7 @@ def test_label_png_round_trip_through_the_server_is_exact(any_page, stack):
     page = any_page
     headers = {"Authorization": f"Bearer {stack.key}"}
     with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
-        ds = c.post("/v1/datasets", json={"name": "rt", "classes": [{"name": n} for n in "abc"]})
-        ds = ds.json()["id"]
-        image = c.post(
-            f"/v1/datasets/{ds}/images", files={"file": ("a.png", png_bytes(24, 32), "image/png")}
-        ).json()["image_id"]
+        ds, image = _dataset_with_image(c, 24, 32, name="rt", classes=[{"name": n} for n in "abc"])
         labels = np.random.default_rng(4).integers(0, 4, size=(24, 32)).astype(np.uint8)
         got = page.evaluate(
             """async (a) => {
@@ -387,10 +391,7 @@ def test_the_key_stays_out_of_the_url_and_local_storage_and_a_401_returns_to_the
 def test_a_conflicting_save_is_shown_and_overwrites_nothing(page, stack):
     headers = {"Authorization": f"Bearer {stack.key}"}
     with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
-        ds = c.post("/v1/datasets", json={"name": "conflict"}).json()["id"]
-        image = c.post(
-            f"/v1/datasets/{ds}/images", files={"file": ("a.png", png_bytes(40, 60), "image/png")}
-        ).json()["image_id"]
+        ds, image = _dataset_with_image(c, 40, 60, name="conflict")
         page.goto(f"{stack.url}/ui/#/d/{ds}/edit/{image}")
         canvas = page.get_by_test_id("image-canvas")
         canvas.wait_for()
@@ -553,10 +554,7 @@ def test_in_firefox_a_click_paints_a_mask_the_brush_edits_it_and_save_stores_exa
     page = firefox_page
     headers = {"Authorization": f"Bearer {stack.key}"}
     with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
-        ds = c.post("/v1/datasets", json={"name": "firefox"}).json()["id"]
-        image = c.post(
-            f"/v1/datasets/{ds}/images", files={"file": ("a.png", png_bytes(40, 60), "image/png")}
-        ).json()["image_id"]
+        ds, image = _dataset_with_image(c, 40, 60, name="firefox")
         page.goto(f"{stack.url}/ui/#/d/{ds}/edit/{image}")
         page.wait_for("[data-testid=mask-overlay][data-paints]")
         assert page.evaluate(OVERLAY_PIXELS) == 0
