@@ -5,7 +5,7 @@ download, refused here), and its BiDi channel (`channel="moz-firefox"`) asks for
 `network.addDataCollector`, which Firefox 140 ESR - what Debian ships - does not have. So
 this module speaks the W3C WebDriver BiDi protocol itself, over the `websockets` client, and
 only the few commands the tests need: navigate, call a function in the page, real pointer
-and key input, screenshots, and the `log.entryAdded` / `userPromptOpened` events that tell
+and key input, file inputs, screenshots, and the `log.entryAdded` / `userPromptOpened` events that tell
 the tests about console errors, uncaught exceptions and alert dialogs.
 
 `FirefoxPage.evaluate(function_source, arg)` has Playwright's semantics for the JSON-able
@@ -256,6 +256,38 @@ class FirefoxPage:
         self.click(selector)
         self.evaluate("(s) => { document.querySelector(s).select(); }", selector)
         self.type(text)
+
+    def set_files(self, selector: str, paths: list[Path]) -> None:
+        """Choose ``paths`` in the file input ``selector``, as the file picker does."""
+        self.wait_for(selector)
+        node = self.browser.send(
+            "script.callFunction",
+            {
+                "functionDeclaration": "(s) => document.querySelector(s)",
+                "arguments": [{"type": "string", "value": selector}],
+                "target": {"context": self.context},
+                "awaitPromise": False,
+                "resultOwnership": "none",
+            },
+        )["result"]
+        self.browser.send(
+            "input.setFiles",
+            {
+                "context": self.context,
+                "element": {"sharedId": node["sharedId"]},
+                "files": [str(p) for p in paths],
+            },
+        )
+
+    def select(self, selector: str, value: str) -> None:
+        """Pick the option ``value`` of a <select>, firing the events a user's pick fires."""
+        self.wait_for(f"{selector} option[value='{value}']")
+        self.evaluate(
+            "(a) => { const el = document.querySelector(a.s); el.value = a.v;"
+            " el.dispatchEvent(new Event('input', {bubbles: true}));"
+            " el.dispatchEvent(new Event('change', {bubbles: true})); }",
+            {"s": selector, "v": value},
+        )
 
     def screenshot(self, path: Path) -> Path:
         data = self.browser.send("browsingContext.captureScreenshot", {"context": self.context})

@@ -8,13 +8,15 @@ stack's end-to-end run is tests/integration/test_webapp_e2e.py).
   even-odd test, undo history, the SSE parser, the overlay, and the label PNG round trip
   through the real server.
 - Firefox (Debian's firefox-esr over WebDriver BiDi, `_firefox.py`): every pure-module
-  test runs in both browsers, and one workbench test signs in, clicks, brushes and saves.
+  test runs in both browsers; two tests go through the key screen, the workbench (click,
+  brush, save), the dataset form, the file picker, the grid and the training form.
 - Security: names render as text, the key is never in the URL or localStorage, a 401 returns
   to the key screen. A conflicting save is shown and overwrites nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -594,4 +596,55 @@ def test_in_firefox_a_click_paints_a_mask_the_brush_edits_it_and_save_stores_exa
     assert stored[18:23, 28:33].all() and stored[8, 5:36].all()  # the click's square, the stroke
     assert int((stored > 0).sum()) == painted  # what was painted is exactly what was stored
     page.screenshot(SCREENSHOTS / "firefox-workbench.png")
+    assert page.watch.clean() == []
+
+
+def test_in_firefox_create_a_dataset_upload_by_the_picker_see_the_grid_and_train(
+    firefox_page, stack, tmp_path
+):
+    page = firefox_page
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"img_{i}.png")
+        files[-1].write_bytes(png_bytes(24, 32, seed=i))
+    page.fill("[data-testid=dataset-name-input]", "firefox upload")
+    page.click("[data-testid=dataset-create]")
+    page.wait_until("() => /#\\/d\\/[^/]+\\/images/.test(location.hash)", None, 30, "images page")
+    page.set_files("[data-testid=upload-input]", files)
+    thumbs = page.wait_until(
+        """() => { const t = [...document.querySelectorAll('[data-testid=image-tile] canvas')];
+                   const drawn = (c) => c.getContext('2d').getImageData(0, 0, c.width, c.height)
+                     .data.some((v, i) => i % 4 === 3 && v);
+                   return t.length === 3 && t.every(drawn) ? t.length : 0; }""",
+        None,
+        30,
+        "three tiles with their thumbnails",
+    )
+    assert thumbs == 3
+    page.evaluate("() => document.querySelector('[data-testid=image-tile]').focus()")
+    page.type("\ue014")  # WebDriver's ArrowRight: the focus moves to the next tile
+    focused = "() => [...document.querySelectorAll('[data-testid=image-tile]')].indexOf(document.activeElement)"
+    assert page.evaluate(focused) == 1
+    ds = page.evaluate("() => location.hash.split('/')[2]")
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as c:
+        listed = c.get(f"/v1/datasets/{ds}/images").json()["images"]  # content ids
+        assert sorted(listed) == sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+        page.screenshot(SCREENSHOTS / "firefox-images.png")
+        # Training: the method list comes from the registry; a job starts and is shown.
+        page.goto(f"{stack.url}/ui/#/d/{ds}/train")
+        page.select("[data-testid=method-select]", "lora")
+        page.select("[data-testid=recipe-select]", "micro-sam")
+        page.click("[data-testid=train-start]")
+        page.wait_until(
+            "() => (document.querySelector('[data-testid=train-progress]') || {}).textContent"
+            "?.includes('lora (micro-sam)')",
+            None,
+            30,
+            "the job's progress panel",
+        )
+        jobs = c.get("/v1/trainings").json()["jobs"]
+    assert [(j["method"], j["recipe"]) for j in jobs if j["dataset_id"] == ds] == [
+        ("lora", "micro-sam")
+    ]
     assert page.watch.clean() == []
