@@ -441,12 +441,14 @@ def _result(
 
     if t1:
         summary.append("Table 1/2 analog: decoder PEFT, GT prompts, mIoU (mean±sd over seeds)")
-        head = "method".ljust(20) + "".join(f"{d[:9]:>22}" for d in domains) + "      avg"
+        names = {lab: f"{lab} ({sizes[lab] / 1000:.1f}K)" for lab in t1}
+        width = max(20, *(len(n) + 1 for n in names.values()))  # the longest label's column
+        head = "method".ljust(width) + "".join(f"{d[:9]:>22}" for d in domains) + "      avg"
         for k in t1_shots:
             summary.append(f"-- {k} shot(s) --")
             summary.append(head)
             summary.append(
-                "0-shot".ljust(20)
+                "0-shot".ljust(width)
                 + "".join(f"{_fmt(zero[d]):>22}" for d in domains)
                 + f"{np.mean([zero[d].mean for d in domains]):9.3f}"
             )
@@ -454,7 +456,7 @@ def _result(
                 avg = float(np.mean([cells[(d, k)].mean for d in domains]))
                 figures[f"t1_{label}_{k}shot_avg"] = avg
                 summary.append(
-                    f"{label} ({sizes[label] / 1000:.1f}K)".ljust(20)
+                    names[label].ljust(width)
                     + "".join(f"{_fmt(cells[(d, k)]):>22}" for d in domains)
                     + f"{avg:9.3f}"
                 )
@@ -501,7 +503,7 @@ def _result(
             avg = float(np.mean([pt[(d, method)].mean for d in domains]))
             figures[f"ptsam_{method}_avg_dice"] = avg
             summary.append(
-                f"{method:>9}"
+                f"{method:>14}"
                 + "".join(f"{_fmt(pt[(d, method)]):>22}" for d in domains)
                 + f"{avg:9.3f}"
             )
