@@ -39,11 +39,22 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-class Watch:
+class Problems:
     """What went wrong in a page: console errors, uncaught exceptions, dialogs."""
 
-    def __init__(self, page: Page):
+    def __init__(self) -> None:
         self.problems: list[str] = []
+
+    def clean(self, allow: tuple[str, ...] = ()) -> list[str]:
+        """Problems not matching any of the ``allow`` regexes."""
+        return [p for p in self.problems if not any(re.search(a, p) for a in allow)]
+
+
+class Watch(Problems):
+    """Problems collected from a Playwright page's events."""
+
+    def __init__(self, page: Page):
+        super().__init__()
         page.on(
             "console",
             lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"),
@@ -57,10 +68,6 @@ class Watch:
             return
         self.problems.append(f"dialog {dialog.type}: {dialog.message}")
         dialog.dismiss()
-
-    def clean(self, allow: tuple[str, ...] = ()) -> list[str]:
-        """Problems not matching any of the ``allow`` regexes."""
-        return [p for p in self.problems if not any(re.search(a, p) for a in allow)]
 
 
 def open_page(browser: Browser, url: str) -> tuple[Page, Watch]:

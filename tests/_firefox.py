@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _browser import Problems
 from websockets.sync.client import ClientConnection, connect
 
 FIREFOX = os.environ.get("FIREFOX", "/usr/bin/firefox-esr")
@@ -76,24 +77,13 @@ class BidiError(RuntimeError):
     pass
 
 
-class Watch:
-    """What went wrong in the page: console errors, uncaught exceptions, dialogs (the same
-    contract as `_browser.Watch`)."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def clean(self, allow: tuple[str, ...] = ()) -> list[str]:
-        return [p for p in self.problems if not any(re.search(a, p) for a in allow)]
-
-
 class Firefox:
     """One headless Firefox and its BiDi session; commands are synchronous."""
 
     def __init__(self, ws: ClientConnection, proc: subprocess.Popen):
         self._ws, self._proc = ws, proc
         self._next_id = 0
-        self.watch = Watch()
+        self.watch = Problems()
 
     def send(self, method: str, params: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
         self._next_id += 1
@@ -157,7 +147,7 @@ class FirefoxPage:
         self.browser, self.context = browser, context
 
     @property
-    def watch(self) -> Watch:
+    def watch(self) -> Problems:
         return self.browser.watch
 
     def goto(self, url: str) -> None:
