@@ -173,10 +173,22 @@ def test_load_quick_through_the_real_stack(capsys):
 
 
 @pytest.mark.slow
-def test_quality_quick_produces_its_json(capsys):
-    """``vplab bench quality --quick`` (miniworld, sam_mini / dinov2_mini) ends with its JSON."""
-    lines, doc = _run(capsys, "quality", "--quick")
+def test_quality_quick_produces_its_json(capsys, tmp_path):
+    """``vplab bench quality --quick`` (miniworld, sam_mini / dinov2_mini) ends with its JSON;
+    in two worker processes it caches every cell, and a rerun on the cache computes nothing
+    and reports the same figures."""
+    cells = tmp_path / "cells"
+    lines, doc = _run(capsys, "quality", "--quick", "--cells", str(cells), "--jobs", "2")
     assert doc["benchmark"] == "quality" and doc["config"]["quick"] is True
+    n_cells = len(list(cells.glob("*.json")))
+    assert n_cells > 20  # 2 seeds x (2 T1 methods + 2 T3 + 5 PTSAM) + zero + controls
+    assert main(["bench", "quality", "--quick", "--cells", str(cells)]) == 0
+    out, err = capsys.readouterr()
+    again = json.loads(out.strip().splitlines()[-1])
+    assert f"{n_cells} cells cached, 0 to compute" in err  # nothing was trained again
+    assert len(list(cells.glob("*.json"))) == n_cells
+    figures = {k: v for k, v in doc.items() if k not in ("elapsed_s", "machine")}
+    assert {k: again[k] for k in figures} == figures
     for key in (
         "t1_E-PEFT_5shot_avg",
         "t1_zero_avg",
@@ -269,3 +281,20 @@ def test_uncertainty_ranks_low_confidence_and_disagreement_first():
     assert sure.value < split.value and sure.value < unsure.value
     nothing = uncertainty(result([[0, 0], [0, 0]], 0.0), result([[0, 0], [0, 0]], 0.0), [1])
     assert nothing.disagreement == 0.0 and nothing.value == pytest.approx(0.5)
+
+
+def test_quality_cell_key_names_everything_a_cell_depends_on():
+    """A cached cell is reused only for the same unit, settings and weights."""
+    from dataclasses import replace
+
+    from vplab.bench.quality import Settings, Unit, cell_key
+
+    st = Settings(n_test=8, steps=100, pt_steps=100, views=(4, 1))
+    unit = Unit("t1", "polyps", seed=2, k=5, label="LoRA", method="epeft-lora")
+    key = cell_key(unit, st)
+    assert cell_key(Unit("t1", "polyps", 2, 5, "LoRA", "epeft-lora"), st) == key
+    assert json.loads(key)["weights"]["sam_mini"]  # the weights' digests are in the key
+    for other_unit in (replace(unit, seed=3), replace(unit, k=1), replace(unit, domain="xray")):
+        assert cell_key(other_unit, st) != key
+    for other_st in (replace(st, steps=150), replace(st, n_test=12), replace(st, views=(1, 0))):
+        assert cell_key(unit, other_st) != key

@@ -27,8 +27,13 @@ claims (who beats whom, does tuning help), not their numbers.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import multiprocessing
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +72,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--plot", default=None, help="write the mIoU-vs-shots chart (PNG) here")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: t1,t3,ptsam,controls")
+    p.add_argument(
+        "--cells",
+        default=None,
+        help="directory caching every finished cell: a killed or partial run resumes, and "
+        "runs over disjoint domains combine into one report",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="worker processes (the torch threads are split)"
+    )
 
 
 # --- data -----------------------------------------------------------------------------
@@ -273,12 +287,182 @@ def _fmt(c: Cell) -> str:
     return f"{c.mean:.3f}±{c.sd:.3f}"
 
 
+# --- work units: one training + scoring each, cached and run in parallel ----------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every unit's figure depends on besides its own coordinates."""
+
+    n_test: int
+    steps: int
+    pt_steps: int
+    views: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cell of one seed: ``part`` names what it computes (see ``compute_unit``);
+    ``method`` / ``config`` (JSON) the tuning method, ``k`` the shots."""
+
+    part: str
+    domain: str
+    seed: int = 0
+    k: int = 0
+    label: str = ""
+    method: str = ""
+    config: str = "{}"
+
+    def describe(self) -> str:
+        what = " ".join(str(x) for x in (self.label or self.method, self.k or "") if x != "")
+        return f"{self.part} {self.domain} {what} seed {self.seed}".replace("  ", " ")
+
+
+def compute_unit(unit: Unit, st: Settings) -> list[float]:
+    """The unit's per-test-image figures (``shuffled`` / ``true``: [GT-prompt mIoU,
+    pipeline mIoU]). Deterministic: same unit, same settings, same weights -> same list."""
+    from vplab.models import build_dinov2, build_sam
+    from vplab.training import LabeledImage
+
+    test = test_indices(st.n_test)
+    cfg = json.loads(unit.config)
+    d = unit.domain
+    if unit.part == "zero":
+        return decoder_ious(base_model(), d, test).tolist()
+    if unit.part == "random_init_0shot":
+        return decoder_ious(base_model(random_init=True), d, test).tolist()
+    shots = shot_lists(d, unit.seed, max(unit.k, 1))
+    if unit.part in ("t1", "random_init", "source"):
+        tuned = tune_decoder(
+            build_sam("sam_mini", random_init=unit.part == "random_init"),
+            unit.method,
+            d,
+            shots[: unit.k],
+            unit.seed,
+            st.steps,
+            cfg,
+            views=st.views,
+        )
+        return decoder_ious(tuned, d, test).tolist()
+    if unit.part == "pt":
+        tuned = tune_decoder(
+            build_sam("sam_mini"), unit.method, d, shots, unit.seed, st.pt_steps, views=st.views
+        )
+        return ptsam_dice(tuned, d, test).tolist()
+    dino = build_dinov2("dinov2_mini")
+    ref = samples(d, shots[:1])[0]
+    if unit.part == "t3":
+        model = base_model()
+        if unit.k:
+            model = tune_decoder(model[0], "epeft", d, shots, unit.seed, st.steps, views=st.views)
+        return pipeline_ious(model, dino, d, ref, test).tolist()
+    if unit.part in ("shuffled", "true"):
+        # Shuffled labels: every shot image paired with another shot's mask; scored at GT
+        # prompts and through the pipeline (at GT prompts a shuffled mask still teaches a
+        # blob around the click - BENCHMARKS 7).
+        data = samples(d, shots)
+        if unit.part == "shuffled":
+            data = [
+                LabeledImage(a.name, a.image, b.label)
+                for a, b in zip(data, data[1:] + data[:1], strict=True)
+            ]
+        tuned = tune_decoder(
+            build_sam("sam_mini"),
+            "epeft",
+            d,
+            shots,
+            unit.seed,
+            st.steps,
+            labelled=data,
+            views=st.views,
+        )
+        vp = float(pipeline_ious(tuned, dino, d, ref, test).mean())
+        return [decoder_eval(tuned, d, test), vp]
+    if unit.part == "source_vp":
+        return pipeline_ious(base_model(), dino, d, ref, test).tolist()
+    raise ValueError(f"unknown unit part {unit.part!r}")
+
+
+CELL_FORMAT = 1  # bump when what a unit computes changes, so old cached cells are not reused
+
+
+def cell_key(unit: Unit, st: Settings) -> str:
+    """The cache key: the unit, the settings and the digests of the weights it runs on
+    (the code itself is not in the key: delete the cells directory after changing it)."""
+    from vplab.models.embedded import EMBEDDED
+
+    return json.dumps(
+        {
+            "format": CELL_FORMAT,
+            "unit": asdict(unit),
+            "settings": asdict(st),
+            "weights": {n: w.sha256 for n, w in sorted(EMBEDDED.items())},
+        },
+        sort_keys=True,
+    )
+
+
+def _cell_path(cells: Path, unit: Unit, st: Settings) -> Path:
+    return cells / f"{hashlib.sha256(cell_key(unit, st).encode()).hexdigest()[:32]}.json"
+
+
+def _compute_and_store(unit: Unit, st: Settings, cells: Path | None) -> list[float]:
+    t0 = time.monotonic()
+    values = compute_unit(unit, st)
+    if cells is not None:
+        from vplab.storage._atomic import atomic_writer
+
+        record = {
+            "key": json.loads(cell_key(unit, st)),
+            "values": values,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        with atomic_writer(_cell_path(cells, unit, st)) as f:
+            f.write(json.dumps(record).encode())
+    return values
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def compute_units(
+    units: list[Unit], st: Settings, cells: Path | None, jobs: int
+) -> dict[Unit, list[float]]:
+    """Every unit's figures: from ``cells`` where a finished run left them (so a killed
+    run resumes), the rest computed - in ``jobs`` worker processes (spawned, the torch
+    threads split between them: on 2 cores two 1-thread trainings finish ~1.6x sooner
+    than one 2-thread training after another, BENCHMARKS 7)."""
+    done: dict[Unit, list[float]] = {}
+    if cells is not None:
+        cells.mkdir(parents=True, exist_ok=True)
+        for u in units:
+            path = _cell_path(cells, u, st)
+            if path.exists():
+                done[u] = json.loads(path.read_text())["values"]
+    todo = [u for u in dict.fromkeys(units) if u not in done]
+    log(f"{len(done)} cells cached, {len(todo)} to compute with {jobs} job(s)")
+    if jobs <= 1:
+        for i, u in enumerate(todo, 1):
+            done[u] = _compute_and_store(u, st, cells)
+            log(f"[{i}/{len(todo)}] {u.describe()}: {np.mean(done[u]):.3f}")
+        return done
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = multiprocessing.get_context("spawn")  # fork after torch's threads start is unsafe
+    with ProcessPoolExecutor(jobs, ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_compute_and_store, u, st, cells): u for u in todo}
+        for i, fut in enumerate(as_completed(futures), 1):
+            u = futures[fut]
+            done[u] = fut.result()
+            log(f"[{i}/{len(todo)}] {u.describe()}: {np.mean(done[u]):.3f}")
+    return done
+
+
 # --- the benchmark ------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> BenchResult:
     from vplab.miniworld import TARGET_DOMAINS
-    from vplab.models import build_dinov2, build_sam
 
     torch.manual_seed(0)
     quick = args.quick
@@ -293,9 +477,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     t1_shots = [5] if quick else [1, 5]
     t3_shots = [5] if quick else [5, 10, 40]
     pt_shots = 2 if quick else 16
-    views = (1, 0) if quick else (4, 1)
-    test = test_indices(n_test)
-    dino = build_dinov2("dinov2_mini")
+    st = Settings(n_test, steps, pt_steps, (1, 0) if quick else (4, 1))
     t_start = time.monotonic()
 
     epeft_params = count_params("epeft")
@@ -305,131 +487,92 @@ def run(args: argparse.Namespace) -> BenchResult:
     sizes = {k: count_params(m, c) for k, (m, c) in methods.items()}
     log(f"trainable parameters on sam_mini: {sizes}")
 
+    # Every unit of the run, the longest first (a better balance across workers).
+    units: list[Unit] = []
+    for d in domains:
+        if "ptsam" not in skip:
+            units += [Unit("pt", d, s, pt_shots, method=m) for m in PTSAM_METHODS for s in seeds]
+        if "t3" not in skip:
+            units += [Unit("t3", d, s, k) for k in [*t3_shots[::-1], 0] for s in seeds]
+        if "t1" not in skip:
+            units += [
+                Unit("t1", d, s, k, label, m, json.dumps(c, sort_keys=True))
+                for k in t1_shots[::-1]
+                for label, (m, c) in methods.items()
+                for s in seeds
+            ]
+        units.append(Unit("zero", d))
+    d0 = domains[0]
+    reuse_true = "t1" not in skip and "t3" not in skip and 5 in t1_shots and 5 in t3_shots
+    if "controls" not in skip:
+        units += [Unit("shuffled", d0, s, 5) for s in seeds]
+        if not reuse_true:
+            units += [Unit("true", d0, s, 5) for s in seeds]
+        units += [
+            Unit("random_init", d0, seeds[0], 5, method="epeft"),
+            Unit("random_init_0shot", d0),
+            Unit("source", "source", seeds[0], 5, method="epeft"),
+            Unit("zero", "source"),
+        ]
+        if "t3" not in skip:
+            units.append(Unit("source_vp", "source", seeds[0], 1))
+    cells = Path(args.cells) if getattr(args, "cells", None) else None
+    got = compute_units(units, st, cells, max(1, getattr(args, "jobs", 1)))
+
+    def cell(**coords) -> Cell:
+        return Cell([np.array(got[Unit(**coords, seed=s)]) for s in seeds])
+
+    zero = {d: Cell([np.array(got[Unit("zero", d)])] * len(seeds)) for d in domains}
     t1: dict[str, dict[tuple[str, int], Cell]] = {}
     t3: dict[tuple[str, int], Cell] = {}
     pt: dict[tuple[str, str], Cell] = {}
-    zero: dict[str, Cell] = {}
     controls: dict[str, float] = {}
-
-    for domain in domains:
-        zero[domain] = Cell([decoder_ious(base_model(), domain, test) for _ in seeds])
-        shots_by_seed = {s: shot_lists(domain, s, max(40, pt_shots)) for s in seeds}
+    for d in domains:
         if "t1" not in skip:
-            for label, (method, cfg) in methods.items():
+            for label, (m, c) in methods.items():
+                cfg = json.dumps(c, sort_keys=True)
                 for k in t1_shots:
-                    runs = []
-                    for s in seeds:
-                        tuned = tune_decoder(
-                            build_sam("sam_mini"),
-                            method,
-                            domain,
-                            shots_by_seed[s][:k],
-                            s,
-                            steps,
-                            cfg,
-                            views=views,
-                        )
-                        runs.append(decoder_ious(tuned, domain, test))
-                    t1.setdefault(label, {})[(domain, k)] = Cell(runs)
-                    log(f"T1 {domain} {label} {k}-shot: {_fmt(t1[label][(domain, k)])}")
+                    t1.setdefault(label, {})[(d, k)] = cell(
+                        part="t1", domain=d, k=k, label=label, method=m, config=cfg
+                    )
         if "t3" not in skip:
             for k in [0, *t3_shots]:
-                runs = []
-                for s in seeds:
-                    ref = samples(domain, shots_by_seed[s][:1])[0]
-                    model = base_model()
-                    if k:
-                        model = tune_decoder(
-                            model[0], "epeft", domain, shots_by_seed[s][:k], s, steps, views=views
-                        )
-                    runs.append(pipeline_ious(model, dino, domain, ref, test))
-                t3[(domain, k)] = Cell(runs)
-                log(f"T3 {domain} {k} shots: {_fmt(t3[(domain, k)])}")
+                t3[(d, k)] = cell(part="t3", domain=d, k=k)
         if "ptsam" not in skip:
-            for method in PTSAM_METHODS:
-                runs = []
-                for s in seeds:
-                    tuned = tune_decoder(
-                        build_sam("sam_mini"),
-                        method,
-                        domain,
-                        shots_by_seed[s][:pt_shots],
-                        s,
-                        pt_steps,
-                        views=views,
-                    )
-                    runs.append(ptsam_dice(tuned, domain, test))
-                pt[(domain, method)] = Cell(runs)
-                log(f"PTSAM {domain} {method}: {_fmt(pt[(domain, method)])}")
-
+            for m in PTSAM_METHODS:
+                pt[(d, m)] = cell(part="pt", domain=d, k=pt_shots, method=m)
     if "controls" not in skip:
-        d0 = domains[0]
-        s0 = seeds[0]
-        from vplab.training import LabeledImage
-
-        # Shuffled labels (every shot image paired with another shot's mask) against the
-        # true ones, on every seed, scored at GT prompts and through the pipeline: at GT
-        # prompts a shuffled mask still teaches a blob around the click (BENCHMARKS 7).
-        def both(model, ref) -> tuple[float, float]:  # (GT prompts, pipeline) mIoU
-            vp = float(pipeline_ious(model, dino, d0, ref, test).mean())
-            return decoder_eval(model, d0, test), vp
-
-        # The true-label model is T1's E-PEFT 5-shot and T3's 5-shot model (same shots, seed
-        # and steps; training is deterministic), so their cells are reused when both ran.
-        t1_cell = t1.get("E-PEFT", {}).get((d0, 5))
-        t3_cell = t3.get((d0, 5))
-        shuffled, true = [], []  # (GT prompts, pipeline) per seed
-        for i, s in enumerate(seeds):
-            shots = shot_lists(d0, s, 5)
-            data = samples(d0, shots)
-            rolled = [
-                LabeledImage(a.name, a.image, b.label)
-                for a, b in zip(data, data[1:] + data[:1], strict=True)
+        shuffled = [got[Unit("shuffled", d0, s, 5)] for s in seeds]
+        if reuse_true:  # T1's E-PEFT 5-shot and T3's 5-shot train exactly this model
+            true = [
+                [t1["E-PEFT"][(d0, 5)].per_image[i].mean(), t3[(d0, 5)].per_image[i].mean()]
+                for i in range(len(seeds))
             ]
-            shuf = tune_decoder(
-                build_sam("sam_mini"), "epeft", d0, shots, s, steps, labelled=rolled, views=views
-            )
-            shuffled.append(both(shuf, data[0]))
-            if t1_cell and t3_cell:
-                true.append((t1_cell.per_image[i].mean(), t3_cell.per_image[i].mean()))
-            else:
-                tuned = tune_decoder(
-                    build_sam("sam_mini"), "epeft", d0, shots, s, steps, views=views
-                )
-                true.append(both(tuned, data[0]))
+        else:
+            true = [got[Unit("true", d0, s, 5)] for s in seeds]
+        for s, sh, tr in zip(seeds, shuffled, true, strict=True):
             log(
-                f"controls seed {s}: shuffled {shuffled[-1][0]:.3f} / pipeline "
-                f"{shuffled[-1][1]:.3f}, true {true[-1][0]:.3f} / {true[-1][1]:.3f}"
+                f"controls seed {s}: shuffled {sh[0]:.3f} / pipeline {sh[1]:.3f}, "
+                f"true {tr[0]:.3f} / {tr[1]:.3f}"
             )
         shuffled_mean, true_mean = np.mean(shuffled, axis=0), np.mean(true, axis=0)
         controls["shuffled_labels_5shot"] = float(shuffled_mean[0])
         controls["pretrained_5shot"] = float(true_mean[0])
         controls["shuffled_labels_vp_5shot"] = float(shuffled_mean[1])
         controls["pretrained_vp_5shot"] = float(true_mean[1])
-        controls["zero_shot_same_domain"] = float(zero[d0].per_image[0].mean())
-        controls["random_init_0shot"] = decoder_eval(base_model(random_init=True), d0, test)
-        rand_t = tune_decoder(
-            build_sam("sam_mini", random_init=True),
-            "epeft",
-            d0,
-            shot_lists(d0, s0, 5),
-            s0,
-            steps,
-            views=views,
+        controls["zero_shot_same_domain"] = zero[d0].mean
+        controls["random_init_0shot"] = float(np.mean(got[Unit("random_init_0shot", d0)]))
+        controls["random_init_5shot"] = float(
+            np.mean(got[Unit("random_init", d0, seeds[0], 5, method="epeft")])
         )
-        controls["random_init_5shot"] = decoder_eval(rand_t, d0, test)
         # in-distribution: the source domain (class 1 = the blob family)
-        src_shots = shot_lists("source", s0, 5)
-        src_test = test_indices(n_test)
-        controls["source_0shot"] = decoder_eval(base_model(), "source", src_test)
-        src_t = tune_decoder(
-            build_sam("sam_mini"), "epeft", "source", src_shots, s0, steps, views=views
+        controls["source_0shot"] = float(np.mean(got[Unit("zero", "source")]))
+        controls["source_5shot"] = float(
+            np.mean(got[Unit("source", "source", seeds[0], 5, method="epeft")])
         )
-        controls["source_5shot"] = decoder_eval(src_t, "source", src_test)
         if "t3" not in skip:
-            ref = samples("source", src_shots[:1])[0]
             controls["source_vp_0shot"] = float(
-                pipeline_ious(base_model(), dino, "source", ref, src_test).mean()
+                np.mean(got[Unit("source_vp", "source", seeds[0], 1)])
             )
         log(f"controls: {controls}")
 
