@@ -160,6 +160,26 @@ def test_patch_mask_errors():
         patch_mask(np.ones((2, 3, 4)), grid)
 
 
+def test_patch_mask_keeps_thin_structures():
+    """A 2 px diagonal crack covers no cell by half: the cells along it are taken rather
+    than the reference refused; a thicker object keeps the plain > 0.5 rule."""
+    grid = LetterboxGrid.for_patches(TGT_HW, GRID, PATCH)
+    crack = np.zeros(TGT_HW, dtype=bool)
+    for x in range(20, 140):
+        crack[x // 2 + 20 : x // 2 + 22, x] = True  # slope 1/2, 2 px thick
+    pm = patch_mask(crack, grid)
+    cols = pm.nonzero()[:, 1].unique()
+    assert len(cols) >= 7  # cells along the whole crack (x 20..139 = cells 1..9)
+    rows_of = {int(c): pm[:, c].nonzero()[:, 0].tolist() for c in cols}
+    for c, rows in rows_of.items():  # only cells the crack passes through
+        ys = [x // 2 + 20 for x in range(c * PATCH, (c + 1) * PATCH) if 20 <= x < 140]
+        assert all(min(ys) // PATCH - 1 <= r <= (max(ys) + 1) // PATCH for r in rows), (c, rows)
+    blob = np.zeros(TGT_HW, dtype=bool)
+    blob[28:56, 28:70] = True  # rows 2..3, cols 2..4 exactly
+    blob[60:62, 100:140] = True  # plus a thin line: ignored once a cell is half covered
+    assert pm.sum() > 0 and patch_mask(blob, grid).sum() == 6
+
+
 # ---------------------------------------------------------------- soft matching
 
 

@@ -449,12 +449,20 @@ def compute_units(
         return done
     threads = max(1, torch.get_num_threads() // jobs)
     ctx = multiprocessing.get_context("spawn")  # fork after torch's threads start is unsafe
+    failed: list[str] = []
     with ProcessPoolExecutor(jobs, ctx, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(_compute_and_store, u, st, cells): u for u in todo}
         for i, fut in enumerate(as_completed(futures), 1):
             u = futures[fut]
-            done[u] = fut.result()
+            try:
+                done[u] = fut.result()
+            except Exception as e:  # noqa: BLE001 - reported; the other cells still run and cache
+                failed.append(f"{u.describe()}: {type(e).__name__}: {e}")
+                log(f"[{i}/{len(todo)}] {failed[-1]}")
+                continue
             log(f"[{i}/{len(todo)}] {u.describe()}: {np.mean(done[u]):.3f}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} cell(s) failed: " + "; ".join(failed))
     return done
 
 
