@@ -328,3 +328,61 @@ def test_per_class_iou_accumulates_over_pairs_and_ignores():
         per_class_iou([(np.zeros((2, 2)), np.zeros((2, 2)))])
     with pytest.raises(InvalidInput, match="at least one"):
         per_class_iou([])
+
+
+# --------------------------------------------------------------- geometry (scipy.ndimage)
+
+
+def _depth_by_erosion(m: np.ndarray) -> np.ndarray:
+    """The definition: how many 3x3 erosions (the border outside) a pixel survives."""
+    out = np.zeros(m.shape, np.float32)
+    alive = m.copy()
+    while alive.any():
+        out += alive
+        p = np.pad(alive, 1)
+        alive = np.all(
+            [p[dy : dy + m.shape[0], dx : dx + m.shape[1]] for dy in range(3) for dx in range(3)],
+            axis=0,
+        )
+    return out
+
+
+def _components_by_flood(m: np.ndarray) -> np.ndarray:
+    """The definition: 8-connected flood fill from each unlabelled pixel in raster order."""
+    lab = np.zeros(m.shape, np.int64)
+    n = 0
+    for y0, x0 in zip(*np.nonzero(m), strict=True):
+        if lab[y0, x0]:
+            continue
+        n += 1
+        stack = [(y0, x0)]
+        lab[y0, x0] = n
+        while stack:
+            y, x = stack.pop()
+            for yy in range(max(0, y - 1), min(m.shape[0], y + 2)):
+                for xx in range(max(0, x - 1), min(m.shape[1], x + 2)):
+                    if m[yy, xx] and not lab[yy, xx]:
+                        lab[yy, xx] = n
+                        stack.append((yy, xx))
+    return lab
+
+
+def test_depth_and_components_match_their_definitions():
+    import torch
+
+    from vplab.masks.geometry import components, deepest_point, depth
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random(rng.integers(1, 40, 2)) < rng.random() for _ in range(30)]
+    masks += [np.ones((9, 12), bool), np.zeros((4, 4), bool), np.eye(7, dtype=bool)]
+    for m in masks:
+        t = torch.as_tensor(m)
+        assert np.array_equal(depth(t[None])[0].numpy(), _depth_by_erosion(m))
+        labels, n = components(t)
+        ref = _components_by_flood(m)
+        assert n == ref.max() and np.array_equal(labels.numpy(), ref)
+    assert depth(torch.ones(1, 300, 300, dtype=torch.bool)).max() == 128  # capped
+    ring = np.ones((9, 9), bool)
+    ring[4, 4] = False
+    assert deepest_point(ring) == (1.5, 1.5)  # first of the depth-2 pixels, raster order
+    assert deepest_point(np.zeros((3, 3), bool)) is None

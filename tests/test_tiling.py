@@ -41,7 +41,7 @@ def _disc_image(cx: int = 154, cy: int = 224, r: int = 20) -> tuple[np.ndarray, 
 
 
 def _components(mask: np.ndarray) -> int:
-    """4-connected components (a reference written out: no scipy here)."""
+    """4-connected components (a reference written out, independent of the code under test)."""
     seen = np.zeros_like(mask, bool)
     count = 0
     for y, x in zip(*np.nonzero(mask)):
