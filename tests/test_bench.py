@@ -290,11 +290,16 @@ def test_quality_cell_key_names_everything_a_cell_depends_on():
     from vplab.bench.quality import Settings, Unit, cell_key
 
     st = Settings(n_test=8, steps=100, pt_steps=100, views=(4, 1))
-    unit = Unit("t1", "polyps", seed=2, k=5, label="LoRA", method="epeft-lora")
+    unit = Unit("tune", "polyps", seed=2, k=5, method="epeft-lora")
     key = cell_key(unit, st)
-    assert cell_key(Unit("t1", "polyps", 2, 5, "LoRA", "epeft-lora"), st) == key
+    assert cell_key(Unit("tune", "polyps", 2, 5, "epeft-lora"), st) == key
     assert json.loads(key)["weights"]["sam_mini"]  # the weights' digests are in the key
-    for other_unit in (replace(unit, seed=3), replace(unit, k=1), replace(unit, domain="xray")):
+    for other_unit in (
+        replace(unit, seed=3),
+        replace(unit, k=1),
+        replace(unit, domain="xray"),
+        replace(unit, config='{"lora_r_attn": 8}'),
+    ):
         assert cell_key(other_unit, st) != key
     for other_st in (replace(st, steps=150), replace(st, n_test=12), replace(st, views=(1, 0))):
         assert cell_key(unit, other_st) != key

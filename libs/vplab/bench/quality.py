@@ -307,88 +307,104 @@ class Settings:
 
 @dataclass(frozen=True)
 class Unit:
-    """One cell of one seed: ``part`` names what it computes (see ``compute_unit``);
+    """One training + scoring of one seed; ``part`` names what it computes (``PARTS``),
     ``method`` / ``config`` (JSON) the tuning method, ``k`` the shots."""
 
     part: str
     domain: str
     seed: int = 0
     k: int = 0
-    label: str = ""
     method: str = ""
     config: str = "{}"
 
     def describe(self) -> str:
-        what = " ".join(str(x) for x in (self.label or self.method, self.k or "") if x != "")
-        return f"{self.part} {self.domain} {what} seed {self.seed}".replace("  ", " ")
+        what = " ".join(x for x in (self.method, "" if self.config == "{}" else self.config) if x)
+        shots = f"{self.k} shot(s) " if self.k else ""
+        return f"{self.part} {self.domain} {what} {shots}seed {self.seed}".replace("  ", " ")
 
 
-def compute_unit(unit: Unit, st: Settings) -> list[float]:
-    """The unit's per-test-image figures (``shuffled`` / ``true``: [GT-prompt mIoU,
-    pipeline mIoU]). Deterministic: same unit, same settings, same weights -> same list."""
-    from vplab.models import build_dinov2, build_sam
-    from vplab.training import LabeledImage
+# A unit's figures, one value per test image: "gt" IoU at GT prompts (Table 1), "vp" IoU
+# through the visual-prompting pipeline with the seed's first shot as reference (Table 3),
+# "dice" prompt-free Dice (PTSAM).
+Figures = dict[str, list[float]]
+
+
+def _reference(u: Unit):
+    return samples(u.domain, shot_lists(u.domain, u.seed, 1))[0]
+
+
+def _scores(model: Model, u: Unit, st: Settings, vp: bool) -> Figures:
+    from vplab.models import build_dinov2
 
     test = test_indices(st.n_test)
-    cfg = json.loads(unit.config)
-    d = unit.domain
-    if unit.part == "zero":
-        return decoder_ious(base_model(), d, test).tolist()
-    if unit.part == "random_init_0shot":
-        return decoder_ious(base_model(random_init=True), d, test).tolist()
-    shots = shot_lists(d, unit.seed, max(unit.k, 1))
-    if unit.part in ("t1", "random_init", "source"):
-        tuned = tune_decoder(
-            build_sam("sam_mini", random_init=unit.part == "random_init"),
-            unit.method,
-            d,
-            shots[: unit.k],
-            unit.seed,
-            st.steps,
-            cfg,
-            views=st.views,
-        )
-        return decoder_ious(tuned, d, test).tolist()
-    if unit.part == "pt":
-        tuned = tune_decoder(
-            build_sam("sam_mini"), unit.method, d, shots, unit.seed, st.pt_steps, views=st.views
-        )
-        return ptsam_dice(tuned, d, test).tolist()
+    out = {"gt": decoder_ious(model, u.domain, test).tolist()}
+    if vp:
+        dino = build_dinov2("dinov2_mini")
+        out["vp"] = pipeline_ious(model, dino, u.domain, _reference(u), test).tolist()
+    return out
+
+
+def _tuned(u: Unit, st: Settings, random_init: bool = False, labelled=None) -> Model:
+    from vplab.models import build_sam
+
+    shots = shot_lists(u.domain, u.seed, u.k)
+    sam = build_sam("sam_mini", random_init=random_init)
+    cfg = json.loads(u.config)
+    return tune_decoder(sam, u.method, u.domain, shots, u.seed, st.steps, cfg, labelled, st.views)
+
+
+def _shuffled(u: Unit, st: Settings) -> Figures:
+    """E-PEFT on shuffled labels: every shot image paired with another shot's mask (at GT
+    prompts a shuffled mask still teaches a blob around the click - BENCHMARKS 7)."""
+    from vplab.training import LabeledImage
+
+    data = samples(u.domain, shot_lists(u.domain, u.seed, u.k))
+    data = [
+        LabeledImage(a.name, a.image, b.label)
+        for a, b in zip(data, data[1:] + data[:1], strict=True)
+    ]
+    return _scores(_tuned(u, st, labelled=data), u, st, vp=True)
+
+
+def _prompt_free(u: Unit, st: Settings) -> Figures:
+    from vplab.models import build_sam
+
+    shots = shot_lists(u.domain, u.seed, u.k)
+    tuned = tune_decoder(
+        build_sam("sam_mini"), u.method, u.domain, shots, u.seed, st.pt_steps, views=st.views
+    )
+    return {"dice": ptsam_dice(tuned, u.domain, test_indices(st.n_test)).tolist()}
+
+
+def _base_vp(u: Unit, st: Settings) -> Figures:
+    from vplab.models import build_dinov2
+
     dino = build_dinov2("dinov2_mini")
-    ref = samples(d, shots[:1])[0]
-    if unit.part == "t3":
-        model = base_model()
-        if unit.k:
-            model = tune_decoder(model[0], "epeft", d, shots, unit.seed, st.steps, views=st.views)
-        return pipeline_ious(model, dino, d, ref, test).tolist()
-    if unit.part in ("shuffled", "true"):
-        # Shuffled labels: every shot image paired with another shot's mask; scored at GT
-        # prompts and through the pipeline (at GT prompts a shuffled mask still teaches a
-        # blob around the click - BENCHMARKS 7).
-        data = samples(d, shots)
-        if unit.part == "shuffled":
-            data = [
-                LabeledImage(a.name, a.image, b.label)
-                for a, b in zip(data, data[1:] + data[:1], strict=True)
-            ]
-        tuned = tune_decoder(
-            build_sam("sam_mini"),
-            "epeft",
-            d,
-            shots,
-            unit.seed,
-            st.steps,
-            labelled=data,
-            views=st.views,
-        )
-        vp = float(pipeline_ious(tuned, dino, d, ref, test).mean())
-        return [decoder_eval(tuned, d, test), vp]
-    if unit.part == "source_vp":
-        return pipeline_ious(base_model(), dino, d, ref, test).tolist()
-    raise ValueError(f"unknown unit part {unit.part!r}")
+    test = test_indices(st.n_test)
+    return {"vp": pipeline_ious(base_model(), dino, u.domain, _reference(u), test).tolist()}
 
 
-CELL_FORMAT = 1  # bump when what a unit computes changes, so old cached cells are not reused
+# part -> how its figures are computed. "tune" with E-PEFT is also the Table 3 model and
+# the true-label control: one training serves Table 1, Table 3 and the controls.
+PARTS: dict[str, Any] = {
+    "base": lambda u, st: _scores(base_model(), u, st, vp=False),
+    "base_vp": _base_vp,
+    "random_init_base": lambda u, st: _scores(base_model(random_init=True), u, st, vp=False),
+    "tune": lambda u, st: _scores(_tuned(u, st), u, st, vp=u.method == "epeft"),
+    "random_init_tune": lambda u, st: _scores(_tuned(u, st, random_init=True), u, st, vp=False),
+    "shuffled": _shuffled,
+    "prompt_free": _prompt_free,
+}
+
+
+def compute_unit(unit: Unit, st: Settings) -> Figures:
+    """The unit's figures. Deterministic: same unit, settings and weights -> same figures."""
+    if unit.part not in PARTS:
+        raise ValueError(f"unknown unit part {unit.part!r}")
+    return PARTS[unit.part](unit, st)
+
+
+CELL_FORMAT = 2  # bump when what a unit computes changes, so old cached cells are not reused
 
 
 def cell_key(unit: Unit, st: Settings) -> str:
@@ -411,7 +427,7 @@ def _cell_path(cells: Path, unit: Unit, st: Settings) -> Path:
     return cells / f"{hashlib.sha256(cell_key(unit, st).encode()).hexdigest()[:32]}.json"
 
 
-def _compute_and_store(unit: Unit, st: Settings, cells: Path | None) -> list[float]:
+def _compute_and_store(unit: Unit, st: Settings, cells: Path | None) -> Figures:
     t0 = time.monotonic()
     values = compute_unit(unit, st)
     if cells is not None:
@@ -427,18 +443,22 @@ def _compute_and_store(unit: Unit, st: Settings, cells: Path | None) -> list[flo
     return values
 
 
+def _brief(f: Figures) -> str:
+    return " ".join(f"{k} {np.mean(v):.3f}" for k, v in f.items())
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
 def compute_units(
     units: list[Unit], st: Settings, cells: Path | None, jobs: int
-) -> dict[Unit, list[float]]:
+) -> dict[Unit, Figures]:
     """Every unit's figures: from ``cells`` where a finished run left them (so a killed
     run resumes), the rest computed - in ``jobs`` worker processes (spawned, the torch
     threads split between them: on 2 cores two 1-thread trainings finish ~1.6x sooner
     than one 2-thread training after another, BENCHMARKS 7)."""
-    done: dict[Unit, list[float]] = {}
+    done: dict[Unit, Figures] = {}
     if cells is not None:
         cells.mkdir(parents=True, exist_ok=True)
         for u in units:
@@ -450,7 +470,7 @@ def compute_units(
     if jobs <= 1:
         for i, u in enumerate(todo, 1):
             done[u] = _compute_and_store(u, st, cells)
-            log(f"[{i}/{len(todo)}] {u.describe()}: {np.mean(done[u]):.3f}")
+            log(f"[{i}/{len(todo)}] {u.describe()}: {_brief(done[u])}")
         return done
     threads = max(1, torch.get_num_threads() // jobs)
     ctx = multiprocessing.get_context("spawn")  # fork after torch's threads start is unsafe
@@ -465,7 +485,7 @@ def compute_units(
                 failed.append(f"{u.describe()}: {type(e).__name__}: {e}")
                 log(f"[{i}/{len(todo)}] {failed[-1]}")
                 continue
-            log(f"[{i}/{len(todo)}] {u.describe()}: {np.mean(done[u]):.3f}")
+            log(f"[{i}/{len(todo)}] {u.describe()}: {_brief(done[u])}")
     if failed:
         raise RuntimeError(f"{len(failed)} cell(s) failed: " + "; ".join(failed))
     return done
@@ -501,73 +521,70 @@ def run(args: argparse.Namespace) -> BenchResult:
     log(f"trainable parameters on sam_mini: {sizes}")
 
     # Every unit of the run, the longest first (a better balance across workers).
+    def tune(d: str, s: int, k: int, label: str) -> Unit:
+        m, c = methods[label] if label in methods else TABLE1[label]
+        return Unit("tune", d, s, k, m, json.dumps(c, sort_keys=True))
+
     units: list[Unit] = []
     for d in domains:
         if "ptsam" not in skip:
-            units += [Unit("pt", d, s, pt_shots, method=m) for m in PTSAM_METHODS for s in seeds]
+            units += [Unit("prompt_free", d, s, pt_shots, m) for m in PTSAM_METHODS for s in seeds]
         if "t3" not in skip:
-            units += [Unit("t3", d, s, k) for k in [*t3_shots[::-1], 0] for s in seeds]
+            units += [tune(d, s, k, "E-PEFT") for k in t3_shots[::-1] for s in seeds]
+            units += [Unit("base_vp", d, s, 1) for s in seeds]
         if "t1" not in skip:
             units += [
-                Unit("t1", d, s, k, label, m, json.dumps(c, sort_keys=True))
-                for k in t1_shots[::-1]
-                for label, (m, c) in methods.items()
-                for s in seeds
+                tune(d, s, k, label) for k in t1_shots[::-1] for label in methods for s in seeds
             ]
-        units.append(Unit("zero", d))
+        units.append(Unit("base", d))
     # The controls need a domain where tuning visibly helps: polyps (QUALITY.md's
     # demonstration domain) when it is in the run; on cracks nothing learns (BENCHMARKS 7).
     d0 = getattr(args, "controls_domain", None) or ("polyps" if "polyps" in domains else domains[0])
-    reuse_true = (
-        d0 in domains and "t1" not in skip and "t3" not in skip and 5 in t1_shots and 5 in t3_shots
-    )
     if "controls" not in skip:
-        units += [Unit("shuffled", d0, s, 5) for s in seeds]
-        if not reuse_true:
-            units += [Unit("true", d0, s, 5) for s in seeds]
+        units += [Unit("shuffled", d0, s, 5, "epeft") for s in seeds]
+        units += [tune(d0, s, 5, "E-PEFT") for s in seeds]  # the same units as T1 / T3's
         units += [
-            Unit("random_init", d0, seeds[0], 5, method="epeft"),
-            Unit("random_init_0shot", d0),
-            Unit("zero", d0),
-            Unit("source", "source", seeds[0], 5, method="epeft"),
-            Unit("zero", "source"),
+            Unit("random_init_tune", d0, seeds[0], 5, "epeft"),
+            Unit("random_init_base", d0),
+            Unit("base", d0),
+            tune("source", seeds[0], 5, "E-PEFT"),
+            Unit("base", "source"),
+            Unit("base_vp", "source", seeds[0], 1),
         ]
-        if "t3" not in skip:
-            units.append(Unit("source_vp", "source", seeds[0], 1))
     cells = Path(args.cells) if getattr(args, "cells", None) else None
     got = compute_units(units, st, cells, max(1, getattr(args, "jobs", 1)))
 
-    def cell(**coords) -> Cell:
-        return Cell([np.array(got[Unit(**coords, seed=s)]) for s in seeds])
+    def per_seed(key: str, make) -> Cell:
+        return Cell([np.array(got[make(s)][key]) for s in seeds])
 
-    zero = {d: Cell([np.array(got[Unit("zero", d)])] * len(seeds)) for d in domains}
+    zero = {d: Cell([np.array(got[Unit("base", d)]["gt"])] * len(seeds)) for d in domains}
     t1: dict[str, dict[tuple[str, int], Cell]] = {}
     t3: dict[tuple[str, int], Cell] = {}
     pt: dict[tuple[str, str], Cell] = {}
     controls: dict[str, float] = {}
     for d in domains:
         if "t1" not in skip:
-            for label, (m, c) in methods.items():
-                cfg = json.dumps(c, sort_keys=True)
+            for label in methods:
                 for k in t1_shots:
-                    t1.setdefault(label, {})[(d, k)] = cell(
-                        part="t1", domain=d, k=k, label=label, method=m, config=cfg
+                    t1.setdefault(label, {})[(d, k)] = per_seed(
+                        "gt", lambda s, d=d, k=k, label=label: tune(d, s, k, label)
                     )
         if "t3" not in skip:
-            for k in [0, *t3_shots]:
-                t3[(d, k)] = cell(part="t3", domain=d, k=k)
+            t3[(d, 0)] = per_seed("vp", lambda s, d=d: Unit("base_vp", d, s, 1))
+            for k in t3_shots:
+                t3[(d, k)] = per_seed("vp", lambda s, d=d, k=k: tune(d, s, k, "E-PEFT"))
         if "ptsam" not in skip:
             for m in PTSAM_METHODS:
-                pt[(d, m)] = cell(part="pt", domain=d, k=pt_shots, method=m)
+                pt[(d, m)] = per_seed(
+                    "dice", lambda s, d=d, m=m: Unit("prompt_free", d, s, pt_shots, m)
+                )
     if "controls" not in skip:
-        shuffled = [got[Unit("shuffled", d0, s, 5)] for s in seeds]
-        if reuse_true:  # T1's E-PEFT 5-shot and T3's 5-shot train exactly this model
-            true = [
-                [t1["E-PEFT"][(d0, 5)].per_image[i].mean(), t3[(d0, 5)].per_image[i].mean()]
-                for i in range(len(seeds))
-            ]
-        else:
-            true = [got[Unit("true", d0, s, 5)] for s in seeds]
+
+        def means(u: Unit) -> list[float]:
+            return [float(np.mean(got[u]["gt"])), float(np.mean(got[u]["vp"]))]
+
+        shuffled = [means(Unit("shuffled", d0, s, 5, "epeft")) for s in seeds]
+        true = [means(tune(d0, s, 5, "E-PEFT")) for s in seeds]
         for s, sh, tr in zip(seeds, shuffled, true, strict=True):
             log(
                 f"controls seed {s}: shuffled {sh[0]:.3f} / pipeline {sh[1]:.3f}, "
@@ -578,20 +595,19 @@ def run(args: argparse.Namespace) -> BenchResult:
         controls["pretrained_5shot"] = float(true_mean[0])
         controls["shuffled_labels_vp_5shot"] = float(shuffled_mean[1])
         controls["pretrained_vp_5shot"] = float(true_mean[1])
-        controls["zero_shot_same_domain"] = float(np.mean(got[Unit("zero", d0)]))
-        controls["random_init_0shot"] = float(np.mean(got[Unit("random_init_0shot", d0)]))
+        controls["zero_shot_same_domain"] = float(np.mean(got[Unit("base", d0)]["gt"]))
+        controls["random_init_0shot"] = float(np.mean(got[Unit("random_init_base", d0)]["gt"]))
         controls["random_init_5shot"] = float(
-            np.mean(got[Unit("random_init", d0, seeds[0], 5, method="epeft")])
+            np.mean(got[Unit("random_init_tune", d0, seeds[0], 5, "epeft")]["gt"])
         )
         # in-distribution: the source domain (class 1 = the blob family)
-        controls["source_0shot"] = float(np.mean(got[Unit("zero", "source")]))
-        controls["source_5shot"] = float(
-            np.mean(got[Unit("source", "source", seeds[0], 5, method="epeft")])
+        source = got[tune("source", seeds[0], 5, "E-PEFT")]
+        controls["source_0shot"] = float(np.mean(got[Unit("base", "source")]["gt"]))
+        controls["source_5shot"] = float(np.mean(source["gt"]))
+        controls["source_vp_0shot"] = float(
+            np.mean(got[Unit("base_vp", "source", seeds[0], 1)]["vp"])
         )
-        if "t3" not in skip:
-            controls["source_vp_0shot"] = float(
-                np.mean(got[Unit("source_vp", "source", seeds[0], 1)])
-            )
+        controls["source_vp_5shot"] = float(np.mean(source["vp"]))
         log(f"controls: {controls}")
 
     return _result(
