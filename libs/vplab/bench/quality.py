@@ -333,24 +333,29 @@ def _reference(u: Unit):
     return samples(u.domain, shot_lists(u.domain, u.seed, 1))[0]
 
 
-def _scores(model: Model, u: Unit, st: Settings, vp: bool) -> Figures:
+def _scores(model: Model, u: Unit, st: Settings, gt: bool = True, vp: bool = False) -> Figures:
     from vplab.models import build_dinov2
 
     test = test_indices(st.n_test)
-    out = {"gt": decoder_ious(model, u.domain, test).tolist()}
+    out = {}
+    if gt:
+        out["gt"] = decoder_ious(model, u.domain, test).tolist()
     if vp:
         dino = build_dinov2("dinov2_mini")
         out["vp"] = pipeline_ious(model, dino, u.domain, _reference(u), test).tolist()
     return out
 
 
-def _tuned(u: Unit, st: Settings, random_init: bool = False, labelled=None) -> Model:
+def _tuned(
+    u: Unit, st: Settings, random_init: bool = False, labelled=None, steps: int | None = None
+) -> Model:
     from vplab.models import build_sam
 
     shots = shot_lists(u.domain, u.seed, u.k)
     sam = build_sam("sam_mini", random_init=random_init)
     cfg = json.loads(u.config)
-    return tune_decoder(sam, u.method, u.domain, shots, u.seed, st.steps, cfg, labelled, st.views)
+    n = st.steps if steps is None else steps
+    return tune_decoder(sam, u.method, u.domain, shots, u.seed, n, cfg, labelled, st.views)
 
 
 def _shuffled(u: Unit, st: Settings) -> Figures:
@@ -367,31 +372,18 @@ def _shuffled(u: Unit, st: Settings) -> Figures:
 
 
 def _prompt_free(u: Unit, st: Settings) -> Figures:
-    from vplab.models import build_sam
-
-    shots = shot_lists(u.domain, u.seed, u.k)
-    tuned = tune_decoder(
-        build_sam("sam_mini"), u.method, u.domain, shots, u.seed, st.pt_steps, views=st.views
-    )
+    tuned = _tuned(u, st, steps=st.pt_steps)
     return {"dice": ptsam_dice(tuned, u.domain, test_indices(st.n_test)).tolist()}
-
-
-def _base_vp(u: Unit, st: Settings) -> Figures:
-    from vplab.models import build_dinov2
-
-    dino = build_dinov2("dinov2_mini")
-    test = test_indices(st.n_test)
-    return {"vp": pipeline_ious(base_model(), dino, u.domain, _reference(u), test).tolist()}
 
 
 # part -> how its figures are computed. "tune" with E-PEFT is also the Table 3 model and
 # the true-label control: one training serves Table 1, Table 3 and the controls.
 PARTS: dict[str, Any] = {
-    "base": lambda u, st: _scores(base_model(), u, st, vp=False),
-    "base_vp": _base_vp,
-    "random_init_base": lambda u, st: _scores(base_model(random_init=True), u, st, vp=False),
+    "base": lambda u, st: _scores(base_model(), u, st),
+    "base_vp": lambda u, st: _scores(base_model(), u, st, gt=False, vp=True),
+    "random_init_base": lambda u, st: _scores(base_model(random_init=True), u, st),
     "tune": lambda u, st: _scores(_tuned(u, st), u, st, vp=u.method == "epeft"),
-    "random_init_tune": lambda u, st: _scores(_tuned(u, st, random_init=True), u, st, vp=False),
+    "random_init_tune": lambda u, st: _scores(_tuned(u, st, random_init=True), u, st),
     "shuffled": _shuffled,
     "prompt_free": _prompt_free,
 }
