@@ -303,3 +303,26 @@ def test_quality_cell_key_names_everything_a_cell_depends_on():
         assert cell_key(other_unit, st) != key
     for other_st in (replace(st, steps=150), replace(st, n_test=12), replace(st, views=(1, 0))):
         assert cell_key(unit, other_st) != key
+    # the matcher's digest is in the key exactly of the cells that run the matcher, so a new
+    # dinov2_mini recomputes the pipeline cells and keeps the GT-prompt and prompt-free ones
+    assert "dinov2_mini" not in json.loads(key)["weights"]
+    for matcher_unit in (
+        Unit("tune", "polyps", 2, 5, "epeft"),
+        Unit("base_vp", "polyps", 2, 1),
+        Unit("shuffled", "polyps", 2, 5, "epeft"),
+    ):
+        assert set(json.loads(cell_key(matcher_unit, st))["weights"]) == {"sam_mini", "dinov2_mini"}
+
+
+def test_quality_cells_without_the_matcher_in_their_key_do_not_run_it(monkeypatch):
+    import vplab.models
+    from vplab.bench.quality import Settings, Unit, compute_unit
+
+    def no_matcher(*args, **kwargs):
+        raise AssertionError("dinov2_mini was built")
+
+    monkeypatch.setattr(vplab.models, "build_dinov2", no_matcher)
+    st = Settings(n_test=1, steps=1, pt_steps=1, views=(1, 0))
+    assert set(compute_unit(Unit("base", "polyps"), st)) == {"gt"}
+    with pytest.raises(AssertionError, match="was built"):
+        compute_unit(Unit("base_vp", "polyps", 0, 1), st)

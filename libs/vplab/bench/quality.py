@@ -333,14 +333,25 @@ def _reference(u: Unit):
     return samples(u.domain, shot_lists(u.domain, u.seed, 1))[0]
 
 
-def _scores(model: Model, u: Unit, st: Settings, gt: bool = True, vp: bool = False) -> Figures:
+def scores_pipeline(u: Unit) -> bool:
+    """Whether the unit scores the visual-prompting pipeline, i.e. runs the matcher: the
+    0-shot pipeline, E-PEFT (Table 3 and the true-label control) and shuffled labels."""
+    return u.part in ("base_vp", "shuffled") or (u.part == "tune" and u.method == "epeft")
+
+
+def weights_used(u: Unit) -> tuple[str, ...]:
+    """The embedded weights a unit runs on (so a new matcher recomputes only its cells)."""
+    return ("dinov2_mini", "sam_mini") if scores_pipeline(u) else ("sam_mini",)
+
+
+def _scores(model: Model, u: Unit, st: Settings, gt: bool = True) -> Figures:
     from vplab.models import build_dinov2
 
     test = test_indices(st.n_test)
     out = {}
     if gt:
         out["gt"] = decoder_ious(model, u.domain, test).tolist()
-    if vp:
+    if scores_pipeline(u):
         dino = build_dinov2("dinov2_mini")
         out["vp"] = pipeline_ious(model, dino, u.domain, _reference(u), test).tolist()
     return out
@@ -368,7 +379,7 @@ def _shuffled(u: Unit, st: Settings) -> Figures:
         LabeledImage(a.name, a.image, b.label)
         for a, b in zip(data, data[1:] + data[:1], strict=True)
     ]
-    return _scores(_tuned(u, st, labelled=data), u, st, vp=True)
+    return _scores(_tuned(u, st, labelled=data), u, st)
 
 
 def _prompt_free(u: Unit, st: Settings) -> Figures:
@@ -380,9 +391,9 @@ def _prompt_free(u: Unit, st: Settings) -> Figures:
 # the true-label control: one training serves Table 1, Table 3 and the controls.
 PARTS: dict[str, Any] = {
     "base": lambda u, st: _scores(base_model(), u, st),
-    "base_vp": lambda u, st: _scores(base_model(), u, st, gt=False, vp=True),
+    "base_vp": lambda u, st: _scores(base_model(), u, st, gt=False),
     "random_init_base": lambda u, st: _scores(base_model(random_init=True), u, st),
-    "tune": lambda u, st: _scores(_tuned(u, st), u, st, vp=u.method == "epeft"),
+    "tune": lambda u, st: _scores(_tuned(u, st), u, st),
     "random_init_tune": lambda u, st: _scores(_tuned(u, st, random_init=True), u, st),
     "shuffled": _shuffled,
     "prompt_free": _prompt_free,
@@ -409,7 +420,7 @@ def cell_key(unit: Unit, st: Settings) -> str:
             "format": CELL_FORMAT,
             "unit": asdict(unit),
             "settings": asdict(st),
-            "weights": {n: w.sha256 for n, w in sorted(EMBEDDED.items())},
+            "weights": {n: EMBEDDED[n].sha256 for n in weights_used(unit)},
         },
         sort_keys=True,
     )
