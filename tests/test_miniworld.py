@@ -213,6 +213,29 @@ def test_eval_clicks_command_prints_its_json(capsys):
     assert main(["miniworld", "eval-clicks", "--n-images", "0"]) == 2
 
 
+def test_eval_clicks_breakdown_is_consistent_with_the_click_figures(capsys):
+    """The profile of the click miss (docs/MINIWORLD.md): the oracle pick of the first
+    click's three masks is never below the IoU head's pick, the area buckets partition the
+    objects, and a box means something to the pretrained model."""
+    from vplab.cli import main
+    from vplab.miniworld.evaluate import evaluate_clicks
+    from vplab.models import build_sam
+
+    r = evaluate_clicks(build_sam("sam_mini"), n_images=3, n_clicks=1, breakdown=True)
+    assert r["miou_1click_best_of_3"] >= r["miou_1click"]
+    buckets = r["by_area"].values()
+    assert sum(b["objects"] for b in buckets) == r["objects"] > 0
+    weighted = sum(b["objects"] * b["miou_1click"] for b in buckets) / r["objects"]
+    assert weighted == pytest.approx(r["miou_1click"])
+    assert all(b["miou_1click_best_of_3"] >= b["miou_1click"] for b in buckets)
+    rand = evaluate_clicks(build_sam("sam_mini", random_init=True), n_images=3, n_clicks=1,
+                           breakdown=True)  # fmt: skip
+    assert r["miou_box"] > rand["miou_box"] + 0.15, (r, rand)
+    assert main(["miniworld", "eval-clicks", "--n-images", "1", "--breakdown"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"miou_box", "miou_1click_best_of_3", "by_area"} <= set(out)
+
+
 def test_the_embedded_sam_carries_its_calibrated_mask_threshold_and_the_demo_finds_objects(
     tmp_path,
 ):

@@ -43,6 +43,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--n-images", type=int, default=50)
     e.add_argument("--weights", help="a sam_mini safetensors file (default: the embedded one)")
     e.add_argument("--random-init", action="store_true", help="the random-init control")
+    e.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also the best of the first click's 3 masks, a tight box, and by object area",
+    )
     e.set_defaults(func=run_eval_clicks)
 
     s = msub.add_parser(
@@ -104,6 +109,7 @@ def run_eval_clicks(args: argparse.Namespace) -> int:
         seed=SOURCE_TEST_SEED if source else 0,
         n_images=args.n_images,
         per_class=args.domain not in ("source", "nuclei", "instruments"),
+        breakdown=args.breakdown,
     )
     print(json.dumps({"domain": args.domain, "n_images": args.n_images, **result}))
     return 0

@@ -6,9 +6,15 @@ the best predicted IoU; each further click at the deepest pixel of the current e
 (positive on a miss, negative on a leak), decoded with the previous low-res logits as
 ``mask_input`` and a single output. Objects smaller than ``min_area`` pixels are skipped
 (a 64x64 low-res mask cannot draw a 5-pixel object).
+
+``breakdown=True`` adds what profiles a miss: the first click's best-of-3 mask (an oracle
+pick: what a perfect IoU head would give), a tight box prompt (no click ambiguity at all),
+and the 1-click figures by object area.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +79,34 @@ def click_ious(sam, image: np.ndarray, gts: list[np.ndarray], n_clicks: int = 3)
     return out
 
 
+@torch.no_grad()
+def first_prompt_ious(sam, image: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
+    """(len(gts), 2): per object, the best of the centre click's three masks and the IoU
+    of a tight box prompt (one mask)."""
+    from vplab.segmentation import PromptSegmenter
+
+    gts = [np.asarray(g, bool) for g in gts if np.asarray(g, bool).any()]
+    if not gts:
+        return np.zeros((0, 2))
+    seg = PromptSegmenter(sam)
+    emb = seg.embed(image)
+    points = [np.array([deepest_point(g)], float) for g in gts]
+    clicks = seg.decode(emb, points, [np.array([1]) for _ in gts], multimask_output=True)
+    boxes = []
+    for g in gts:
+        ys, xs = np.nonzero(g)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    boxed = seg.decode(emb, boxes=np.array(boxes, float), multimask_output=False)
+    out = np.zeros((len(gts), 2))
+    for i, g in enumerate(gts):
+        out[i, 0] = max(mask_iou(clicks.masks[i, j].cpu().numpy(), g) for j in range(3))
+        out[i, 1] = mask_iou(boxed.masks[i, 0].cpu().numpy(), g)
+    return out
+
+
+AREA_BUCKETS = ((100, 300), (300, 1000), (1000, None))  # pixels of a 256 px image
+
+
 def evaluate_clicks(
     sam,
     domain: str = "source",
@@ -81,13 +115,35 @@ def evaluate_clicks(
     n_clicks: int = 3,
     min_area: int = 100,
     per_class: bool = False,
-) -> dict[str, float]:
+    breakdown: bool = False,
+) -> dict[str, Any]:
     """mIoU over objects after 1..n_clicks clicks on ``n_images`` held-out images."""
-    rows = []
+    rows, extra, areas = [], [], []
     for i in range(n_images):
         image, gts = instance_targets(domain, seed, i, min_area, per_class)
         rows.append(click_ious(sam, image, gts, n_clicks))
+        if breakdown:
+            extra.append(first_prompt_ious(sam, image, gts))
+            areas += [int(np.asarray(g, bool).sum()) for g in gts if np.asarray(g, bool).any()]
     ious = np.concatenate(rows) if rows else np.zeros((0, n_clicks))
-    result = {f"miou_{k + 1}click": float(ious[:, k].mean()) for k in range(n_clicks)}
+    result: dict[str, Any] = {
+        f"miou_{k + 1}click": float(ious[:, k].mean()) for k in range(n_clicks)
+    }
     result["objects"] = int(ious.shape[0])
+    if breakdown and ious.shape[0]:
+        first = np.concatenate(extra)
+        result["miou_1click_best_of_3"] = float(first[:, 0].mean())
+        result["miou_box"] = float(first[:, 1].mean())
+        area = np.array(areas)
+        by_area = {}
+        for lo, hi in AREA_BUCKETS:
+            sel = (area >= lo) & (area < (hi or area.max() + 1))
+            if sel.any():
+                by_area[f"{lo}-{hi or ''}"] = {
+                    "objects": int(sel.sum()),
+                    "miou_1click": float(ious[sel, 0].mean()),
+                    "miou_1click_best_of_3": float(first[sel, 0].mean()),
+                    "miou_box": float(first[sel, 1].mean()),
+                }
+        result["by_area"] = by_area
     return result
