@@ -1,23 +1,26 @@
 """Training ``dinov2_mini`` on the miniworld source domain for patch matching.
 
-Loss: a supervised patch-contrastive loss (SupCon, Khosla et al. 2020) on object ids,
-*within each image*: each 14 px patch of the 224 px letterbox (16 px of the 256 px image,
-one sam_mini cell) gets the id of the object covering most of it (or "background");
-mixed patches are left out. Patches of the same object are positives, patches of the
-image's other objects and its background negatives. Negatives never come from other
-images, so two similar-looking objects in different images are not pushed apart.
+Loss: two supervised patch-contrastive terms (SupCon, Khosla et al. 2020). Each 14 px
+patch of the 224 px letterbox (16 px of the 256 px image, one sam_mini cell) gets the
+object and the family (class) covering most of it, or "background"; mixed patches are
+left out.
 
-Why this and not DINO's self-distillation or a family-level (cross-image) loss: visual
-prompting needs patches of the reference's kind of structure to match the same-looking
-structures in a target image and not their surroundings. Self-distillation would have
-to discover that from views alone, far beyond ~25 CPU minutes. A family-level loss was
-tried first: a patch inside a large blob looks like a patch inside a polygon, so its
-family is only knowable from shape context, and in 160 steps retrieval moved from 0.13 to
-0.15 - it also trains colour invariance, the opposite of what the target domains need
-(polyps are redder than mucosa, rust is orange on grey metal). Within-image object
-discrimination is learnable in minutes and keeps appearance in the features. The cost:
-on the source domain, where a class is a shape family in random colours, 0-shot
-matching stays weak (see docs/MINIWORLD.md and BENCHMARKS.md).
+1. *Within each image*, by object: patches of the same object are positives, the image's
+   other objects and its background negatives. It keeps appearance in the features and
+   separates a structure from its surroundings - what the target domains need (polyps
+   are redder than mucosa, rust is orange on grey metal).
+2. *Across the batch*, by family (weight ``family_weight``): patches of the same family
+   in any image are positives. A class of the source domain is a shape family in random
+   colours, so only this term can make a blob in one image match a blob of another
+   colour in the next - what 0-shot visual prompting with one reference needs.
+
+Why not DINO's self-distillation: it would have to discover object grouping from views
+alone, far beyond a CPU budget of minutes. History: the family term alone was tried
+first and barely moved in 160 steps (retrieval 0.13 -> 0.15); the object term alone (200
+steps, the weights shipped until 2026-12-07) left the 0-shot pipeline at 0.07 on held-out
+source images. Both terms for 1000 steps (weight 1.0, chosen over 0.3 on the dev domain
+and source images): source 0.07 -> 0.18, dev domain 0.29 -> 0.37, and every target domain
+but cracks gains (docs/MINIWORLD.md, BENCHMARKS.md section 7).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ IGNORE = -1
 
 @dataclass
 class DinoPretrainConfig:
-    steps: int = 200
+    steps: int = 1000
     batch_images: int = 8
     lr: float = 1e-3
     warmup: int = 30
@@ -52,7 +55,8 @@ class DinoPretrainConfig:
     seed: int = 0
     threads: int = 1
     size: int = 224
-    eval_every: int = 50
+    eval_every: int = 100
+    family_weight: float = 1.0  # weight of the cross-image family term (0: within-image only)
 
 
 def patch_labels(ids: np.ndarray, grid: int, offset: int, min_frac: float = 0.5) -> np.ndarray:
@@ -69,11 +73,14 @@ def patch_labels(ids: np.ndarray, grid: int, offset: int, min_frac: float = 0.5)
     return torch.where(best >= min_frac, out, torch.full_like(out, IGNORE)).numpy()
 
 
-def _batch(index0: int, n: int, size: int, patch: int, instance: bool = True):
+def _batch(index0: int, n: int, size: int, patch: int):
+    """Source images ``abs(index0) + b`` (held-out seed if ``index0 < 0``) -> letterboxed
+    input, patch labels by object (image b's ids offset by ``b * BG``, so objects of
+    different images never share one) and by family (shared across images)."""
     from vplab.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
     from vplab.segmentation.transforms import letterbox
 
-    xs, labels = [], []
+    xs, objects, families = [], [], []
     grid = size // patch
     for b in range(n):
         s = render(
@@ -81,8 +88,10 @@ def _batch(index0: int, n: int, size: int, patch: int, instance: bool = True):
         )
         x, _ = letterbox(s.image, size, IMAGENET_MEAN, IMAGENET_STD, scale=1.0 / 255.0)
         xs.append(x)
-        labels.append(patch_labels(s.instances if instance else s.label_map, grid, BG * b))
-    return torch.cat(xs), torch.as_tensor(np.concatenate(labels))
+        objects.append(patch_labels(s.instances, grid, BG * b))
+        families.append(patch_labels(s.label_map, grid, 0))
+    cat = np.concatenate
+    return torch.cat(xs), torch.as_tensor(cat(objects)), torch.as_tensor(cat(families))
 
 
 def supcon(feats: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -108,14 +117,13 @@ def retrieval_accuracy(model, n_images: int = 24, size: int = 224) -> float:
     """Held-out source: share of object patches whose nearest patch in *another* image
     (among labelled patches) has the same family."""
     model.eval()
-    x, labels = _batch(-1, n_images, size, 14, instance=False)  # family labels
+    x, _, fam = _batch(-1, n_images, size, 14)
     f = F.normalize(_features(model, x), dim=-1)
     img = torch.arange(n_images).repeat_interleave(f.shape[0] // n_images)
-    keep = labels != IGNORE
-    f, labels, img = f[keep], labels[keep], img[keep]
+    keep = fam != IGNORE
+    f, fam, img = f[keep], fam[keep], img[keep]
     sim = f @ f.T
     sim[img[:, None] == img[None, :]] = -2
-    fam = labels % BG
     nn_fam = fam[sim.argmax(1)]
     obj = fam > 0
     return float((nn_fam[obj] == fam[obj]).float().mean())
@@ -160,14 +168,16 @@ def pretrain_dino(
     model.train()
     t0 = time.monotonic()
     for step in range(cfg.steps):
-        x, labels = _batch(
+        x, labels, families = _batch(
             cfg.seed * 1_000_000 + step * cfg.batch_images, cfg.batch_images, cfg.size, 14
         )
         if bool(torch.rand(1, generator=gen) < 0.5):  # flips keep labels aligned per patch
             g = cfg.size // 14
             x = x.flip(-1)
             labels = labels.view(-1, g, g).flip(-1).reshape(-1)
-        feats = _features(model, x).view(cfg.batch_images, -1, model.embed_dim)
+            families = families.view(-1, g, g).flip(-1).reshape(-1)
+        flat = _features(model, x)
+        feats = flat.view(cfg.batch_images, -1, model.embed_dim)
         labels = labels.view(cfg.batch_images, -1)
         losses = []
         for b in range(cfg.batch_images):
@@ -175,6 +185,9 @@ def pretrain_dino(
             if int(keep.sum()) > 1:
                 losses.append(supcon(feats[b][keep], labels[b][keep], cfg.temperature))
         loss = torch.stack(losses).mean()
+        if cfg.family_weight > 0:
+            keep = families != IGNORE
+            loss = loss + cfg.family_weight * supcon(flat[keep], families[keep], cfg.temperature)
         optimizer_step(loss, opt, sched, params)
         if step % 20 == 0 or step == cfg.steps - 1:
             el = time.monotonic() - t0

@@ -43,7 +43,7 @@ EMBEDDED: dict[str, EmbeddedWeights] = {
         EmbeddedWeights(
             "dinov2_mini",
             "dinov2_mini.safetensors",
-            "a88240f34c8329648d166e6b1b41e438b6e4354023927d7214f055344e20cfb6",
+            "680fe4b25ae3f14273123adb48d8083b4aad709f637bc1354234d8b89087acb1",
         ),
     )
 }
