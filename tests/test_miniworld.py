@@ -228,8 +228,8 @@ def test_eval_clicks_breakdown_is_consistent_with_the_click_figures(capsys):
     weighted = sum(b["objects"] * b["miou_1click"] for b in buckets) / r["objects"]
     assert weighted == pytest.approx(r["miou_1click"])
     assert all(b["miou_1click_best_of_3"] >= b["miou_1click"] for b in buckets)
-    rand = evaluate_clicks(build_sam("sam_mini", random_init=True), n_images=3, n_clicks=1,
-                           breakdown=True)  # fmt: skip
+    random_sam = build_sam("sam_mini", random_init=True)
+    rand = evaluate_clicks(random_sam, n_images=3, n_clicks=1, breakdown=True)
     assert r["miou_box"] > rand["miou_box"] + 0.15, (r, rand)
     assert main(["miniworld", "eval-clicks", "--n-images", "1", "--breakdown"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -38,25 +38,20 @@ def instance_targets(domain: str, seed: int, index: int, min_area: int, per_clas
 
 
 @torch.no_grad()
-def click_ious(sam, image: np.ndarray, gts: list[np.ndarray], n_clicks: int = 3) -> np.ndarray:
-    """(len(gts), n_clicks) IoU after each click, every object of the image in one batch."""
-    from vplab.segmentation import PromptSegmenter
-
-    if not gts:
-        return np.zeros((0, n_clicks))
-    seg = PromptSegmenter(sam)
-    emb = seg.embed(image)
-    gts = [np.asarray(g, bool) for g in gts if np.asarray(g, bool).any()]
-    if not gts:
-        return np.zeros((0, n_clicks))
+def click_ious(seg, emb, gts: list[np.ndarray], n_clicks: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``gts``: non-empty bool masks of one image, ``emb`` its embedding by ``seg`` (a
+    ``PromptSegmenter``) -> (len(gts), n_clicks) IoU after each click, every object in one
+    batch, and (len(gts),) the best of the first click's three masks (an oracle pick)."""
     coords: list[list[tuple[float, float]]] = []
     for g in gts:
         first = deepest_point(g)
-        assert first is not None  # non-empty masks only (filtered above)
+        assert first is not None  # non-empty masks only (evaluate_clicks filters)
         coords.append([first])
     labels = [[1] for _ in gts]
     out = np.zeros((len(gts), n_clicks))
+    best_of_3 = np.zeros(len(gts))
     mask_in = None
+    rows = torch.arange(len(gts))
     for k in range(n_clicks):
         res = seg.decode(
             emb,
@@ -65,8 +60,10 @@ def click_ious(sam, image: np.ndarray, gts: list[np.ndarray], n_clicks: int = 3)
             mask_input=mask_in,
             multimask_output=k == 0,
         )
+        if k == 0:
+            for i, g in enumerate(gts):
+                best_of_3[i] = max(mask_iou(m.cpu().numpy(), g) for m in res.masks[i])
         best = res.iou_predictions.argmax(1)
-        rows = torch.arange(len(gts))
         masks = res.masks[rows, best].cpu().numpy()
         mask_in = res.low_res_logits[rows, best][:, None]
         for i, g in enumerate(gts):
@@ -76,32 +73,18 @@ def click_ious(sam, image: np.ndarray, gts: list[np.ndarray], n_clicks: int = 3)
                 nxt = (coords[i][0][0], coords[i][0][1], 1)
             coords[i].append(nxt[:2])
             labels[i].append(nxt[2])
-    return out
+    return out, best_of_3
 
 
 @torch.no_grad()
-def first_prompt_ious(sam, image: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
-    """(len(gts), 2): per object, the best of the centre click's three masks and the IoU
-    of a tight box prompt (one mask)."""
-    from vplab.segmentation import PromptSegmenter
-
-    gts = [np.asarray(g, bool) for g in gts if np.asarray(g, bool).any()]
-    if not gts:
-        return np.zeros((0, 2))
-    seg = PromptSegmenter(sam)
-    emb = seg.embed(image)
-    points = [np.array([deepest_point(g)], float) for g in gts]
-    clicks = seg.decode(emb, points, [np.array([1]) for _ in gts], multimask_output=True)
+def box_ious(seg, emb, gts: list[np.ndarray]) -> np.ndarray:
+    """(len(gts),): the IoU of each object's mask from a tight box prompt (one mask)."""
     boxes = []
     for g in gts:
         ys, xs = np.nonzero(g)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    boxed = seg.decode(emb, boxes=np.array(boxes, float), multimask_output=False)
-    out = np.zeros((len(gts), 2))
-    for i, g in enumerate(gts):
-        out[i, 0] = max(mask_iou(clicks.masks[i, j].cpu().numpy(), g) for j in range(3))
-        out[i, 1] = mask_iou(boxed.masks[i, 0].cpu().numpy(), g)
-    return out
+    res = seg.decode(emb, boxes=np.array(boxes, float), multimask_output=False)
+    return np.array([mask_iou(res.masks[i, 0].cpu().numpy(), g) for i, g in enumerate(gts)])
 
 
 AREA_BUCKETS = ((100, 300), (300, 1000), (1000, None))  # pixels of a 256 px image
@@ -118,22 +101,31 @@ def evaluate_clicks(
     breakdown: bool = False,
 ) -> dict[str, Any]:
     """mIoU over objects after 1..n_clicks clicks on ``n_images`` held-out images."""
-    rows, extra, areas = [], [], []
+    from vplab.segmentation import PromptSegmenter
+
+    seg = PromptSegmenter(sam)
+    rows, oracle, boxed, areas = [], [], [], []
     for i in range(n_images):
-        image, gts = instance_targets(domain, seed, i, min_area, per_class)
-        rows.append(click_ious(sam, image, gts, n_clicks))
+        image, masks = instance_targets(domain, seed, i, min_area, per_class)
+        gts = [g for g in (np.asarray(m, bool) for m in masks) if g.any()]
+        if not gts:
+            continue
+        emb = seg.embed(image)
+        ious, best_of_3 = click_ious(seg, emb, gts, n_clicks)
+        rows.append(ious)
         if breakdown:
-            extra.append(first_prompt_ious(sam, image, gts))
-            areas += [int(np.asarray(g, bool).sum()) for g in gts if np.asarray(g, bool).any()]
+            oracle.append(best_of_3)
+            boxed.append(box_ious(seg, emb, gts))
+            areas += [int(g.sum()) for g in gts]
     ious = np.concatenate(rows) if rows else np.zeros((0, n_clicks))
     result: dict[str, Any] = {
         f"miou_{k + 1}click": float(ious[:, k].mean()) for k in range(n_clicks)
     }
     result["objects"] = int(ious.shape[0])
     if breakdown and ious.shape[0]:
-        first = np.concatenate(extra)
-        result["miou_1click_best_of_3"] = float(first[:, 0].mean())
-        result["miou_box"] = float(first[:, 1].mean())
+        best, box = np.concatenate(oracle), np.concatenate(boxed)
+        result["miou_1click_best_of_3"] = float(best.mean())
+        result["miou_box"] = float(box.mean())
         area = np.array(areas)
         by_area = {}
         for lo, hi in AREA_BUCKETS:
@@ -142,8 +134,8 @@ def evaluate_clicks(
                 by_area[f"{lo}-{hi or ''}"] = {
                     "objects": int(sel.sum()),
                     "miou_1click": float(ious[sel, 0].mean()),
-                    "miou_1click_best_of_3": float(first[sel, 0].mean()),
-                    "miou_box": float(first[sel, 1].mean()),
+                    "miou_1click_best_of_3": float(best[sel].mean()),
+                    "miou_box": float(box[sel].mean()),
                 }
         result["by_area"] = by_area
     return result
