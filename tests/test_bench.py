@@ -326,3 +326,40 @@ def test_quality_cells_without_the_matcher_in_their_key_do_not_run_it(monkeypatc
     assert set(compute_unit(Unit("base", "polyps"), st)) == {"gt"}
     with pytest.raises(AssertionError, match="was built"):
         compute_unit(Unit("base_vp", "polyps", 0, 1), st)
+
+
+def test_quality_k_shots_train_on_all_k_with_steps_growing_with_k(monkeypatch):
+    """Table 3's 10 and 40 shots: every shot trains (no hold-out) and the budget grows as
+    sqrt(k / 5) from 5 shots on; 1 and 5 shots (Table 1) keep the given steps."""
+    from vplab.bench import quality
+    from vplab.bench.quality import Settings, Unit, tune_steps
+
+    assert [tune_steps(100, k) for k in (1, 5, 10, 40)] == [100, 100, 141, 283]
+    seen = []
+
+    def fake_tune(sam, method, domain, shots, seed, steps, config, labelled, views, **kw):
+        seen.append((len(shots), steps, kw.get("val_fraction")))
+        return sam, "token0"
+
+    monkeypatch.setattr(quality, "tune_decoder", fake_tune)
+    st = Settings(n_test=1, steps=100, pt_steps=30, views=(1, 0))
+    for k in (5, 10, 40):
+        quality._tuned(Unit("tune", "polyps", 0, k, "epeft"), st)
+    quality._tuned(Unit("prompt_free", "polyps", 0, 16, "ptsam-md"), st, steps=st.pt_steps)
+    assert seen == [(5, 100, 0.0), (10, 141, 0.0), (40, 283, 0.0), (16, 30, 0.0)]
+
+
+def test_train_decoder_holds_out_by_default_and_trains_on_all_when_told():
+    """The product's default holds 20 % of >= 10 images out for validation; the quality
+    bench's ``val_fraction=0`` trains on every shot (``trained_on``)."""
+    from vplab.bench.quality import shot_lists, train_decoder
+    from vplab.models import build_sam
+
+    shots = shot_lists("polyps", 0, 10)
+    kw = {"steps": 1, "views": (1, 0)}
+    held = train_decoder(build_sam("sam_tiny", seed=0), "epeft", "polyps", shots, **kw)
+    assert len(held.trained_on) == 8 and not held.val_on_train
+    every = train_decoder(
+        build_sam("sam_tiny", seed=0), "epeft", "polyps", shots, val_fraction=0.0, **kw
+    )
+    assert len(every.trained_on) == 10 and every.val_on_train
