@@ -238,9 +238,8 @@ def train_decoder(
         checkpoint_every=steps,
         n_dihedral=views[0],
         n_photometric=views[1],
+        val_fraction=TrainConfig.val_fraction if val_fraction is None else val_fraction,
     )
-    if val_fraction is not None:
-        cfg.val_fraction = val_fraction
     return Trainer(sam, cfg, data).run()
 
 
